@@ -1,0 +1,163 @@
+"""Validated configuration of the stream diffusion engine.
+
+Every field is checked on construction; an invalid value raises ``ConfigError`` naming the field and
+the allowed range, so that a typo on the command line or in the GUI gives a sentence, not a traceback
+from deep inside the UNet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+CfgType = Literal["none", "full", "self", "initialize"]
+Mode = Literal["img2img", "txt2img"]
+Acceleration = Literal["none", "compile", "tensorrt"]
+ResizeMode = Literal["crop", "letterbox"]
+
+CFG_TYPES = ("none", "full", "self", "initialize")
+MODES = ("img2img", "txt2img")
+ACCELERATIONS = ("none", "compile", "tensorrt")
+RESIZE_MODES = ("crop", "letterbox")
+DTYPES = ("float16", "bfloat16", "float32")
+DEFAULT_MODEL = "stabilityai/sd-turbo"
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its allowed range."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field_name = field_name
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA to fuse into the UNet: a hub id, a folder or a .safetensors file, and its scale."""
+
+    source: str
+    scale: float = 1.0
+    weight_name: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    model: str = DEFAULT_MODEL
+    mode: Mode = "img2img"
+    width: int = 512
+    height: int = 512
+    # Indices into the LCM schedule of ``num_inference_steps`` timesteps, one per denoising step.
+    # A larger first index keeps more of the input (lower strength).
+    t_index_list: tuple[int, ...] = (32,)
+    num_inference_steps: int = 50
+    frame_buffer_size: int = 1
+    cfg_type: CfgType = "none"
+    guidance_scale: float = 1.2
+    delta: float = 1.0
+    seed: int = 2
+    use_tiny_vae: bool = True
+    tiny_vae: str | None = None  # None: TAESD / TAESDXL matching the model family
+    loras: tuple[LoraSpec, ...] = ()
+    use_lcm_lora: bool | None = None  # None: on for SD 1.5 checkpoints, off for turbo models
+    lcm_lora: str | None = None  # None: the LCM-LoRA matching the model family
+    similarity_filter: bool = False
+    similarity_threshold: float = 0.98
+    max_skip_frames: int = 10
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu
+    acceleration: Acceleration = "none"
+    resize_mode: ResizeMode = "crop"
+    allow_pickle: bool = False  # load .ckpt / .bin pickles only when the user opts in
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        # Accept lists from JSON / argparse while keeping the dataclass hashable.
+        if not isinstance(self.t_index_list, tuple):
+            object.__setattr__(self, "t_index_list", tuple(self.t_index_list))
+        if not isinstance(self.loras, tuple):
+            object.__setattr__(self, "loras", tuple(self.loras))
+        self._validate()
+
+    def _validate(self) -> None:
+        _choice("mode", self.mode, MODES)
+        _choice("cfg_type", self.cfg_type, CFG_TYPES)
+        _choice("acceleration", self.acceleration, ACCELERATIONS)
+        _choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        if self.dtype != "auto":
+            _choice("dtype", self.dtype, DTYPES)
+        if not self.model or not isinstance(self.model, str):
+            raise ConfigError("model", "give a hub id, a local folder, a .safetensors file or preset:NAME")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 64 <= value <= 2048 or value % 8:
+                raise ConfigError(name, f"must be a multiple of 8 from 64 to 2048, got {value!r}")
+        _int_range("num_inference_steps", self.num_inference_steps, 1, 1000)
+        if not 1 <= len(self.t_index_list) <= 4:
+            raise ConfigError("t_index_list", f"needs 1 to 4 entries (denoising steps), got {len(self.t_index_list)}")
+        last = -1
+        for index in self.t_index_list:
+            if not isinstance(index, int) or not 0 <= index < self.num_inference_steps:
+                raise ConfigError(
+                    "t_index_list", f"entries must be integers from 0 to {self.num_inference_steps - 1}, got {index!r}"
+                )
+            if index <= last:
+                raise ConfigError("t_index_list", f"entries must increase strictly, got {list(self.t_index_list)}")
+            last = index
+        _int_range("frame_buffer_size", self.frame_buffer_size, 1, 8)
+        _float_range("guidance_scale", self.guidance_scale, 0.0, 20.0)
+        _float_range("delta", self.delta, 0.0, 5.0)
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError("seed", f"must be an integer from 0 to 2**63-1, got {self.seed!r}")
+        _float_range("similarity_threshold", self.similarity_threshold, 0.0, 1.0)
+        _int_range("max_skip_frames", self.max_skip_frames, 0, 10_000)
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for lora in self.loras:
+            _float_range("loras.scale", lora.scale, -4.0, 4.0)
+
+    @property
+    def denoising_steps(self) -> int:
+        return len(self.t_index_list)
+
+    @property
+    def batch_size(self) -> int:
+        """Latents in one UNet call before guidance adds any: one per step and buffered frame."""
+        return self.denoising_steps * self.frame_buffer_size
+
+    def replace(self, **changes) -> "StreamConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self):
+        import torch
+
+        if self.dtype == "auto":
+            return torch.float16 if self.resolved_device().startswith("cuda") else torch.float32
+        return getattr(torch, self.dtype)
+
+    def shape_key(self) -> tuple:
+        """What compiled graphs and engines depend on: a change here rebuilds them."""
+        return (self.width, self.height, self.denoising_steps, self.frame_buffer_size, self.cfg_type, self.mode)
+
+
+def _choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _int_range(name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(name, f"must be an integer from {low} to {high}, got {value!r}")
+
+
+def _float_range(name: str, value, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(name, f"must be a number from {low} to {high}, got {value!r}")
+

@@ -1,0 +1,71 @@
+"""Frame conversions on the device: uint8 HxWx3 in, model-sized [-1, 1] tensors, and back to uint8.
+
+Everything here is torch arithmetic on the frame's device, so the hot path never touches PIL or the
+CPU beyond the one upload and the one download.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def as_uint8_tensor(frame) -> torch.Tensor:
+    """Accept numpy or torch, HxWx3 or NxHxWx3 uint8 RGB; return a torch uint8 tensor NxHxWx3."""
+    if isinstance(frame, np.ndarray):
+        frame = torch.from_numpy(np.ascontiguousarray(frame))
+    if not isinstance(frame, torch.Tensor):
+        raise TypeError(f"frames must be numpy arrays or torch tensors, got {type(frame).__name__}")
+    if frame.dtype != torch.uint8:
+        raise TypeError(f"frames must be uint8 RGB, got {frame.dtype}")
+    if frame.ndim == 3:
+        frame = frame.unsqueeze(0)
+    if frame.ndim != 4 or frame.shape[-1] != 3:
+        raise ValueError(f"frames must be HxWx3 or NxHxWx3 RGB, got shape {tuple(frame.shape)}")
+    return frame
+
+
+def crop_box(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
+    """The centred (top, left, height, width) of the source that has the target's aspect ratio."""
+    if src_w * dst_h > dst_w * src_h:  # source is wider: cut the sides
+        w = max(1, round(src_h * dst_w / dst_h))
+        return 0, (src_w - w) // 2, src_h, w
+    h = max(1, round(src_w * dst_h / dst_w))
+    return (src_h - h) // 2, 0, h, src_w
+
+
+def letterbox_box(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
+    """The centred (top, left, height, width) in the target that the whole source scales into."""
+    scale = min(dst_h / src_h, dst_w / src_w)
+    h, w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
+    return (dst_h - h) // 2, (dst_w - w) // 2, h, w
+
+
+def to_model_input(frames_u8: torch.Tensor, height: int, width: int, dtype: torch.dtype, letterbox: bool = False):
+    """NxHxWx3 uint8 -> Nx3xheightxwidth in [-1, 1], centre-cropped (or letterboxed) and resized."""
+    x = frames_u8.permute(0, 3, 1, 2).to(torch.float32)
+    src_h, src_w = x.shape[-2:]
+    if letterbox:
+        top, left, h, w = letterbox_box(src_h, src_w, height, width)
+        inner = _resize(x, h, w)
+        x = torch.zeros((x.shape[0], 3, height, width), dtype=x.dtype, device=x.device)
+        x[:, :, top : top + h, left : left + w] = inner
+    else:
+        top, left, h, w = crop_box(src_h, src_w, height, width)
+        x = _resize(x[:, :, top : top + h, left : left + w], height, width)
+    return (x / 127.5 - 1.0).to(dtype)
+
+
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if x.shape[-2:] == (height, width):
+        return x
+    shrinking = x.shape[-2] > height or x.shape[-1] > width
+    # Antialiasing matters when a 1080p webcam frame shrinks to 512: without it edges shimmer.
+    return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def to_uint8_frames(images: torch.Tensor) -> torch.Tensor:
+    """Nx3xHxW in [-1, 1] -> NxHxWx3 uint8."""
+    x = ((images.float() + 1.0) * 127.5).clamp_(0, 255).round_()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()

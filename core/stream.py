@@ -1,0 +1,324 @@
+"""StreamEngine: Stream Batch denoising with residual CFG, frame in, frame out.
+
+Stages per frame, in order (as a diffusers pipeline would have them): preprocess on the device,
+(similarity filter), VAE encode, add noise, one batched UNet call over every denoising step, the LCM
+step, re-noise the stream buffer, VAE decode, uint8.
+
+Every per-frame tensor the engine reads lives in a persistent buffer that parameter changes overwrite
+in place; shapes never change for the life of an engine. That is what lets a captured CUDA graph or a
+TensorRT engine be reused across prompt, seed, strength and guidance changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+
+import numpy as np
+import torch
+from diffusers import LCMScheduler
+
+from core import imageops, schedule
+from core.config import StreamConfig
+from core.prompts import NEGATIVE, Conditioning, conditioning_layout, encode_conditioning
+from core.similarity import SimilarityFilter
+
+log = logging.getLogger(__name__)
+
+
+class StreamEngine:
+    def __init__(self, components, config: StreamConfig):
+        self.components = components
+        self.config = config
+        self.device = torch.device(config.resolved_device())
+        self.dtype = config.resolved_dtype()
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            raise ValueError("on the CPU the engine runs in float32; pass dtype float32 or auto")
+        if self.device.type == "cpu":
+            warnings.warn("running on the CPU: expect seconds per frame at full model sizes", stacklevel=2)
+        pipe = components.pipe
+        self.unet = pipe.unet
+        self.vae = components.tiny_vae if components.tiny_vae is not None else pipe.vae
+        # The SDXL VAE overflows in float16; it runs in float32 unless the tiny VAE replaces it.
+        self.vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else self.dtype
+        self.vae.to(self.vae_dtype)
+        self.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        if self.scheduler.config.prediction_type != "epsilon":
+            raise ValueError(f"only epsilon-prediction models are supported, got {self.scheduler.config.prediction_type}")
+        self.timesteps = schedule.lcm_timesteps(self.scheduler, config.num_inference_steps)
+        self.layout = conditioning_layout(config.cfg_type, config.denoising_steps, config.frame_buffer_size)
+        self.unet_forward = self.unet  # the accelerators swap in a compiled callable
+        self.latent_shape = (4, config.height // 8, config.width // 8)
+
+        self._lock = threading.Lock()
+        self._pending: dict[str, object] = {}
+        self.prompt = ""
+        self.negative_prompt = ""
+        self.filter = SimilarityFilter(config.similarity_threshold, config.max_skip_frames, seed=config.seed)
+        self.similarity_enabled = config.similarity_filter
+        self.last_frame_skipped = False
+        self.skipped_frames = 0
+        self.frames_processed = 0
+        self.last_gpu_ms = 0.0
+        self._last_output: torch.Tensor | None = None
+        self._allocate_state()
+
+    @classmethod
+    def from_config(cls, config: StreamConfig, progress=None) -> "StreamEngine":
+        from core.models import load_components
+
+        engine = cls(load_components(config, progress), config)
+        if config.acceleration != "none":
+            from core.accel import accelerate
+
+            accelerate(engine, progress)
+        return engine
+
+    # ----- precomputation -------------------------------------------------------------------------
+
+    def _allocate_state(self) -> None:
+        cfg, dev, dt = self.config, self.device, self.dtype
+        batch, fb = cfg.batch_size, cfg.frame_buffer_size
+        self._noise = torch.empty((batch, *self.latent_shape), device=dev, dtype=dt)
+        self._fill_noise(cfg.seed)
+        coef = schedule.step_coefficients(
+            self.scheduler, schedule.sub_timesteps(self.timesteps, cfg.t_index_list), fb
+        )
+        self._alpha, self._beta, self._c_skip, self._c_out = (
+            getattr(coef, name).to(dev, dt) for name in ("alpha", "beta", "c_skip", "c_out")
+        )
+        self._unet_timesteps = coef.timesteps[self._unet_rows()].to(dev)
+        self._guidance = torch.tensor(float(cfg.guidance_scale), device=dev, dtype=dt)
+        self._delta = torch.tensor(float(cfg.delta), device=dev, dtype=dt)
+        # Latents and RCFG anchors of the frames still in flight (steps 1..n-1).
+        self._latent_buffer = torch.zeros((batch - fb, *self.latent_shape), device=dev, dtype=dt)
+        self._anchor_buffer = torch.zeros_like(self._latent_buffer)
+        self.conditioning: Conditioning | None = None
+
+    def _unet_rows(self) -> list[int]:
+        """Which stream-batch element each UNet input denoises (negative copies repeat rows)."""
+        batch, fb = self.config.batch_size, self.config.frame_buffer_size
+        if self.config.cfg_type == "full":
+            return list(range(batch)) * 2
+        if self.config.cfg_type == "initialize":
+            return list(range(fb)) + list(range(batch))
+        return list(range(batch))
+
+    def _fill_noise(self, seed: int) -> None:
+        # Drawn on the CPU so that a seed gives the same noise on every device.
+        generator = torch.Generator("cpu").manual_seed(seed)
+        self._noise.copy_(torch.randn(self._noise.shape, generator=generator, dtype=torch.float32))
+
+    def prepare(self, prompt: str, negative_prompt: str = "") -> None:
+        """Encode the prompts and reset the stream buffer; call once before the first frame."""
+        self.prompt, self.negative_prompt = prompt, negative_prompt
+        self.conditioning = self._encode(prompt, negative_prompt)
+        self._latent_buffer.zero_()
+        self._anchor_buffer.zero_()
+        self.filter.reset()
+        self._last_output = None
+
+    def _encode(self, prompt: str, negative_prompt: str) -> Conditioning:
+        cfg = self.config
+        return encode_conditioning(
+            self.components, prompt, negative_prompt, self.layout, cfg.width, cfg.height, self.device, self.dtype
+        )
+
+    # ----- live parameter changes: queued, applied between frames ---------------------------------
+
+    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        self._queue("prompt", (prompt, self.negative_prompt if negative_prompt is None else negative_prompt))
+
+    def set_seed(self, seed: int) -> None:
+        self._queue("seed", int(seed))
+
+    def set_strength(self, strength: float) -> None:
+        steps = self.config.denoising_steps
+        self.set_t_index_list(schedule.strength_to_t_index_list(strength, steps, self.config.num_inference_steps))
+
+    def set_t_index_list(self, t_index_list) -> None:
+        if len(t_index_list) != self.config.denoising_steps:
+            raise ValueError("a new step count needs a new engine (the stream batch changes shape)")
+        self.config.replace(t_index_list=tuple(t_index_list))  # validates
+        self._queue("t_index_list", tuple(t_index_list))
+
+    def set_guidance(self, guidance_scale: float | None = None, delta: float | None = None) -> None:
+        self.config.replace(
+            guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
+            delta=self.config.delta if delta is None else delta,
+        )
+        self._queue("guidance", (guidance_scale, delta))
+
+    def set_similarity_filter(self, enabled: bool, threshold: float | None = None, max_skip_frames: int | None = None):
+        self._queue("filter", (enabled, threshold, max_skip_frames))
+
+    def _queue(self, key: str, value) -> None:
+        with self._lock:
+            self._pending[key] = value
+
+    def apply_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        cfg = self.config
+        if "prompt" in pending:
+            self.prompt, self.negative_prompt = pending["prompt"]
+            self.conditioning.copy_(self._encode(self.prompt, self.negative_prompt))
+        if "seed" in pending:
+            cfg = cfg.replace(seed=pending["seed"])
+            self._fill_noise(cfg.seed)
+        if "t_index_list" in pending:
+            cfg = cfg.replace(t_index_list=pending["t_index_list"])
+            coef = schedule.step_coefficients(
+                self.scheduler, schedule.sub_timesteps(self.timesteps, cfg.t_index_list), cfg.frame_buffer_size
+            )
+            for name in ("alpha", "beta", "c_skip", "c_out"):
+                getattr(self, f"_{name}").copy_(getattr(coef, name))
+            self._unet_timesteps.copy_(coef.timesteps[self._unet_rows()])
+        if "guidance" in pending:
+            guidance, delta = pending["guidance"]
+            cfg = cfg.replace(
+                guidance_scale=cfg.guidance_scale if guidance is None else guidance,
+                delta=cfg.delta if delta is None else delta,
+            )
+            self._guidance.fill_(cfg.guidance_scale)
+            self._delta.fill_(cfg.delta)
+        if "filter" in pending:
+            enabled, threshold, max_skips = pending["filter"]
+            cfg = cfg.replace(
+                similarity_filter=enabled,
+                similarity_threshold=cfg.similarity_threshold if threshold is None else threshold,
+                max_skip_frames=cfg.max_skip_frames if max_skips is None else max_skips,
+            )
+            self.similarity_enabled = enabled
+            self.filter.threshold, self.filter.max_skip_frames = cfg.similarity_threshold, cfg.max_skip_frames
+        self.config = cfg
+
+    # ----- the per-frame stages -------------------------------------------------------------------
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        latents = self.vae.encode(images.to(self.vae_dtype), return_dict=False)[0]
+        if hasattr(latents, "mode"):  # the full VAE returns a distribution; the tiny one latents
+            latents = latents.mode()
+        return (latents * self.vae.config.scaling_factor).to(self.dtype)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = (latents / self.vae.config.scaling_factor).to(self.vae_dtype)
+        return self.vae.decode(latents, return_dict=False)[0]
+
+    def predict_noise(self, x_t: torch.Tensor) -> torch.Tensor:
+        """One UNet call over the whole stream batch (plus the negative inputs of the cfg type)."""
+        rows = self._unet_rows()
+        x_in = x_t if len(rows) == x_t.shape[0] else x_t[rows]
+        cond = self.conditioning
+        return self.unet_forward(
+            x_in,
+            self._unet_timesteps,
+            encoder_hidden_states=cond.encoder_hidden_states,
+            added_cond_kwargs=cond.added_cond_kwargs,
+            return_dict=False,
+        )[0]
+
+    def denoise(self, x_new: torch.Tensor) -> torch.Tensor:
+        """Stream Batch step: new frames' latents (fb) in, the fully denoised latents (fb) out.
+
+        ``x_new`` is the clean latent of the new frames (img2img) or zeros (txt2img). The batch holds
+        the new frames at step 0 and the buffered frames at steps 1..n-1; after the call every element
+        but the last frames is re-noised to its next timestep and kept for the next frame.
+        """
+        cfg, fb = self.config, self.config.frame_buffer_size
+        a, b = self._alpha, self._beta
+        if cfg.mode == "txt2img":
+            x_t_new = self._noise[:fb]
+        else:
+            x_t_new = schedule.add_noise(x_new, self._noise[:fb], a[:fb], b[:fb])
+        x_t = torch.cat([x_t_new, self._latent_buffer])
+        anchors = torch.cat([x_new, self._anchor_buffer])
+
+        eps = self.predict_noise(x_t)
+        batch = x_t.shape[0]
+        if cfg.cfg_type == "none":
+            guided = eps
+        elif cfg.cfg_type == "full":
+            guided = schedule.guided_noise(eps[batch:], eps[:batch], self._guidance)
+        else:
+            if cfg.cfg_type == "initialize":
+                # The negative prompt's x0 at the first step anchors the residual of this frame.
+                negative_x0 = schedule.predict_x0(x_t_new, eps[:fb], a[:fb], b[:fb])
+                anchors = torch.cat([negative_x0, self._anchor_buffer])
+                eps = eps[fb:]
+            eps_uncond = self._delta * schedule.residual_noise(x_t, anchors, a, b)
+            guided = schedule.guided_noise(eps, eps_uncond, self._guidance)
+        denoised = schedule.lcm_denoise(x_t, guided, a, b, self._c_skip, self._c_out)
+
+        if batch > fb:
+            self._latent_buffer.copy_(schedule.add_noise(denoised[:-fb], self._noise[fb:], a[fb:], b[fb:]))
+            self._anchor_buffer.copy_(anchors[:-fb])
+        return denoised[-fb:]
+
+    def frame_step(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        """Device uint8 NxHxWx3 in (any size), device uint8 N x height x width x 3 out."""
+        cfg = self.config
+        if cfg.mode == "txt2img":
+            x_new = torch.zeros((cfg.frame_buffer_size, *self.latent_shape), device=self.device, dtype=self.dtype)
+        else:
+            images = imageops.to_model_input(frames_u8, cfg.height, cfg.width, self.dtype, cfg.resize_mode == "letterbox")
+            x_new = self.encode_images(images)
+        return imageops.to_uint8_frames(self.decode_latents(self.denoise(x_new)))
+
+    # ----- the public per-frame call --------------------------------------------------------------
+
+    @torch.no_grad()
+    def process(self, frame=None):
+        """One frame (HxWx3) or ``frame_buffer_size`` frames (NxHxWx3) of uint8 RGB in, the same out.
+
+        numpy in gives numpy out (host); a torch tensor in gives a tensor on the engine's device.
+        txt2img takes no frame.
+        """
+        if self.conditioning is None:
+            raise RuntimeError("call prepare(prompt) before the first frame")
+        self.apply_pending()
+        fb = self.config.frame_buffer_size
+        single = frame is None or getattr(frame, "ndim", 0) == 3
+        to_host = frame is None or isinstance(frame, np.ndarray)
+        frames = None
+        if frame is not None:
+            frames = imageops.as_uint8_tensor(frame).to(self.device, non_blocking=True)
+            if frames.shape[0] != fb:
+                raise ValueError(f"expected {fb} frame(s) per call (frame_buffer_size), got {frames.shape[0]}")
+        elif self.config.mode == "img2img":
+            raise ValueError("img2img needs an input frame")
+
+        started = time.perf_counter()
+        if self._should_skip(frames):
+            output = self._last_output
+            self.last_frame_skipped = True
+            self.skipped_frames += 1
+        else:
+            output = self.run_frame_step(frames)
+            self._last_output = output
+            self.last_frame_skipped = False
+            self.frames_processed += 1
+        if to_host:
+            output = output.cpu().numpy()
+        elif self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        self.last_gpu_ms = (time.perf_counter() - started) * 1000.0
+        return output[0] if single else output
+
+    def run_frame_step(self, frames_u8):
+        """The hot path; the accelerators replace it with a compiled or graph-captured version."""
+        return self.frame_step(frames_u8)
+
+    def _should_skip(self, frames_u8) -> bool:
+        if not self.similarity_enabled or frames_u8 is None:
+            return False
+        # The filter is consulted even without an output yet, so that it learns its reference frame.
+        return self.filter.should_skip(self._filter_view(frames_u8)) and self._last_output is not None
+
+    def _filter_view(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        # A small copy is enough to judge similarity and keeps the check far cheaper than the model.
+        return imageops.to_model_input(frames_u8, 64, 64, torch.float32)
