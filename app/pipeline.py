@@ -1,0 +1,402 @@
+"""The Qt-free threaded frame pipeline, shared by the GUI and the headless commands.
+
+    capture thread --[input slot]--> GPU thread (engine.process) --[output slot]--> postprocess thread
+        source.read()                                                               outputs + on_frame
+
+Slots hold one item. By default they are lossy (a slow stage sees the newest frame, older ones are
+dropped and counted) so latency stays bounded; ``PipelineConfig(lossless=True)`` makes them blocking,
+so every input frame is processed once and in order (file-to-file runs).
+
+Threading contract for users of this class (the GUI included):
+- Callbacks run on pipeline threads: ``on_frame`` and ``on_finished`` on the postprocess thread,
+  ``on_status`` / ``on_error`` on whichever thread noticed. A GUI must hand them over to its own thread
+  (e.g. a queued Qt signal) and return quickly.
+- Engine settings: call the engine's thread-safe setters directly (``pipeline.engine.update_prompt``),
+  or use ``call_in_gpu_thread`` for anything that must happen between two frames.
+- ``set_source``, ``add_output``/``remove_output``, ``set_engine``/``load_engine`` work while running
+  and never stop the engine. Without an engine, frames pass through unchanged (``processed`` False).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from app.frame_slot import END, FrameSlot, SlotClosed
+from app.outputs import Output
+from app.pipeline_stats import PipelineStats, StatsCollector
+from app.pipeline_workers import capture_loop, engine_error_message, free_gpu_memory, release_engine
+from app.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the pipeline needs from core.stream.StreamEngine (a fake with these members works too)."""
+
+    def process(self, frame: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class PipelineConfig:
+    #: Blocking slots: drop nothing, keep order (file-to-file). Lossy (default) for live use.
+    lossless: bool = False
+    #: Back-off when a source is lost (camera unplugged): first wait, doubling up to the maximum.
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 8.0
+    #: Window of the rolling statistics.
+    stats_window_s: float = 2.0
+    #: Attach the input image to each OutputFrame (side-by-side preview); costs nothing, it is a reference.
+    keep_input: bool = True
+    #: How long stop() waits for each thread.
+    join_timeout_s: float = 10.0
+    #: Consecutive engine failures after which the engine is released (an out-of-memory releases at once).
+    max_engine_failures: int = 3
+
+
+@dataclass
+class Frame:
+    """A captured frame: RGB uint8 (H, W, 3), its running index and perf_counter() capture time."""
+
+    image: np.ndarray
+    index: int
+    capture_time: float
+
+
+@dataclass
+class OutputFrame:
+    """A frame leaving the pipeline."""
+
+    image: np.ndarray  # RGB uint8, the engine's output size (or the input size when passed through)
+    input: np.ndarray | None  # the captured frame it was made from, if PipelineConfig.keep_input
+    index: int
+    capture_time: float
+    processed: bool = True  # False: no engine, the input passed through
+    skipped: bool = False  # the similarity filter re-emitted the previous output
+    gpu_ms: float = 0.0
+    output_time: float = 0.0  # perf_counter() when all outputs were written
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.output_time - self.capture_time) * 1000.0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        source: Source | None = None,
+        config: PipelineConfig | None = None,
+        *,
+        on_frame: Callable[[OutputFrame], None] | None = None,
+        on_error: Callable[[str, BaseException | None], None] | None = None,
+        on_status: Callable[[str], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
+    ):
+        self.config = config or PipelineConfig()
+        self.on_frame, self.on_error, self.on_status, self.on_finished = on_frame, on_error, on_status, on_finished
+        self._engine = engine
+        self._source = source
+        self._source_changed = False
+        self._outputs: list[Output] = []
+        self._outputs_lock = threading.Lock()
+        self._tasks: list[tuple[Callable, Future]] = []
+        self._tasks_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._threads: list[threading.Thread] = []
+        self._loaders: list[threading.Thread] = []
+        self._load_generation = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # interrupts back-off waits in the capture thread
+        self._finished = threading.Event()
+        self._engine_failures = 0
+        self._stats = StatsCollector(self.config.stats_window_s)
+        self._skipped = 0
+        self._in_slot = FrameSlot(self.config.lossless)
+        self._out_slot = FrameSlot(self.config.lossless)
+        self._dropped_before = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def start(self) -> None:
+        """Start the three threads. No-op when already running."""
+        with self._lock:
+            if self._threads:
+                return
+            self._stop.clear()
+            self._finished.clear()
+            self._in_slot = FrameSlot(self.config.lossless)
+            self._out_slot = FrameSlot(self.config.lossless)
+            self._stats.reset()
+            loops = {"capture": capture_loop, "gpu": Pipeline._gpu_loop, "post": Pipeline._post_loop}
+            self._threads = [
+                threading.Thread(target=self._guard, args=(loop,), name=f"pipeline-{name}", daemon=True)
+                for name, loop in loops.items()
+            ]
+            for thread in self._threads:
+                thread.start()
+
+    def stop(self, close_outputs: bool = True) -> None:
+        """Stop and join every thread (the source is closed by its thread). Outputs are closed and
+        removed unless ``close_outputs`` is False; recorders are finalized either way by close()."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+            self._stop.set()
+            self._wake.set()
+            self._in_slot.close()
+            self._out_slot.close()
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join(self.config.join_timeout_s)
+                    if thread.is_alive():
+                        log.warning("thread %s did not stop within %.0f s", thread.name, self.config.join_timeout_s)
+            self._dropped_before += self._in_slot.dropped + self._out_slot.dropped
+            self._in_slot.dropped = self._out_slot.dropped = 0
+            loaders, self._loaders = self._loaders, []
+        for loader in loaders:
+            if loader is not threading.current_thread():
+                loader.join(self.config.join_timeout_s)
+        self._run_pending_tasks()  # whoever waits on call_in_gpu_thread gets an answer
+        if close_outputs:
+            with self._outputs_lock:
+                outputs, self._outputs = self._outputs, []
+            for output in outputs:
+                output.close()
+
+    def restart(self) -> None:
+        """Stop and start again with the same source, engine and outputs."""
+        self.stop(close_outputs=False)
+        self.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a finite source has been fully delivered to the outputs (or stop()). True if it was."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._finished.is_set():
+            if self._stop.is_set() and not self.running:
+                return False
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._finished.wait(0.1 if left is None else min(0.1, left))
+        return True
+
+    # ------------------------------------------------------------------------------ live changes
+
+    @property
+    def source(self) -> Source | None:
+        return self._source
+
+    def set_source(self, source: Source | None) -> None:
+        """Switch the source between two frames; the old one is closed by the capture thread."""
+        with self._lock:
+            old = self._source
+            self._source, self._source_changed = source, True
+            self._finished.clear()
+            self._wake.set()
+        if not self._threads and old is not None and old is not source:
+            old.close()
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    def set_engine(self, engine: Engine | None) -> None:
+        """Replace the engine between two frames (None: pass frames through). The old one is released."""
+        self.call_in_gpu_thread(lambda: self._install_engine(engine))
+
+    def load_engine(self, factory: Callable[[], Engine], on_ready: Callable[[Engine], None] | None = None) -> None:
+        """Build an engine with ``factory`` (slow: loads a model) on a background thread while the
+        current engine keeps running, then swap it in between two frames. A failure goes to on_error
+        and the current engine stays. A newer call supersedes a load still in progress."""
+        with self._lock:
+            self._load_generation += 1
+            generation = self._load_generation
+
+        def load() -> None:
+            try:
+                engine = factory()
+            except BaseException as exc:  # noqa: BLE001 - reported, the old engine keeps running
+                self.report_error(f"Loading the model failed: {engine_error_message(exc)}", exc)
+                return
+            if generation != self._load_generation:
+                release_engine(engine)
+                return  # the dropped reference is freed with this thread's frame
+            self.set_engine(engine)
+            self.report_status("Model ready")
+            if on_ready is not None:
+                on_ready(engine)
+
+        loader = threading.Thread(target=load, name="pipeline-loader", daemon=True)
+        with self._lock:
+            self._loaders = [t for t in self._loaders if t.is_alive()] + [loader]
+        loader.start()
+
+    def call_in_gpu_thread(self, fn: Callable[[], object]) -> Future:
+        """Run ``fn`` on the GPU thread before the next frame (at once when not running)."""
+        future: Future = Future()
+        with self._tasks_lock:
+            self._tasks.append((fn, future))
+        if self._threads:
+            self._in_slot.poke()
+        else:
+            self._run_pending_tasks()
+        return future
+
+    def add_output(self, output: Output) -> None:
+        with self._outputs_lock:
+            self._outputs = [*self._outputs, output]
+
+    def remove_output(self, output: Output, close: bool = True) -> None:
+        """Detach ``output``; it is not being written to when this returns. Closes it unless told not to."""
+        with self._outputs_lock:
+            self._outputs = [o for o in self._outputs if o is not output]
+        if close:
+            output.close()
+
+    @property
+    def outputs(self) -> list[Output]:
+        return list(self._outputs)
+
+    def stats(self) -> PipelineStats:
+        dropped = self._dropped_before + self._in_slot.dropped + self._out_slot.dropped
+        return self._stats.snapshot(dropped, self._skipped)
+
+    # ------------------------------------------------------------------------------ reporting
+
+    def report_error(self, message: str, exc: BaseException | None = None) -> None:
+        self.last_error = message
+        log.error("%s", message, exc_info=exc)
+        if self.on_error is not None:
+            try:
+                self.on_error(message, exc)
+            except Exception:
+                log.exception("the error callback failed")
+
+    def report_status(self, message: str) -> None:
+        log.info("%s", message)
+        if self.on_status is not None:
+            try:
+                self.on_status(message)
+            except Exception:
+                log.exception("the status callback failed")
+
+    # ------------------------------------------------------------------------------ threads
+
+    def _guard(self, loop: Callable[["Pipeline"], None]) -> None:
+        # Last line of defence: a bug in a loop still reaches the user instead of a silent stall.
+        try:
+            loop(self)
+        except SlotClosed:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            self.report_error(f"Internal error in {threading.current_thread().name}: {exc!r}", exc)
+
+    def _take_source_change(self) -> tuple[bool, Source | None]:
+        with self._lock:
+            changed, self._source_changed = self._source_changed, False
+            self._wake.clear()
+            return changed, self._source
+
+    def _run_pending_tasks(self) -> None:
+        with self._tasks_lock:
+            tasks, self._tasks = self._tasks, []
+        for fn, future in tasks:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller and the log
+                future.set_exception(exc)
+                self.report_error(f"A setting could not be applied: {exc}", exc)
+
+    def _install_engine(self, engine: Engine | None) -> None:
+        old, self._engine = self._engine, engine
+        self._engine_failures = 0
+        if old is not None and old is not engine:
+            release_engine(old)
+            del old
+            free_gpu_memory()
+
+    def _gpu_loop(self) -> None:
+        in_slot, out_slot = self._in_slot, self._out_slot
+        while not self._stop.is_set():
+            if self._tasks:
+                self._run_pending_tasks()
+            item = in_slot.get(0.25)
+            if item is None:
+                continue
+            if item is END:
+                out_slot.put(END)
+                continue
+            out_slot.put(self._process(item))
+
+    def _process(self, frame: Frame) -> OutputFrame:
+        engine = self._engine
+        keep = frame.image if self.config.keep_input else None
+        if engine is None:
+            return OutputFrame(frame.image, keep, frame.index, frame.capture_time, processed=False)
+        try:
+            image = engine.process(frame.image)
+        except Exception as exc:  # noqa: BLE001 - the stream must survive a bad frame or an OOM
+            self._engine_failed(engine, exc)
+            return OutputFrame(frame.image, keep, frame.index, frame.capture_time, processed=False)
+        self._engine_failures = 0
+        skipped = bool(getattr(engine, "last_frame_skipped", False))
+        self._skipped = int(getattr(engine, "skipped_frames", self._skipped + skipped))
+        gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0)
+        return OutputFrame(image, keep, frame.index, frame.capture_time, True, skipped, gpu_ms)
+
+    def _engine_failed(self, engine: Engine, exc: Exception) -> None:
+        self._engine_failures += 1
+        message = engine_error_message(exc, getattr(engine, "config", None))
+        oom = type(exc).__name__ == "OutOfMemoryError"
+        if oom or self._engine_failures >= self.config.max_engine_failures:
+            self._install_engine(None)
+            message += " The model was unloaded and frames pass through unchanged; load it again to continue."
+        self.report_error(message, exc)
+
+    def _post_loop(self) -> None:
+        out_slot = self._out_slot
+        while not self._stop.is_set():
+            item = out_slot.get(0.25)
+            if item is None:
+                continue
+            if item is END:
+                self._finished.set()
+                if self.on_finished is not None:
+                    self.on_finished()
+                continue
+            self._deliver(item)
+
+    def _deliver(self, item: OutputFrame) -> None:
+        with self._outputs_lock:
+            failed = []
+            for output in self._outputs:
+                try:
+                    output.write(item.image)
+                except Exception as exc:  # noqa: BLE001 - one broken output must not stop the others
+                    failed.append((output, exc))
+            if failed:
+                broken = {id(o) for o, _ in failed}
+                self._outputs = [o for o in self._outputs if id(o) not in broken]
+        for output, exc in failed:
+            output.close()  # finalizes a recorder so what was written stays playable
+            self.report_error(f"{getattr(output, 'name', 'Output')} stopped: {exc}", exc)
+        item.output_time = time.perf_counter()
+        if self.on_frame is not None:
+            try:
+                self.on_frame(item)
+            except Exception as exc:  # noqa: BLE001
+                self.report_error(f"The frame listener failed: {exc}", exc)
+        self._stats.record_output(item.output_time, item.output_time - item.capture_time, item.gpu_ms)

@@ -1,0 +1,127 @@
+"""The capture thread's loop (source switching, loss and back-off) and engine error helpers, kept apart
+from app/pipeline.py so each file stays readable."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from app.frame_slot import END
+from app.sources import Source, SourceError, SourceLost
+
+if TYPE_CHECKING:
+    from app.pipeline import Pipeline
+
+
+def capture_loop(pipe: "Pipeline") -> None:
+    from app.pipeline import Frame  # circular at import time only
+
+    cfg = pipe.config
+    _, source = pipe._take_source_change()
+    opened = False
+    lost = False
+    delay = cfg.retry_initial_s
+    index = 0
+    try:
+        while not pipe._stop.is_set():
+            changed, wanted = pipe._take_source_change()
+            if changed:
+                if source is not None and source is not wanted:
+                    source.close()
+                source, opened, lost, delay = wanted, False, False, cfg.retry_initial_s
+            if source is None:
+                pipe._wake.wait(0.25)
+                continue
+            if not opened:
+                try:
+                    source.open()
+                    opened = True
+                except SourceError as exc:
+                    if lost:  # still gone: keep trying quietly
+                        delay = _back_off(pipe, source, delay)
+                        continue
+                    pipe.report_error(str(exc), exc)
+                    source = _give_up(pipe, source)
+                    continue
+            try:
+                image = source.read()
+            except SourceLost as exc:
+                if not lost:
+                    pipe.report_status(f"{exc}; retrying until it is back")
+                    lost = True
+                opened = False
+                delay = _back_off(pipe, source, delay)
+                continue
+            except Exception as exc:  # noqa: BLE001 - SourceError or a back-end bug: say why, keep the engine up
+                message = str(exc) if isinstance(exc, SourceError) else f"{source.name} failed: {exc!r}"
+                pipe.report_error(message, exc)
+                source = _give_up(pipe, source)
+                continue
+            if lost:
+                pipe.report_status(f"{source.name} is back")
+                lost, delay = False, cfg.retry_initial_s
+            if image is None:
+                pipe.report_status(f"{source.name} ended")
+                source = _give_up(pipe, source)
+                pipe._in_slot.put(END)
+                continue
+            now = time.perf_counter()
+            pipe._stats.record_input(now)
+            pipe._in_slot.put(Frame(image, index, now))
+            index += 1
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _give_up(pipe: "Pipeline", source: Source) -> None:
+    """Close a source that ended or failed and idle until set_source() brings another (or the same)."""
+    source.close()
+    with pipe._lock:
+        if pipe._source is source and not pipe._source_changed:
+            pipe._source = None
+    return None
+
+
+def _back_off(pipe: "Pipeline", source: Source, delay: float) -> float:
+    source.close()
+    pipe._wake.wait(delay)  # stop() or set_source() cut the wait short
+    return min(delay * 2, pipe.config.retry_max_s)
+
+
+def engine_error_message(exc: BaseException, config=None) -> str:
+    """A sentence for the user; out-of-memory gets the advice that actually helps."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        where = ""
+        if config is not None:
+            where = f" at {config.width}x{config.height} with {len(config.t_index_list)} step(s)"
+        return (
+            f"The GPU ran out of memory{where}. Choose a smaller size or fewer steps, turn on the tiny VAE, "
+            "or close other programs that use the GPU."
+        )
+    text = str(exc).strip() or type(exc).__name__
+    return f"The model failed on a frame: {text}."
+
+
+def release_engine(engine) -> None:
+    """Let an engine free what it holds; the caller drops its last reference, then calls free_gpu_memory()."""
+    close = getattr(engine, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass
+
+
+def free_gpu_memory() -> None:
+    """Return cached GPU blocks of dropped engines to the driver, so the next model has room."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
