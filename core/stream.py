@@ -40,10 +40,12 @@ class StreamEngine:
             warnings.warn("running on the CPU: expect seconds per frame at full model sizes", stacklevel=2)
         pipe = components.pipe
         self.unet = pipe.unet
-        self.vae = components.tiny_vae if components.tiny_vae is not None else pipe.vae
+        use_tiny = config.use_tiny_vae and components.tiny_vae is not None
+        self.vae = components.tiny_vae if use_tiny else pipe.vae
         # The SDXL VAE overflows in float16; it runs in float32 unless the tiny VAE replaces it.
         self.vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else self.dtype
-        self.vae.to(self.vae_dtype)
+        if self.vae.dtype != self.vae_dtype:
+            self.vae.to(self.vae_dtype)
         self.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
         if self.scheduler.config.prediction_type != "epsilon":
             raise ValueError(f"only epsilon-prediction models are supported, got {self.scheduler.config.prediction_type}")
@@ -63,6 +65,7 @@ class StreamEngine:
         self.frames_processed = 0
         self.last_gpu_ms = 0.0
         self._last_output: torch.Tensor | None = None
+        self._pinned: dict[tuple, torch.Tensor] = {}
         self._allocate_state()
 
     @classmethod
@@ -201,7 +204,7 @@ class StreamEngine:
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         latents = self.vae.encode(images.to(self.vae_dtype), return_dict=False)[0]
-        if hasattr(latents, "mode"):  # the full VAE returns a distribution; the tiny one latents
+        if not isinstance(latents, torch.Tensor):  # the full VAE returns a distribution; the tiny one latents
             latents = latents.mode()
         return (latents * self.vae.config.scaling_factor).to(self.dtype)
 
@@ -286,7 +289,7 @@ class StreamEngine:
         to_host = frame is None or isinstance(frame, np.ndarray)
         frames = None
         if frame is not None:
-            frames = imageops.as_uint8_tensor(frame).to(self.device, non_blocking=True)
+            frames = self._upload(imageops.as_uint8_tensor(frame))
             if frames.shape[0] != fb:
                 raise ValueError(f"expected {fb} frame(s) per call (frame_buffer_size), got {frames.shape[0]}")
         elif self.config.mode == "img2img":
@@ -303,11 +306,33 @@ class StreamEngine:
             self.last_frame_skipped = False
             self.frames_processed += 1
         if to_host:
-            output = output.cpu().numpy()
-        elif self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
+            output = self._download(output)
+        else:
+            output = output.clone()  # the accelerators reuse their output buffer every frame
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
         self.last_gpu_ms = (time.perf_counter() - started) * 1000.0
         return output[0] if single else output
+
+    def _upload(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda" or frames.is_cuda:
+            return frames.to(self.device)
+        # A pinned staging buffer makes the copy a DMA the GPU runs without the CPU in the loop.
+        pinned = self._pinned.get(("in", frames.shape))
+        if pinned is None:
+            pinned = self._pinned[("in", frames.shape)] = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.copy_(frames)
+        return pinned.to(self.device, non_blocking=True)
+
+    def _download(self, output: torch.Tensor) -> np.ndarray:
+        if output.device.type != "cuda":
+            return output.numpy().copy()  # callers may keep or edit it; the engine keeps its own
+        pinned = self._pinned.get(("out", output.shape))
+        if pinned is None:
+            pinned = self._pinned[("out", output.shape)] = torch.empty(output.shape, dtype=torch.uint8, pin_memory=True)
+        pinned.copy_(output, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return pinned.numpy().copy()
 
     def run_frame_step(self, frames_u8):
         """The hot path; the accelerators replace it with a compiled or graph-captured version."""

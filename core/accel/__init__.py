@@ -1,0 +1,45 @@
+"""Acceleration back-ends for StreamEngine: compiled graphs, CUDA graphs, TensorRT engines.
+
+``accelerate(engine)`` applies ``engine.config.acceleration`` and never raises for a back-end that
+cannot run here: it falls back (tensorrt -> compile -> none) and logs why, and records what actually
+runs in ``engine.acceleration``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def accelerate(engine, progress=None) -> str:
+    say = progress or (lambda message: log.info(message))
+    wanted = engine.config.acceleration
+    engine.acceleration = "none"
+    if wanted == "none":
+        return engine.acceleration
+    if engine.device.type != "cuda":
+        log.warning("acceleration %r needs CUDA; running eager on %s", wanted, engine.device)
+        return engine.acceleration
+    if wanted == "tensorrt":
+        try:
+            from core.accel.tensorrt import use_tensorrt
+
+            use_tensorrt(engine, say)
+            engine.acceleration = "tensorrt"
+            return engine.acceleration
+        except Exception as error:  # noqa: BLE001 - any failure falls back, with the reason shown
+            log.warning("TensorRT unavailable (%s); falling back to compile", error)
+            say(f"TensorRT unavailable ({error}); using compile instead")
+    try:
+        from core.accel.compile import use_compile
+
+        use_compile(engine, say)
+        engine.acceleration = "compile"
+    except Exception as error:  # noqa: BLE001
+        log.warning("compilation failed (%s: %s); running eager", type(error).__name__, error)
+        say(f"compilation failed ({type(error).__name__}); running eager")
+        from core.accel.compile import restore_eager
+
+        restore_eager(engine)
+    return engine.acceleration

@@ -1,0 +1,99 @@
+"""``compile`` acceleration: Inductor-compiled UNet and VAE, the whole frame step in one CUDA graph.
+
+On the lent machines eager PyTorch is bound by kernel launches (DESIGN.md), so the win comes from two
+places: Inductor fuses the UNet's and VAE's small ops, and one captured CUDA graph replays every
+kernel of a frame (preprocess, encode, noise, UNet, step math, decode, uint8) with a single launch.
+Parameter changes reach the graph because the engine only ever overwrites its state tensors in place.
+Host frames go through pinned buffers; one graph is captured per input frame size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("LIVEDIFFUSION_CACHE", Path.home() / ".cache" / "livediffusion"))
+    return root / "inductor"
+
+
+def configure_inductor() -> None:
+    """Persistent caches (second start is fast) and the tuning flags that measured faster."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    import torch._inductor.config as inductor
+
+    inductor.conv_1x1_as_mm = True
+    inductor.coordinate_descent_tuning = os.environ.get("LIVEDIFFUSION_COORDINATE_DESCENT", "1") == "1"
+    inductor.epilogue_fusion = False
+    inductor.coordinate_descent_check_all_directions = True
+
+
+def use_compile(engine, say) -> None:
+    configure_inductor()
+    engine.unet.to(memory_format=torch.channels_last)
+    mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
+    say("compiling the UNet and VAE (first start takes minutes; later starts use the cache)")
+    engine.unet_forward = torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False)
+    engine.vae.encoder = torch.compile(engine.vae.encoder, mode=mode, fullgraph=True, dynamic=False)
+    engine.vae.decoder = torch.compile(engine.vae.decoder, mode=mode, fullgraph=True, dynamic=False)
+    engine.run_frame_step = FrameGraph(engine, say)
+
+
+def restore_eager(engine) -> None:
+    for name in ("encoder", "decoder"):
+        part = getattr(engine.vae, name)
+        if hasattr(part, "_orig_mod"):
+            setattr(engine.vae, name, part._orig_mod)
+    engine.unet_forward = engine.unet
+    engine.run_frame_step = engine.frame_step
+
+
+class FrameGraph:
+    """Replaces ``engine.run_frame_step`` with CUDA-graph replays, one graph per input shape."""
+
+    def __init__(self, engine, say, warmup_runs: int = 3):
+        self.engine = engine
+        self.say = say
+        self.warmup_runs = warmup_runs
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = None
+
+    def __call__(self, frames_u8):
+        key = None if frames_u8 is None else tuple(frames_u8.shape)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self._capture(frames_u8)
+            self.graphs[key] = entry
+        graph, static_in, static_out = entry
+        if static_in is not None:
+            static_in.copy_(frames_u8, non_blocking=True)
+        graph.replay()
+        return static_out
+
+    def _capture(self, frames_u8):
+        engine = self.engine
+        self.say(f"capturing the frame graph for input {None if frames_u8 is None else tuple(frames_u8.shape)}")
+        static_in = None if frames_u8 is None else frames_u8.clone()
+        # The stream buffer must not advance during warm-up and capture: save and restore it.
+        saved = (engine._latent_buffer.clone(), engine._anchor_buffer.clone())
+        side = torch.cuda.Stream(engine.device)
+        side.wait_stream(torch.cuda.current_stream(engine.device))
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(self.warmup_runs):  # compiles, autotunes, and settles allocations
+                engine.frame_step(static_in)
+        torch.cuda.current_stream(engine.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
+            static_out = engine.frame_step(static_in)
+        self.pool = graph.pool()
+        engine._latent_buffer.copy_(saved[0])
+        engine._anchor_buffer.copy_(saved[1])
+        return graph, static_in, static_out

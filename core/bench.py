@@ -1,0 +1,242 @@
+"""Benchmark: our engine against diffusers' own img2img pipeline, host uint8 frames in and out.
+
+``python main.py bench`` builds the chosen architecture (random weights for ``preset:``; speed only,
+never image quality), pushes N frames through each setting and prints a table of fps, median and p95
+latency, peak GPU memory and the speed-up over diffusers' img2img at the same number of UNet steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from core.config import StreamConfig
+from core.schedule import strength_to_t_index_list
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchResult:
+    name: str
+    steps: int
+    frames: int
+    fps: float
+    median_ms: float
+    p95_ms: float
+    peak_gpu_mib: float | None
+    extra: dict = field(default_factory=dict)
+
+
+def synthetic_frames(count: int, height: int, width: int, seed: int = 0, static: bool = False) -> list[np.ndarray]:
+    """Smooth moving gradients with noise, like a camera: no two frames alike unless ``static``."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = []
+    for i in range(count):
+        phase = 0.0 if static else i * 0.15
+        base = 127 + 100 * np.sin(xs / 37.0 + phase)[..., None] * np.cos(ys / 53.0 - phase)[..., None]
+        frame = base + np.array([0, 40, -40], dtype=np.float32) + rng.normal(0, 4 if not static else 0, (height, width, 3))
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return frames
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device) -> float | None:
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def time_calls(fn, inputs, warmup: int, device) -> tuple[list[float], float]:
+    """Per-call latency (ms) of ``fn`` over ``inputs`` after ``warmup`` calls, and the wall time."""
+    for frame in inputs[:warmup]:
+        fn(frame)
+    _sync(device)
+    latencies = []
+    start = time.perf_counter()
+    for frame in inputs[warmup:]:
+        t0 = time.perf_counter()
+        fn(frame)  # host numpy in, host numpy out: the call has synchronised when it returns
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+    return latencies, time.perf_counter() - start
+
+
+def summarize(name, steps, latencies, wall, device, **extra) -> BenchResult:
+    ordered = sorted(latencies)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return BenchResult(
+        name, steps, len(latencies), len(latencies) / wall, statistics.median(latencies), p95, _peak_mib(device), extra
+    )
+
+
+def bench_engine(components, config: StreamConfig, frames, warmup, name=None, progress=None) -> BenchResult:
+    from core.stream import StreamEngine
+
+    _reset_peak(config.resolved_device())
+    engine = StreamEngine(components, config)
+    started = time.perf_counter()
+    if config.acceleration != "none":
+        from core.accel import accelerate
+
+        accelerate(engine, progress)
+    engine.prepare("oil painting of a person in a room, cinematic light", "blurry, low quality")
+    engine.process(frames[0])
+    first_frame_s = time.perf_counter() - started
+    latencies, wall = time_calls(engine.process, frames, warmup, config.resolved_device())
+    label = name or f"ours {config.denoising_steps} step, cfg {config.cfg_type}, {config.acceleration}"
+    result = summarize(
+        label,
+        config.denoising_steps,
+        latencies,
+        wall,
+        config.resolved_device(),
+        cfg_type=config.cfg_type,
+        acceleration=getattr(engine, "acceleration", config.acceleration),
+        tiny_vae=config.use_tiny_vae,
+        skipped=engine.skipped_frames,
+        first_frame_s=round(first_frame_s, 2),
+    )
+    del engine
+    return result
+
+
+def bench_diffusers(components, config: StreamConfig, steps: int, tiny_vae: bool, frames, warmup) -> BenchResult:
+    """diffusers' own img2img pipeline with the same weights, PIL in and out as its users call it."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+    from PIL import Image
+
+    device = config.resolved_device()
+    pipe = components.pipe
+    parts = dict(pipe.components)
+    if tiny_vae:
+        parts["vae"] = components.tiny_vae
+    cls = StableDiffusionXLImg2ImgPipeline if components.family == "sdxl" else StableDiffusionImg2ImgPipeline
+    parts = {k: v for k, v in parts.items() if k in cls._get_signature_keys(cls)[0] or k in cls._optional_components}
+    img2img = cls(**parts)
+    img2img.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device).manual_seed(0)
+    prompt = "oil painting of a person in a room, cinematic light"
+    # strength 0.5 of 2k inference steps runs exactly k UNet steps.
+
+    def call(frame):
+        image = Image.fromarray(frame)
+        out = img2img(
+            prompt, image=image, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0,
+            generator=generator, output_type="pil",
+        ).images[0]
+        return np.asarray(out)
+
+    _reset_peak(device)
+    latencies, wall = time_calls(call, frames, warmup, device)
+    name = f"diffusers img2img {steps} step, {'tiny VAE' if tiny_vae else 'full VAE'}"
+    return summarize(name, steps, latencies, wall, device, tiny_vae=tiny_vae)
+
+
+def print_table(results: list[BenchResult], baselines: dict[int, BenchResult], file=sys.stdout) -> None:
+    header = "| setting | fps | median ms | p95 ms | peak GPU MiB | x diffusers (full VAE) | x diffusers (tiny VAE) |"
+    print(header, file=file)
+    print("| --- | --- | --- | --- | --- | --- | --- |", file=file)
+    for r in results:
+        full = baselines.get((r.steps, False))
+        tiny = baselines.get((r.steps, True))
+        speedup_full = f"{r.fps / full.fps:.2f}" if full and not r.name.startswith("diffusers") else ""
+        speedup_tiny = f"{r.fps / tiny.fps:.2f}" if tiny and not r.name.startswith("diffusers") else ""
+        peak = f"{r.peak_gpu_mib:.0f}" if r.peak_gpu_mib is not None else "-"
+        print(
+            f"| {r.name} | {r.fps:.1f} | {r.median_ms:.2f} | {r.p95_ms:.2f} | {peak} | {speedup_full} | {speedup_tiny} |",
+            file=file,
+        )
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="main.py bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="preset:sd-turbo", help="hub id, folder, .safetensors or preset:NAME")
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument(
+        "--settings",
+        default="1:none,2:none,4:self",
+        help="comma-separated STEPS:CFG_TYPE pairs to time (default: 1:none,2:none,4:self)",
+    )
+    parser.add_argument("--frame-buffer", type=int, default=1)
+    parser.add_argument("--acceleration", default="none", choices=("none", "compile", "tensorrt"))
+    parser.add_argument("--no-tiny-vae", action="store_true", help="use the full VAE in our engine")
+    parser.add_argument("--frames", type=int, default=100, help="timed frames per setting")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--diffusers", default="full,tiny", help="diffusers baselines to run: full,tiny or none")
+    parser.add_argument("--similarity", action="store_true", help="also time the similarity filter on a static scene")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from core.models import load_components
+
+    settings = [(int(s.split(":")[0]), s.split(":")[1]) for s in args.settings.split(",") if s]
+    base = StreamConfig(
+        model=args.model, width=args.width, height=args.height, frame_buffer_size=args.frame_buffer,
+        acceleration=args.acceleration, use_tiny_vae=True, device=args.device, dtype=args.dtype,
+    )
+    components = load_components(base, progress=lambda msg: print(msg, file=sys.stderr))
+    single_frames = synthetic_frames(args.frames + args.warmup, args.height, args.width)
+    frames = single_frames
+    if args.frame_buffer > 1:
+        frames = [np.stack(single_frames[i : i + args.frame_buffer]) for i in range(0, len(single_frames), args.frame_buffer)]
+    results, baselines = [], {}
+    for steps, cfg_type in settings:
+        config = base.replace(
+            t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type, use_tiny_vae=not args.no_tiny_vae
+        )
+        results.append(bench_engine(components, config, frames, args.warmup))
+        print_table(results[-1:], {}, file=sys.stderr)
+    if args.similarity:
+        static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
+        config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)
+        results.append(bench_engine(components, config, static, args.warmup, name="ours 1 step, filter on, static scene"))
+        config = config.replace(similarity_filter=False)
+        results.append(bench_engine(components, config, static, args.warmup, name="ours 1 step, filter off, static scene"))
+    diffusers_runs = [] if args.diffusers == "none" else args.diffusers.split(",")
+    for steps in sorted({s for s, _ in settings}):
+        for kind in diffusers_runs:
+            if kind == "tiny" and components.tiny_vae is None:
+                continue
+            result = bench_diffusers(components, base, steps, kind == "tiny", single_frames, args.warmup)
+            baselines[(steps, kind == "tiny")] = result
+            results.append(result)
+            print_table(results[-1:], {}, file=sys.stderr)
+    device = torch.device(base.resolved_device())
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nmodel {args.model} (random weights: speed only)" if args.model.startswith("preset:") else f"\nmodel {args.model}")
+    print(f"device {gpu}, torch {torch.__version__}, {args.width}x{args.height}, {args.frames} frames after {args.warmup} warm-up")
+    print_table(results, baselines)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": gpu, "torch": torch.__version__, "results": [asdict(r) for r in results]}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+import os
+
+import numpy as np
+import pytest
+
+# No test may reach the model hub: the machines that run them cannot.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from core.config import StreamConfig
+
+    return StreamConfig(model="preset:tiny", width=64, height=64, device="cpu", t_index_list=(20, 35))
+
+
+@pytest.fixture(scope="session")
+def tiny_components(tiny_config):
+    from core.models import load_components
+
+    return load_components(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_components(tiny_config):
+    from core.models import load_components
+
+    return load_components(tiny_config.replace(model="preset:tiny-sdxl"))
+
+
+@pytest.fixture
+def make_frame():
+    def make(seed: int = 0, height: int = 64, width: int = 64) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        # Smooth content, so that VAE round trips and similarity behave as on camera frames.
+        base = rng.integers(0, 256, size=(4, 4, 3)).astype(np.float32)
+        ys = np.linspace(0, 3, height)[:, None]
+        xs = np.linspace(0, 3, width)[None, :]
+        y0, x0 = np.floor(ys).astype(int).clip(0, 2), np.floor(xs).astype(int).clip(0, 2)
+        fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
+        top = base[y0, x0] * (1 - fx) + base[y0, x0 + 1] * fx
+        bottom = base[y0 + 1, x0] * (1 - fx) + base[y0 + 1, x0 + 1] * fx
+        return (top * (1 - fy) + bottom * fy).astype(np.uint8)
+
+    return make

@@ -1,0 +1,178 @@
+"""The engine against a plain reference: sequential denoising with the equations written out."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.stream import StreamEngine
+
+pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
+
+
+def make_engine(components, config, prompt="a red house", negative="blurry"):
+    engine = StreamEngine(components, config)
+    engine.prepare(prompt, negative)
+    return engine
+
+
+def unet_eps(engine, x_t, t, hidden, added=None):
+    timesteps = torch.full((x_t.shape[0],), int(t), dtype=torch.long)
+    return engine.unet(x_t, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def sequential_reference(engine, x0, frame, cfg_type, guidance, delta):
+    """n denoising steps one after another, for frame ``frame`` of the buffer, by the equations."""
+    cfg = engine.config
+    fb = cfg.frame_buffer_size
+    acp = engine.scheduler.alphas_cumprod.to(torch.float64)
+    ts = [engine.timesteps[i] for i in cfg.t_index_list]
+    pos, neg = engine.components.pipe.encode_prompt(engine.prompt, "cpu", 1, True, negative_prompt=engine.negative_prompt)
+    noise = [engine._noise[i * fb + frame : i * fb + frame + 1] for i in range(len(ts))]
+    x_t = anchor = None
+    for i, t in enumerate(ts):
+        a, b = math.sqrt(acp[t]), math.sqrt(1 - acp[t])
+        if i == 0:
+            x_t = a * x0 + b * noise[0]
+            anchor = x0
+        eps_c = unet_eps(engine, x_t, t, pos)
+        if cfg_type == "none":
+            eps = eps_c
+        else:
+            if cfg_type == "full":
+                eps_uc = unet_eps(engine, x_t, t, neg)
+            else:
+                if cfg_type == "initialize" and i == 0:
+                    eps_neg = unet_eps(engine, x_t, t, neg)
+                    anchor = (x_t - b * eps_neg) / a
+                # Virtual residual noise: the noise that carries the anchor to x_t.
+                eps_uc = delta * (x_t - a * anchor) / b
+            eps = eps_uc + guidance * (eps_c - eps_uc)
+        # LCM boundary condition with sigma_data 0.5 and timestep scaling 10.
+        scaled = 10.0 * t
+        c_skip = 0.25 / (scaled**2 + 0.25)
+        c_out = scaled / math.sqrt(scaled**2 + 0.25)
+        denoised = c_out * (x_t - b * eps) / a + c_skip * x_t
+        if i + 1 < len(ts):
+            t_next = ts[i + 1]
+            x_t = math.sqrt(acp[t_next]) * denoised + math.sqrt(1 - acp[t_next]) * noise[i + 1]
+    return denoised
+
+
+@pytest.mark.parametrize("cfg_type", ["none", "full", "self", "initialize"])
+@pytest.mark.parametrize("t_index_list,frame_buffer_size", [((20,), 1), ((10, 25, 40), 1), ((15, 35), 2)])
+def test_stream_batch_equals_sequential_denoising(tiny_components, tiny_config, cfg_type, t_index_list, frame_buffer_size):
+    config = tiny_config.replace(
+        t_index_list=t_index_list, frame_buffer_size=frame_buffer_size, cfg_type=cfg_type, guidance_scale=1.7, delta=0.8
+    )
+    engine = make_engine(tiny_components, config)
+    torch.manual_seed(0)
+    x0 = torch.randn((frame_buffer_size, *engine.latent_shape))
+    with torch.no_grad():
+        # A static input: after n-1 frames the buffer is full and the output is fully denoised.
+        for _ in range(len(t_index_list)):
+            out = engine.denoise(x0)
+        for frame in range(frame_buffer_size):
+            expected = sequential_reference(engine, x0[frame : frame + 1], frame, cfg_type, 1.7, 0.8)
+            torch.testing.assert_close(out[frame : frame + 1], expected.float(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg_type,expected", [("none", 3), ("full", 6), ("self", 3), ("initialize", 4)])
+def test_unet_inputs_per_frame(tiny_components, tiny_config, make_frame, cfg_type, expected):
+    engine = make_engine(tiny_components, tiny_config.replace(t_index_list=(10, 25, 40), cfg_type=cfg_type))
+    seen = []
+
+    def counting_unet(x, t, **kwargs):
+        seen.append((x.shape[0], t.shape[0], kwargs["encoder_hidden_states"].shape[0]))
+        return engine.unet(x, t, **kwargs)
+
+    engine.unet_forward = counting_unet
+    engine.process(make_frame())
+    assert seen == [(expected, expected, expected)]
+
+
+def test_guidance_changes_output_only_for_guided_cfg(tiny_components, tiny_config):
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
+    outputs = {}
+    for cfg_type in ("none", "self"):
+        for g in (1.0, 3.0):
+            engine = make_engine(tiny_components, tiny_config.replace(t_index_list=(20,), cfg_type=cfg_type, guidance_scale=g))
+            with torch.no_grad():
+                outputs[cfg_type, g] = engine.denoise(x0)
+    torch.testing.assert_close(outputs["none", 1.0], outputs["none", 3.0])
+    assert not torch.allclose(outputs["self", 1.0], outputs["self", 3.0])
+
+
+def test_output_is_uint8_at_model_size_for_any_input_size(tiny_components, tiny_config, make_frame):
+    for resize_mode in ("crop", "letterbox"):
+        engine = make_engine(tiny_components, tiny_config.replace(resize_mode=resize_mode))
+        for h, w in ((48, 80), (120, 64), (64, 64)):
+            out = engine.process(make_frame(0, h, w))
+            assert out.dtype == np.uint8 and out.shape == (64, 64, 3)
+        tensor_out = engine.process(torch.from_numpy(make_frame(0, 40, 90)))
+        assert isinstance(tensor_out, torch.Tensor) and tensor_out.shape == (64, 64, 3)
+
+
+def test_txt2img_generates_without_input(tiny_components, tiny_config):
+    engine = make_engine(tiny_components, tiny_config.replace(mode="txt2img", t_index_list=(0, 25)))
+    first = engine.process()
+    second = engine.process()
+    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
+    assert second.shape == first.shape
+
+
+def test_prompt_change_reaches_the_very_next_frame(tiny_components, tiny_config, make_frame):
+    engine = make_engine(tiny_components, tiny_config, prompt="a cat")
+    engine.process(make_frame())
+    before = engine.conditioning.encoder_hidden_states.clone()
+    engine.update_prompt("a dog in the snow")
+    # Not applied mid-way: only the next frame sees it.
+    torch.testing.assert_close(engine.conditioning.encoder_hidden_states, before)
+    engine.process(make_frame())
+    expected, _ = tiny_components.pipe.encode_prompt("a dog in the snow", "cpu", 1, True, negative_prompt="blurry")
+    torch.testing.assert_close(engine.conditioning.encoder_hidden_states, expected.expand_as(before))
+    assert not torch.allclose(before, expected.expand_as(before))
+
+
+def test_seed_controls_the_output(tiny_components, tiny_config, make_frame):
+    frame = make_frame(3)
+    first = make_engine(tiny_components, tiny_config.replace(seed=7)).process(frame)
+    again = make_engine(tiny_components, tiny_config.replace(seed=7)).process(frame)
+    np.testing.assert_array_equal(first, again)
+    live = make_engine(tiny_components, tiny_config.replace(seed=7))
+    live.set_seed(8)
+    other = live.process(frame)
+    assert np.abs(other.astype(int) - first.astype(int)).max() > 0
+    reseeded = make_engine(tiny_components, tiny_config.replace(seed=8)).process(frame)
+    np.testing.assert_array_equal(other, reseeded)
+
+
+def test_strength_sets_a_new_schedule_at_the_next_frame(tiny_components, tiny_config, make_frame):
+    engine = make_engine(tiny_components, tiny_config.replace(t_index_list=(20, 35)))
+    old = engine._unet_timesteps.clone()
+    engine.set_strength(0.9)
+    torch.testing.assert_close(engine._unet_timesteps, old)
+    engine.process(make_frame())
+    assert engine.config.t_index_list[0] < 20
+    assert engine._unet_timesteps[0] > old[0]  # a stronger change starts from a noisier timestep
+
+
+def test_sdxl_family_runs_with_pooled_embeddings_and_time_ids(tiny_sdxl_components, tiny_config, make_frame):
+    engine = make_engine(tiny_sdxl_components, tiny_config.replace(model="preset:tiny-sdxl", cfg_type="initialize"))
+    added = engine.conditioning.added_cond_kwargs
+    assert added["time_ids"].tolist()[0] == [64, 64, 0, 0, 64, 64]
+    assert added["text_embeds"].shape[0] == 3  # n + 1 UNet inputs
+    out = engine.process(make_frame())
+    assert out.shape == (64, 64, 3)
+
+
+def test_process_refuses_frames_before_prepare_and_wrong_types(tiny_components, tiny_config, make_frame):
+    engine = StreamEngine(tiny_components, tiny_config)
+    with pytest.raises(RuntimeError, match="prepare"):
+        engine.process(make_frame())
+    engine.prepare("x")
+    with pytest.raises(TypeError, match="uint8"):
+        engine.process(make_frame().astype(np.float32))
+    with pytest.raises(ValueError, match="step count"):
+        engine.set_t_index_list((10, 20, 30))
