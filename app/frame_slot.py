@@ -28,11 +28,12 @@ class FrameSlot:
         self._poked = False
         self.dropped = 0
 
-    def put(self, item) -> None:
-        """Hand over ``item``. Raises SlotClosed if the slot closes first."""
+    def put(self, item, wait: bool = False) -> None:
+        """Hand over ``item``; ``wait`` makes this one put blocking even in lossy mode.
+        Raises SlotClosed if the slot closes first."""
         with self._cond:
             # END must not overwrite the last frame, so it waits for the slot even in lossy mode.
-            if self.blocking or item is END or (self._has_item and self._item is END):
+            if wait or self.blocking or item is END or (self._has_item and self._item is END):
                 while self._has_item and not self._closed:
                     self._cond.wait()
             if self._closed:

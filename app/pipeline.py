@@ -29,10 +29,14 @@ from typing import Callable, Protocol
 import numpy as np
 
 from app.frame_slot import END, FrameSlot, SlotClosed
+from app.frames import Frame, OutputFrame
 from app.outputs import Output
+from app.pipeline_capture import capture_loop
+from app.pipeline_engine import engine_error_message, free_gpu_memory, gpu_loop, release_engine
 from app.pipeline_stats import PipelineStats, StatsCollector
-from app.pipeline_workers import capture_loop, engine_error_message, free_gpu_memory, release_engine
 from app.sources import Source
+
+__all__ = ["Engine", "Frame", "OutputFrame", "Pipeline", "PipelineConfig", "PipelineStats"]
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +62,6 @@ class PipelineConfig:
     join_timeout_s: float = 10.0
     #: Consecutive engine failures after which the engine is released (an out-of-memory releases at once).
     max_engine_failures: int = 3
-
-
-@dataclass
-class Frame:
-    """A captured frame: RGB uint8 (H, W, 3), its running index and perf_counter() capture time."""
-
-    image: np.ndarray
-    index: int
-    capture_time: float
-
-
-@dataclass
-class OutputFrame:
-    """A frame leaving the pipeline."""
-
-    image: np.ndarray  # RGB uint8, the engine's output size (or the input size when passed through)
-    input: np.ndarray | None  # the captured frame it was made from, if PipelineConfig.keep_input
-    index: int
-    capture_time: float
-    processed: bool = True  # False: no engine, the input passed through
-    skipped: bool = False  # the similarity filter re-emitted the previous output
-    gpu_ms: float = 0.0
-    output_time: float = 0.0  # perf_counter() when all outputs were written
-
-    @property
-    def latency_ms(self) -> float:
-        return (self.output_time - self.capture_time) * 1000.0
 
 
 class Pipeline:
@@ -121,6 +98,7 @@ class Pipeline:
         self._in_slot = FrameSlot(self.config.lossless)
         self._out_slot = FrameSlot(self.config.lossless)
         self._dropped_before = 0
+        self._extra_dropped = 0  # frames discarded by the GPU thread itself (size change mid-batch)
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -139,7 +117,7 @@ class Pipeline:
             self._in_slot = FrameSlot(self.config.lossless)
             self._out_slot = FrameSlot(self.config.lossless)
             self._stats.reset()
-            loops = {"capture": capture_loop, "gpu": Pipeline._gpu_loop, "post": Pipeline._post_loop}
+            loops = {"capture": capture_loop, "gpu": gpu_loop, "post": Pipeline._post_loop}
             self._threads = [
                 threading.Thread(target=self._guard, args=(loop,), name=f"pipeline-{name}", daemon=True)
                 for name, loop in loops.items()
@@ -269,7 +247,7 @@ class Pipeline:
         return list(self._outputs)
 
     def stats(self) -> PipelineStats:
-        dropped = self._dropped_before + self._in_slot.dropped + self._out_slot.dropped
+        dropped = self._dropped_before + self._extra_dropped + self._in_slot.dropped + self._out_slot.dropped
         return self._stats.snapshot(dropped, self._skipped)
 
     # ------------------------------------------------------------------------------ reporting
@@ -327,44 +305,6 @@ class Pipeline:
             release_engine(old)
             del old
             free_gpu_memory()
-
-    def _gpu_loop(self) -> None:
-        in_slot, out_slot = self._in_slot, self._out_slot
-        while not self._stop.is_set():
-            if self._tasks:
-                self._run_pending_tasks()
-            item = in_slot.get(0.25)
-            if item is None:
-                continue
-            if item is END:
-                out_slot.put(END)
-                continue
-            out_slot.put(self._process(item))
-
-    def _process(self, frame: Frame) -> OutputFrame:
-        engine = self._engine
-        keep = frame.image if self.config.keep_input else None
-        if engine is None:
-            return OutputFrame(frame.image, keep, frame.index, frame.capture_time, processed=False)
-        try:
-            image = engine.process(frame.image)
-        except Exception as exc:  # noqa: BLE001 - the stream must survive a bad frame or an OOM
-            self._engine_failed(engine, exc)
-            return OutputFrame(frame.image, keep, frame.index, frame.capture_time, processed=False)
-        self._engine_failures = 0
-        skipped = bool(getattr(engine, "last_frame_skipped", False))
-        self._skipped = int(getattr(engine, "skipped_frames", self._skipped + skipped))
-        gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0)
-        return OutputFrame(image, keep, frame.index, frame.capture_time, True, skipped, gpu_ms)
-
-    def _engine_failed(self, engine: Engine, exc: Exception) -> None:
-        self._engine_failures += 1
-        message = engine_error_message(exc, getattr(engine, "config", None))
-        oom = type(exc).__name__ == "OutOfMemoryError"
-        if oom or self._engine_failures >= self.config.max_engine_failures:
-            self._install_engine(None)
-            message += " The model was unloaded and frames pass through unchanged; load it again to continue."
-        self.report_error(message, exc)
 
     def _post_loop(self) -> None:
         out_slot = self._out_slot

@@ -1,14 +1,13 @@
-"""The capture thread's loop (source switching, loss and back-off) and engine error helpers, kept apart
-from app/pipeline.py so each file stays readable."""
+"""The capture thread: reads the current source, follows set_source() switches, and rides out a lost
+device with back-off retries while the rest of the pipeline keeps running."""
 
 from __future__ import annotations
 
-import gc
-import sys
 import time
 from typing import TYPE_CHECKING
 
 from app.frame_slot import END
+from app.frames import Frame
 from app.sources import Source, SourceError, SourceLost
 
 if TYPE_CHECKING:
@@ -16,8 +15,6 @@ if TYPE_CHECKING:
 
 
 def capture_loop(pipe: "Pipeline") -> None:
-    from app.pipeline import Frame  # circular at import time only
-
     cfg = pipe.config
     _, source = pipe._take_source_change()
     opened = False
@@ -89,39 +86,3 @@ def _back_off(pipe: "Pipeline", source: Source, delay: float) -> float:
     source.close()
     pipe._wake.wait(delay)  # stop() or set_source() cut the wait short
     return min(delay * 2, pipe.config.retry_max_s)
-
-
-def engine_error_message(exc: BaseException, config=None) -> str:
-    """A sentence for the user; out-of-memory gets the advice that actually helps."""
-    if type(exc).__name__ == "OutOfMemoryError":
-        where = ""
-        if config is not None:
-            where = f" at {config.width}x{config.height} with {len(config.t_index_list)} step(s)"
-        return (
-            f"The GPU ran out of memory{where}. Choose a smaller size or fewer steps, turn on the tiny VAE, "
-            "or close other programs that use the GPU."
-        )
-    text = str(exc).strip() or type(exc).__name__
-    return f"The model failed on a frame: {text}."
-
-
-def release_engine(engine) -> None:
-    """Let an engine free what it holds; the caller drops its last reference, then calls free_gpu_memory()."""
-    close = getattr(engine, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:
-            pass
-
-
-def free_gpu_memory() -> None:
-    """Return cached GPU blocks of dropped engines to the driver, so the next model has room."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
