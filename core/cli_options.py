@@ -1,0 +1,137 @@
+"""Engine options shared by the headless commands (``run``, ``bench``): one argparse definition, one
+translation into a validated StreamConfig. Lives in core so that core/bench.py can use it without
+importing the desktop app."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.config import (
+    ACCELERATIONS,
+    CFG_TYPES,
+    DEFAULT_MODEL,
+    DTYPES,
+    MODES,
+    RESIZE_MODES,
+    ConfigError,
+    LoraSpec,
+    StreamConfig,
+)
+
+_DEFAULTS = StreamConfig()
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
+    """Add the engine options (model, size, steps, guidance, filter, acceleration, prompts) to ``parser``."""
+    d = _DEFAULTS
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", default=default_model,
+                   help="hub id, local diffusers folder, .safetensors file or preset:NAME (default: %(default)s)")
+    g.add_argument("--mode", choices=MODES, default=d.mode, help="default: %(default)s")
+    g.add_argument("--tiny-vae", action=argparse.BooleanOptionalAction, default=d.use_tiny_vae,
+                   help="use TAESD instead of the full VAE (much faster; default: on)")
+    g.add_argument("--lora", action="append", default=[], metavar="SPEC[:SCALE]",
+                   help="fuse a LoRA (hub id, folder or .safetensors), optionally with a scale; repeatable")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading .ckpt / .bin pickle files (they can run code: only for files you trust)")
+    g.add_argument("--cache-dir", default=None, help="model cache folder (default: the Hugging Face cache)")
+
+    g = parser.add_argument_group("generation")
+    g.add_argument("--prompt", default="", help="what the output should look like")
+    g.add_argument("--negative-prompt", default="", help="what to steer away from (cfg types full / initialize / self)")
+    g.add_argument("--width", type=int, default=d.width, help="output width, multiple of 8 (default: %(default)s)")
+    g.add_argument("--height", type=int, default=d.height, help="output height, multiple of 8 (default: %(default)s)")
+    g.add_argument("--steps", type=int, default=None, choices=(1, 2, 3, 4),
+                   help="denoising steps per frame (default: 1, or the length of --t-index-list)")
+    g.add_argument("--strength", type=float, default=None,
+                   help="0..1, how much the input changes (sets the schedule indices; exclusive with --t-index-list)")
+    g.add_argument("--t-index-list", default=None, metavar="I,J,...",
+                   help=f"schedule indices, one per step, increasing (default: {','.join(map(str, d.t_index_list))})")
+    g.add_argument("--num-inference-steps", type=int, default=d.num_inference_steps,
+                   help="length of the schedule the indices point into (default: %(default)s)")
+    g.add_argument("--cfg-type", choices=CFG_TYPES, default=d.cfg_type, help="guidance variant (default: %(default)s)")
+    g.add_argument("--guidance", type=float, default=d.guidance_scale, help="guidance scale (default: %(default)s)")
+    g.add_argument("--delta", type=float, default=d.delta, help="residual-noise weight for RCFG (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="noise seed (default: %(default)s)")
+    g.add_argument("--frame-buffer", type=int, default=d.frame_buffer_size,
+                   help="frames per engine call: more throughput, more latency (default: %(default)s)")
+    g.add_argument("--resize", choices=RESIZE_MODES, default=d.resize_mode,
+                   help="fit the input to the output size by centre crop or letterbox (default: %(default)s)")
+
+    g = parser.add_argument_group("similarity filter")
+    g.add_argument("--similarity-filter", action="store_true", help="skip frames nearly identical to the last one")
+    g.add_argument("--similarity-threshold", type=float, default=d.similarity_threshold, help="default: %(default)s")
+    g.add_argument("--max-skip", type=int, default=d.max_skip_frames,
+                   help="never skip more frames than this in a row (default: %(default)s)")
+
+    g = parser.add_argument_group("device")
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    g.add_argument("--dtype", choices=("auto",) + DTYPES, default=d.dtype, help="default: auto (float16 on GPU)")
+    g.add_argument("--acceleration", choices=ACCELERATIONS, default=d.acceleration,
+                   help="none, compile (torch.compile / CUDA graphs) or tensorrt (default: %(default)s)")
+
+
+def parse_lora(spec: str) -> LoraSpec:
+    """``SPEC[:SCALE]``; the scale is split off only when it parses as a number, so Windows drive
+    letters and hub ids survive."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return LoraSpec(head, float(tail))
+        except ValueError:
+            pass
+    return LoraSpec(spec)
+
+
+def parse_index_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise ConfigError("t_index_list", f"give comma-separated integers such as 32,45; got {text!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> StreamConfig:
+    """A validated StreamConfig from parsed engine options. Raises ConfigError naming the bad option."""
+    nis = args.num_inference_steps
+    if args.t_index_list is not None and args.strength is not None:
+        raise ConfigError("t_index_list", "give either --t-index-list or --strength, not both")
+    if args.t_index_list is not None:
+        t_index_list = parse_index_list(args.t_index_list)
+        if args.steps is not None and args.steps != len(t_index_list):
+            raise ConfigError("steps", f"--steps {args.steps} does not match the {len(t_index_list)} indices given")
+    elif args.strength is not None or args.steps is not None:
+        from core.schedule import strength_to_t_index_list, t_index_list_to_strength
+
+        # Only --steps given: keep the default config's first index, so adding steps refines the same look.
+        strength = args.strength
+        if strength is None:
+            strength = t_index_list_to_strength(_DEFAULTS.t_index_list, _DEFAULTS.num_inference_steps)
+        if not 0.0 <= strength <= 1.0:
+            raise ConfigError("strength", f"must be a number from 0 to 1, got {strength}")
+        t_index_list = strength_to_t_index_list(strength, args.steps or 1, nis)
+    else:
+        t_index_list = _DEFAULTS.t_index_list
+    return StreamConfig(
+        model=args.model,
+        mode=args.mode,
+        width=args.width,
+        height=args.height,
+        t_index_list=t_index_list,
+        num_inference_steps=nis,
+        frame_buffer_size=args.frame_buffer,
+        cfg_type=args.cfg_type,
+        guidance_scale=args.guidance,
+        delta=args.delta,
+        seed=args.seed,
+        use_tiny_vae=args.tiny_vae,
+        loras=tuple(parse_lora(spec) for spec in args.lora),
+        similarity_filter=args.similarity_filter,
+        similarity_threshold=args.similarity_threshold,
+        max_skip_frames=args.max_skip,
+        device=args.device,
+        dtype=args.dtype,
+        acceleration=args.acceleration,
+        resize_mode=args.resize,
+        allow_pickle=args.allow_pickle,
+        cache_dir=args.cache_dir,
+    )
