@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,8 @@ def list_cameras(max_probe: int = 6) -> list[CameraInfo]:
         return _list_v4l2_cameras()
     found = []
     for index in range(max_probe):
-        cap = cv2.VideoCapture(index, _default_backend())
+        with quiet_opencv():
+            cap = cv2.VideoCapture(index, _default_backend())
         try:
             if cap.isOpened():
                 found.append(CameraInfo(index, f"Camera {index}"))
@@ -65,6 +67,21 @@ def _list_v4l2_cameras(root: str = "/sys/class/video4linux") -> list[CameraInfo]
         virtual = any(marker in name.lower() for marker in _VIRTUAL_MARKERS)
         cameras.append(CameraInfo(index, name, virtual))
     return cameras
+
+
+@contextmanager
+def quiet_opencv():
+    """Silence OpenCV's own warnings while probing devices: a missing camera is reported by us, in words."""
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is None:
+        yield
+        return
+    previous = logging_api.getLogLevel()
+    logging_api.setLogLevel(logging_api.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        logging_api.setLogLevel(previous)
 
 
 def _default_backend() -> int:
@@ -114,12 +131,13 @@ class Camera(Source):
     def open(self) -> None:
         if self._cap is not None:
             return
-        if self._factory is not None:
-            cap = self._factory(self.device)
-        elif isinstance(self.device, int):
-            cap = cv2.VideoCapture(self.device, _default_backend())
-        else:
-            cap = cv2.VideoCapture(self.device)
+        with quiet_opencv():
+            if self._factory is not None:
+                cap = self._factory(self.device)
+            elif isinstance(self.device, int):
+                cap = cv2.VideoCapture(self.device, _default_backend())
+            else:
+                cap = cv2.VideoCapture(self.device)
         if not cap.isOpened():
             cap.release()
             raise SourceError(

@@ -63,7 +63,7 @@ def virtualcam_setup_hint() -> str:
 
 
 def _explain_virtualcam_error(exc: Exception) -> str:
-    text = str(exc)
+    text = str(exc).strip().rstrip(".")
     lowered = text.lower()
     if "busy" in lowered or "in use" in lowered or "ebusy" in lowered or "already" in lowered:
         return (
@@ -91,11 +91,13 @@ class VirtualCamera(Output):
 
     The device is opened by ``open()`` (call it up front to report errors early) or on the first
     ``write``. ``device`` names what other programs see, e.g. /dev/video2 or "OBS Virtual Camera".
+    Without a size, the first frame's size is used (the device is then opened by that write).
     """
 
     name = "Virtual camera"
 
-    def __init__(self, width: int, height: int, fps: float = 30.0, device: str | None = None, backend: str | None = None):
+    def __init__(self, width: int | None, height: int | None, fps: float = 30.0, device: str | None = None,
+                 backend: str | None = None):
         self.width, self.height, self.fps = width, height, fps
         self.requested_device, self.backend = device, backend
         self._cam = None
@@ -105,6 +107,8 @@ class VirtualCamera(Output):
         """Open the device; returns its name. Raises OutputError with the reason and set-up step."""
         if self._cam is not None:
             return self.device or ""
+        if not self.width or not self.height:
+            raise OutputError("The virtual camera needs a size before it can open")
         try:
             import pyvirtualcam
         except Exception as exc:
@@ -121,6 +125,8 @@ class VirtualCamera(Output):
 
     def write(self, image: np.ndarray) -> None:
         if self._cam is None:
+            if not self.width or not self.height:
+                self.height, self.width = image.shape[:2]
             self.open()
         frame = np.ascontiguousarray(_fit(image, self.width, self.height))
         try:
