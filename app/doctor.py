@@ -1,0 +1,196 @@
+"""``python main.py doctor``: what this machine has for the app, and what to do about what it lacks.
+
+Each check is independent and catches its own failures, so one broken component (a torch without CUDA,
+a display that refuses connections) never hides the answers about the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+OK, WARN, MISSING = "ok", "warn", "missing"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn (works, but slow or optional part absent) | missing (the app needs it)
+    detail: str
+    fix: str = ""
+
+
+def check_python() -> Check:
+    version = platform.python_version()
+    if sys.version_info < (3, 10):
+        return Check("Python", MISSING, version, "Install Python 3.10 or newer")
+    return Check("Python", OK, f"{version} ({sys.executable})")
+
+
+def check_packages() -> Check:
+    found, absent = [], []
+    for module, package in (("cv2", "opencv-python-headless"), ("mss", "mss"), ("pyvirtualcam", "pyvirtualcam"),
+                            ("diffusers", "diffusers"), ("transformers", "transformers"), ("PySide6", "PySide6-Essentials")):
+        try:
+            found.append(f"{module} {getattr(importlib.import_module(module), '__version__', '?')}")
+        except Exception:  # noqa: BLE001 - a package that fails to import is as missing as an absent one
+            absent.append(package)
+    if absent:
+        return Check("Packages", MISSING, ", ".join(found), f"pip install {' '.join(absent)}")
+    return Check("Packages", OK, ", ".join(found))
+
+
+def check_torch() -> list[Check]:
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001
+        return [Check("torch", MISSING, f"cannot import: {exc}",
+                      "pip install torch (a CUDA build from https://pytorch.org for GPU use)")]
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
+    checks = [Check("torch", OK, f"{torch.__version__} ({build})")]
+    if not torch.cuda.is_available():
+        fix = ("Install the NVIDIA driver, then a CUDA build of torch "
+               "(pip install torch --index-url https://download.pytorch.org/whl/cu128); "
+               "the app runs on the CPU meanwhile, far too slowly for live use")
+        if torch.version.cuda:
+            fix = "torch has CUDA but sees no GPU: check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES"
+        checks.append(Check("CUDA", WARN, "no usable GPU", fix))
+        return checks
+    driver = _nvidia_smi("driver_version") or "unknown driver"
+    checks.append(Check("CUDA", OK, f"runtime {torch.version.cuda}, driver {driver}"))
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        try:
+            free, total = torch.cuda.mem_get_info(index)
+            memory = f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+        except Exception:  # noqa: BLE001
+            memory = f"{props.total_memory / 2**30:.1f} GiB"
+        status, fix = OK, ""
+        if props.total_memory < 6 * 2**30:
+            status, fix = WARN, "Under 6 GiB: use 512x512 or smaller, 1 step, the tiny VAE"
+        checks.append(Check(f"GPU {index}", status, f"{props.name}, compute {props.major}.{props.minor}, {memory}", fix))
+    return checks
+
+
+def _nvidia_smi(field: str) -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip().splitlines()[0] if out.strip() else None
+
+
+def check_tensorrt() -> Check:
+    try:
+        import tensorrt
+    except Exception:  # noqa: BLE001
+        return Check("TensorRT", WARN, "not installed (optional: --acceleration tensorrt)",
+                     'pip install -e ".[tensorrt]" on a CUDA machine; --acceleration compile needs nothing extra')
+    return Check("TensorRT", OK, tensorrt.__version__)
+
+
+def check_cameras() -> Check:
+    from app.sources import list_cameras
+
+    try:
+        cameras = list_cameras()
+    except Exception as exc:  # noqa: BLE001
+        return Check("Cameras", WARN, f"cannot list: {exc}", "Check the camera driver")
+    real = [c for c in cameras if not c.virtual]
+    if not real:
+        fix = "Connect a webcam"
+        if sys.platform.startswith("linux"):
+            fix += "; it should appear as /dev/video*, readable by your user (group 'video')"
+        elif sys.platform == "darwin":
+            fix += " and allow camera access in System Settings > Privacy & Security > Camera"
+        return Check("Cameras", WARN, "none found (the test pattern and screen capture still work)", fix)
+    return Check("Cameras", OK, "; ".join(c.label() for c in cameras))
+
+
+def check_virtualcam() -> Check:
+    from app.outputs import virtualcam_available, virtualcam_setup_hint
+
+    ok, detail = virtualcam_available()
+    if ok:
+        return Check("Virtual camera", OK, f"writes to {detail}")
+    reason, _, _ = detail.partition(" To set one up:")
+    fix = virtualcam_setup_hint() if "busy" not in reason.lower() else "Close the program that uses it"
+    return Check("Virtual camera", WARN, reason, fix)
+
+
+def check_screen() -> Check:
+    from app.sources import SourceError, list_monitors
+
+    try:
+        monitors = list_monitors()
+    except SourceError as exc:
+        return Check("Screen capture", WARN, str(exc))
+    screens = [f"{i}: {m['width']}x{m['height']}" for i, m in enumerate(monitors) if i > 0]
+    return Check("Screen capture", OK, "; ".join(screens) or "no screen")
+
+
+def check_model_cache() -> Check:
+    from core.config import DEFAULT_MODEL
+
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+    except Exception as exc:  # noqa: BLE001 - a missing cache folder raises CacheNotFound
+        return Check("Model cache", WARN, f"empty ({type(exc).__name__})",
+                     f"The first run downloads {DEFAULT_MODEL} (a few GB); or give --model a local folder/.safetensors, "
+                     "or preset:sd-turbo to test speed with random weights offline")
+    models = sorted((r for r in info.repos if r.repo_type == "model"), key=lambda r: r.repo_id)
+    listed = ", ".join(f"{r.repo_id} ({r.size_on_disk / 2**30:.1f} GiB)" for r in models)
+    if not any(r.repo_id == DEFAULT_MODEL for r in models):
+        return Check("Model cache", WARN, listed or "no models",
+                     f"The first run downloads {DEFAULT_MODEL} (a few GB); it is then used offline")
+    return Check("Model cache", OK, listed)
+
+
+CHECKS: list[Callable[[], Check | list[Check]]] = [
+    check_python, check_packages, check_torch, check_tensorrt, check_cameras, check_virtualcam, check_screen,
+    check_model_cache,
+]
+
+
+def run_checks() -> list[Check]:
+    results: list[Check] = []
+    for check in CHECKS:
+        try:
+            outcome = check()
+        except Exception as exc:  # noqa: BLE001 - a crashing check is itself a finding
+            outcome = Check(check.__name__.removeprefix("check_"), WARN, f"the check failed: {exc!r}")
+        results.extend(outcome if isinstance(outcome, list) else [outcome])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="main.py doctor", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    args = parser.parse_args(argv)
+    from app.camera import quiet_opencv
+
+    with quiet_opencv():
+        results = run_checks()
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        marks = {OK: "ok  ", WARN: "warn", MISSING: "MISS"}
+        width = max(len(r.name) for r in results)
+        for r in results:
+            print(f"[{marks[r.status]}] {r.name:<{width}}  {r.detail}")
+            if r.fix:
+                print(f"       {'':<{width}}  -> {r.fix}")
+    return 1 if any(r.status == MISSING for r in results) else 0
