@@ -68,6 +68,9 @@ def capture_loop(pipe: "Pipeline") -> None:
             pipe._stats.record_input(now)
             pipe._in_slot.put(Frame(image, index, now))
             index += 1
+            # A source that never blocks (a file read flat out) would otherwise keep the GIL for a whole
+            # switch interval, starving the GPU thread so that lossy mode dropped nearly every frame.
+            time.sleep(0)
     finally:
         if source is not None:
             source.close()
