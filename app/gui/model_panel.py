@@ -1,0 +1,187 @@
+"""Model, resolution and acceleration: the settings that need a new engine when they change.
+
+The model field takes a hub id, a local folder, a .safetensors file or an offline architecture preset.
+A choice from the list or a browse applies at once; typed text applies on Enter or with "Load", so that
+a half-typed hub id never starts a download.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.gui.widgets import hint_label
+from app.settings import AppSettings
+from core.config import ACCELERATIONS, DEFAULT_MODEL
+
+MODEL_CHOICES = (
+    (DEFAULT_MODEL, "SD-Turbo from the hub (default)"),
+    ("stabilityai/sdxl-turbo", "SDXL-Turbo from the hub"),
+    ("preset:sd-turbo", "SD-Turbo architecture, random weights (offline)"),
+    ("preset:sdxl-turbo", "SDXL-Turbo architecture, random weights (offline)"),
+    ("preset:sd15", "SD 1.5 architecture, random weights (offline)"),
+    ("preset:tiny", "Tiny test model (offline, CPU-fast)"),
+)
+RESOLUTIONS = ((256, 256), (384, 384), (512, 512), (512, 384), (640, 384), (768, 432), (768, 768), (1024, 576), (1024, 1024))
+ACCELERATION_TIPS = {
+    "none": "Eager PyTorch: starts at once",
+    "compile": "torch.compile: faster frames after a compile of a minute or more",
+    "tensorrt": "TensorRT engines: fastest on NVIDIA GPUs; the first build takes minutes and is cached",
+}
+
+
+class ModelPanel(QGroupBox):
+    reload_requested = Signal()  # the model, the size or the acceleration changed
+    cancel_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__("Model", parent)
+        self._loading_values = False
+        form = QFormLayout()
+
+        self.model_combo = QComboBox(editable=True)
+        self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        for model, description in MODEL_CHOICES:
+            self.model_combo.addItem(model)
+            self.model_combo.setItemData(self.model_combo.count() - 1, description, role=3)  # Qt.ToolTipRole
+        self.model_combo.setToolTip("A hub id, a local diffusers folder, a .safetensors file or preset:NAME")
+        self.model_combo.activated.connect(lambda _i: self._request())
+        self.model_combo.lineEdit().returnPressed.connect(self._request)
+        self.browse_button = QToolButton(text="…")
+        self.browse_button.setToolTip("Open a local model folder or file")
+        menu = QMenu(self.browse_button)
+        menu.addAction("Diffusers folder…", self.browse_folder)
+        menu.addAction("Single file (.safetensors)…", self.browse_file)
+        self.browse_button.setMenu(menu)
+        self.browse_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo, 1)
+        row.addWidget(self.browse_button)
+        form.addRow("Model", row)
+
+        self.size_combo = QComboBox()
+        for width, height in RESOLUTIONS:
+            self.size_combo.addItem(f"{width} × {height}", (width, height))
+        self.size_combo.setToolTip("The size the model works at; smaller is faster and needs less GPU memory")
+        self.size_combo.currentIndexChanged.connect(lambda _i: self._request())
+        form.addRow("Resolution", self.size_combo)
+
+        self.accel_combo = QComboBox()
+        for name in ACCELERATIONS:
+            self.accel_combo.addItem(name)
+            self.accel_combo.setItemData(self.accel_combo.count() - 1, ACCELERATION_TIPS.get(name, ""), role=3)
+        self.accel_combo.currentIndexChanged.connect(lambda _i: self._request())
+        form.addRow("Acceleration", self.accel_combo)
+
+        self.load_button = QPushButton("Load")
+        self.load_button.setToolTip("Load the model with these settings")
+        self.load_button.clicked.connect(self._request)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop waiting for this model; the running one keeps going")
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.load_button)
+
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(False)
+        self.status_label = hint_label("")
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status_label)
+        layout.addLayout(buttons)
+        self.set_busy(False)
+
+    # ------------------------------------------------------------------------------------- values
+
+    def model(self) -> str:
+        return self.model_combo.currentText().strip()
+
+    def size(self) -> tuple[int, int]:
+        return self.size_combo.currentData()
+
+    def acceleration(self) -> str:
+        return self.accel_combo.currentText()
+
+    def load(self, settings: AppSettings) -> None:
+        self._loading_values = True
+        try:
+            self.set_model(settings.model)
+            self.set_size(settings.width, settings.height)
+            self.accel_combo.setCurrentText(settings.acceleration)
+        finally:
+            self._loading_values = False
+
+    def store(self, settings: AppSettings) -> None:
+        settings.model = self.model() or DEFAULT_MODEL
+        settings.width, settings.height = self.size()
+        settings.acceleration = self.acceleration()
+
+    def set_model(self, model: str) -> None:
+        index = self.model_combo.findText(model)
+        if index < 0:
+            self.model_combo.addItem(model)
+            index = self.model_combo.count() - 1
+        self.model_combo.setCurrentIndex(index)
+
+    def set_size(self, width: int, height: int) -> None:
+        index = self.size_combo.findData((width, height))
+        if index < 0:
+            self.size_combo.addItem(f"{width} × {height}", (width, height))
+            index = self.size_combo.count() - 1
+        self.size_combo.setCurrentIndex(index)
+
+    # --------------------------------------------------------------------------------- load state
+
+    def set_busy(self, busy: bool, message: str = "") -> None:
+        self.progress.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+        if busy:
+            self.progress.setRange(0, 0)  # indeterminate until a fraction arrives
+        self.status_label.setText(message)
+
+    def show_progress(self, message: str, fraction: float) -> None:
+        if fraction < 0:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(fraction * 1000))
+        if message:
+            self.status_label.setText(message)
+
+    def show_loaded(self, description: str) -> None:
+        self.set_busy(False, description)
+
+    # ----------------------------------------------------------------------------------- browsing
+
+    def browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder")
+        if folder:
+            self.set_model(folder)
+            self._request()
+
+    def browse_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a single-file checkpoint", "", "Safetensors checkpoints (*.safetensors);;All files (*)"
+        )
+        if path:
+            self.set_model(path)
+            self._request()
+
+    def _request(self) -> None:
+        if not self._loading_values:
+            self.reload_requested.emit()

@@ -1,0 +1,181 @@
+"""The preview: shows the input, the output or both side by side, scaled to fit with the aspect kept.
+
+Frames arrive as numpy arrays. A QImage is built straight on the array's memory (no per-pixel work in
+Python) and the array is kept referenced for as long as the image is, since QImage does not own
+borrowed memory. Painting scales with QPainter into the widget, so a resize never re-converts a frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPalette
+from PySide6.QtWidgets import QSizePolicy, QWidget
+
+VIEW_OUTPUT, VIEW_INPUT, VIEW_SIDE = "output", "input", "side"
+
+
+def image_from_array(frame: np.ndarray) -> tuple[QImage, np.ndarray]:
+    """A QImage over ``frame``'s memory and the array that must stay alive with it.
+
+    The array is made C-contiguous first only when it is not (a crop or a mirrored view); the usual
+    frame from the pipeline is used as it is.
+    """
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 or HxWx4 uint8 array, got {frame.dtype} {frame.shape}")
+    if not frame.flags.c_contiguous:
+        frame = np.ascontiguousarray(frame)
+    height, width, channels = frame.shape
+    fmt = QImage.Format.Format_RGB888 if channels == 3 else QImage.Format.Format_RGBA8888
+    image = QImage(frame.data, width, height, frame.strides[0], fmt)
+    return image, frame
+
+
+def fit_rect(image_size: QSize, area: QRect) -> QRect:
+    """The largest rectangle of the image's aspect ratio centred in ``area``."""
+    if image_size.isEmpty() or area.isEmpty():
+        return QRect()
+    scaled = image_size.scaled(area.size(), Qt.AspectRatioMode.KeepAspectRatio)
+    x = area.x() + (area.width() - scaled.width()) // 2
+    y = area.y() + (area.height() - scaled.height()) // 2
+    return QRect(x, y, scaled.width(), scaled.height())
+
+
+class _Slot:
+    """One shown frame: the image and the array it borrows from."""
+
+    __slots__ = ("image", "array")
+
+    def __init__(self) -> None:
+        self.image: QImage | None = None
+        self.array: np.ndarray | None = None
+
+    def set(self, frame: np.ndarray | None) -> None:
+        if frame is None:
+            self.image, self.array = None, None
+        else:
+            self.image, self.array = image_from_array(frame)
+
+
+class PreviewWidget(QWidget):
+    """Paints the latest frames; ``show_frames`` is cheap enough to call for every frame."""
+
+    double_clicked = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._input = _Slot()
+        self._output = _Slot()
+        self._view = VIEW_OUTPUT
+        self._mirror = False
+        self._placeholder = "Press Start (Space) to begin"
+        self.frames_shown = 0
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setMinimumSize(320, 240)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.setAutoFillBackground(False)
+
+    # ---------------------------------------------------------------------------------------- state
+
+    def set_view(self, view: str) -> None:
+        if view not in (VIEW_OUTPUT, VIEW_INPUT, VIEW_SIDE):
+            raise ValueError(f"unknown view {view!r}")
+        self._view = view
+        self.update()
+
+    def view(self) -> str:
+        return self._view
+
+    def set_mirror(self, mirror: bool) -> None:
+        """Mirror the display only (a selfie view); the virtual camera and recordings stay unmirrored."""
+        self._mirror = mirror
+        self.update()
+
+    def set_placeholder(self, text: str) -> None:
+        self._placeholder = text
+        self.update()
+
+    def show_frames(self, input_frame: np.ndarray | None, output_frame: np.ndarray | None) -> None:
+        if input_frame is not None:
+            self._input.set(input_frame)
+        if output_frame is not None:
+            self._output.set(output_frame)
+        self.frames_shown += 1
+        self.update()
+
+    def clear(self) -> None:
+        self._input.set(None)
+        self._output.set(None)
+        self.update()
+
+    def current_image(self, which: str = VIEW_OUTPUT) -> QImage | None:
+        slot = self._input if which == VIEW_INPUT else self._output
+        return slot.image
+
+    def current_array(self, which: str = VIEW_OUTPUT) -> np.ndarray | None:
+        slot = self._input if which == VIEW_INPUT else self._output
+        return slot.array
+
+    # -------------------------------------------------------------------------------------- painting
+
+    def sizeHint(self) -> QSize:
+        return QSize(640, 480)
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor(12, 13, 16))
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        panes = self._panes()
+        if not any(slot.image is not None for slot, _, _ in panes):
+            self._paint_placeholder(painter)
+            return
+        for slot, area, label in panes:
+            if slot.image is None:
+                continue
+            target = fit_rect(slot.image.size(), area)
+            if self._mirror:
+                painter.save()
+                painter.translate(target.x() * 2 + target.width(), 0)
+                painter.scale(-1, 1)
+                painter.drawImage(target, slot.image)
+                painter.restore()
+            else:
+                painter.drawImage(target, slot.image)
+            if label:
+                self._paint_label(painter, target, label)
+
+    def _panes(self) -> list[tuple[_Slot, QRect, str]]:
+        area = self.rect()
+        if self._view == VIEW_INPUT:
+            return [(self._input, area, "")]
+        if self._view == VIEW_OUTPUT:
+            return [(self._output, area, "")]
+        gap = 6
+        half = (area.width() - gap) // 2
+        left = QRect(area.x(), area.y(), half, area.height())
+        right = QRect(area.x() + half + gap, area.y(), area.width() - half - gap, area.height())
+        return [(self._input, left, "Input"), (self._output, right, "Output")]
+
+    def _paint_label(self, painter: QPainter, target: QRect, text: str) -> None:
+        font = QFont(self.font())
+        font.setPointSizeF(max(8.0, font.pointSizeF() * 0.9))
+        font.setBold(True)
+        painter.setFont(font)
+        metrics = painter.fontMetrics()
+        box = QRectF(target.x() + 8, target.y() + 8, metrics.horizontalAdvance(text) + 14, metrics.height() + 6)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(0, 0, 0, 150))
+        painter.drawRoundedRect(box, 4, 4)
+        painter.setPen(QColor(235, 235, 240))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+
+    def _paint_placeholder(self, painter: QPainter) -> None:
+        painter.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))
+        font = QFont(self.font())
+        font.setPointSizeF(font.pointSizeF() * 1.3)
+        painter.setFont(font)
+        painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self._placeholder)
+
+    def mouseDoubleClickEvent(self, event) -> None:  # noqa: N802
+        self.double_clicked.emit()
+        super().mouseDoubleClickEvent(event)

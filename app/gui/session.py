@@ -1,0 +1,296 @@
+"""The GUI's side of the frame pipeline: one object that owns the pipeline, the engine loader and the
+outputs, and turns their thread callbacks into Qt signals.
+
+Everything slow (stopping threads, opening the virtual camera, writing a PNG) runs on a short-lived
+worker thread and reports back through a signal, so the GUI thread only ever does bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import QObject, Signal
+
+from app.gui.bridge import FrameBridge
+from app.gui.loader import EngineLoader, user_message
+from app.outputs import Recorder, VirtualCamera, snapshot, virtualcam_available
+from app.pipeline import OutputFrame, Pipeline, PipelineConfig
+from core.config import StreamConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveParams:
+    """Settings an engine takes between frames; kept here so a newly loaded engine gets them too."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 0.5
+    seed: int = 2
+    guidance: float = 1.2
+    delta: float = 1.0
+    similarity_filter: bool = False
+    similarity_threshold: float = 0.98
+
+    def apply_to(self, engine) -> None:
+        engine.set_strength(self.strength)
+        engine.set_seed(self.seed)
+        engine.set_guidance(guidance_scale=self.guidance, delta=self.delta)
+        engine.set_similarity_filter(self.similarity_filter, threshold=self.similarity_threshold)
+
+
+class Session(QObject):
+    running_changed = Signal(bool)
+    engine_ready = Signal(object)  # the engine's StreamConfig
+    engine_failed = Signal(str, object)  # message, exception; the previous engine keeps running
+    recording_changed = Signal(bool, str)  # recording, a message (the file saved, or why it stopped)
+    virtual_camera_changed = Signal(bool, str)  # on, device or reason
+    virtual_camera_probed = Signal(bool, str)  # driver available, device or reason with set-up step
+    snapshot_saved = Signal(str)
+    _work_done = Signal(object)  # a callable to run in the GUI thread after a worker finished
+
+    def __init__(self, engine_factory=None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.bridge = FrameBridge(self)
+        self.loader = EngineLoader(engine_factory, self)
+        self.loader.loaded.connect(self._on_loaded)
+        self.loader.failed.connect(self.engine_failed)
+        self.params = LiveParams()
+        self.pipeline = Pipeline(
+            config=PipelineConfig(keep_input=True),
+            on_frame=self._on_frame,
+            on_error=self.bridge.post_error,
+            on_status=self.bridge.post_status,
+        )
+        self.engine_config: StreamConfig | None = None
+        self.last_output = None
+        self._state = "stopped"  # stopped, running, stopping
+        self._restart_after_stop = False
+        self._recorder: Recorder | None = None
+        self._vcam: VirtualCamera | None = None
+        # Bound methods (not lambdas): Qt then runs them in this object's thread, the GUI thread.
+        self._work_done.connect(self._run_done)
+        self.bridge.error.connect(self._check_outputs)
+        self.bridge.frame_ready.connect(self._remember)
+
+    # ------------------------------------------------------------------------------------- engine
+
+    @property
+    def engine(self):
+        return self.pipeline.engine
+
+    def load_engine(self, config: StreamConfig) -> None:
+        params = LiveParams(**vars(self.params))
+        self.loader.load(config, params.prompt, params.negative_prompt, setup=params.apply_to)
+
+    def cancel_load(self) -> None:
+        self.loader.cancel()
+
+    def _on_loaded(self, engine, config: StreamConfig) -> None:
+        # Settings changed while the model loaded are applied again, so none is lost in the swap.
+        self._call_engine(self.params.apply_to, engine)
+        self._call_engine(lambda e: e.update_prompt(self.params.prompt, negative_prompt=self.params.negative_prompt), engine)
+        self.pipeline.set_engine(engine)
+        self.engine_config = config
+        self.engine_ready.emit(config)
+
+    def _call_engine(self, action, engine=None) -> None:
+        engine = engine if engine is not None else self.pipeline.engine
+        if engine is None:
+            return
+        try:
+            action(engine)
+        except Exception as exc:  # noqa: BLE001 - a rejected value must not take the window down
+            self.bridge.post_error(f"The setting could not be applied: {user_message(exc)}", exc)
+
+    def set_prompt(self, prompt: str, negative_prompt: str) -> None:
+        self.params.prompt, self.params.negative_prompt = prompt, negative_prompt
+        self._call_engine(lambda e: e.update_prompt(prompt, negative_prompt=negative_prompt))
+
+    def set_strength(self, strength: float) -> None:
+        self.params.strength = strength
+        self._call_engine(lambda e: e.set_strength(strength))
+
+    def set_seed(self, seed: int) -> None:
+        self.params.seed = seed
+        self._call_engine(lambda e: e.set_seed(seed))
+
+    def set_guidance(self, guidance: float, delta: float) -> None:
+        self.params.guidance, self.params.delta = guidance, delta
+        self._call_engine(lambda e: e.set_guidance(guidance_scale=guidance, delta=delta))
+
+    def set_filter(self, enabled: bool, threshold: float) -> None:
+        self.params.similarity_filter, self.params.similarity_threshold = enabled, threshold
+        self._call_engine(lambda e: e.set_similarity_filter(enabled, threshold=threshold))
+
+    # ---------------------------------------------------------------------------------- running
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def set_source(self, source) -> None:
+        self.pipeline.set_source(source)
+
+    def start(self) -> None:
+        if self._state == "stopping":
+            self._restart_after_stop = True
+            return
+        if self._state == "running":
+            return
+        self._state = "running"
+        self.bridge.reset()
+        if self._vcam is not None:
+            self.pipeline.add_output(self._vcam)
+        self.pipeline.start()
+        self.running_changed.emit(True)
+
+    def stop(self) -> None:
+        """Stop in the background: joining the threads waits for the frame in the engine."""
+        if self._state != "running":
+            return
+        self._state = "stopping"
+        recorder, self._recorder = self._recorder, None
+        self._in_worker(lambda: self.pipeline.stop(close_outputs=False), lambda _r: self._stopped(recorder))
+
+    def _stopped(self, recorder: Recorder | None) -> None:
+        self._state = "stopped"
+        self._finish_recording(recorder)
+        if self._vcam is not None:
+            self.pipeline.remove_output(self._vcam, close=False)
+        self.running_changed.emit(False)
+        if self._restart_after_stop:
+            self._restart_after_stop = False
+            self.start()
+
+    def toggle(self) -> None:
+        self.stop() if self._state == "running" else self.start()
+
+    def shutdown(self) -> None:
+        """Stop everything now, on the calling thread: used on quit, when blocking is expected."""
+        self.loader.cancel()
+        recorder, self._recorder = self._recorder, None
+        self.pipeline.stop(close_outputs=True)
+        self._finish_recording(recorder)
+        if self._vcam is not None:
+            self._vcam.close()
+            self._vcam = None
+        self._state = "stopped"
+
+    # ------------------------------------------------------------------------------------ outputs
+
+    def output_size(self) -> tuple[int, int]:
+        config = self.engine_config
+        return (config.width, config.height) if config else (512, 512)
+
+    def probe_virtual_camera(self) -> None:
+        self._in_worker(virtualcam_available, lambda result: self.virtual_camera_probed.emit(*result))
+
+    def set_virtual_camera(self, on: bool) -> None:
+        if not on:
+            camera, self._vcam = self._vcam, None
+            if camera is not None:
+                self.pipeline.remove_output(camera, close=True)
+            self.virtual_camera_changed.emit(False, "")
+            return
+        if self._vcam is not None:
+            return
+        width, height = self.output_size()
+        camera = VirtualCamera(width, height, fps=30.0)
+
+        def opened(result) -> None:
+            if isinstance(result, BaseException):
+                self.virtual_camera_changed.emit(False, user_message(result))
+                return
+            self._vcam = camera
+            if self.running:
+                self.pipeline.add_output(camera)
+            self.virtual_camera_changed.emit(True, f"Writing to {result}")
+
+        self._in_worker(camera.open, opened)
+
+    def start_recording(self, folder: str) -> None:
+        if self._recorder is not None:
+            return
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            self.recording_changed.emit(False, f"Cannot create {folder}: {exc.strerror or exc}")
+            return
+        path = os.path.join(folder, time.strftime("livediffusion-%Y%m%d-%H%M%S.mp4"))
+        measured = self.pipeline.stats().output_fps
+        # The file's frame rate follows what the stream delivers, so playback runs at the real speed.
+        self._recorder = Recorder(path, fps=round(measured) if measured >= 2 else 30.0)
+        self.pipeline.add_output(self._recorder)
+        self.recording_changed.emit(True, f"Recording to {path}")
+
+    def stop_recording(self) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is None:
+            return
+        self.pipeline.remove_output(recorder, close=False)
+        self._in_worker(recorder.close, lambda _r: self._finish_recording(recorder))
+
+    def _finish_recording(self, recorder: Recorder | None) -> None:
+        if recorder is None:
+            return
+        recorder.close()  # idempotent: finalizes the file if nobody did yet
+        if recorder.close_error:
+            message = recorder.close_error
+        elif recorder.finalized_path:
+            message = f"Saved {recorder.finalized_path} ({recorder.frames_written} frames)"
+        else:
+            message = "Nothing was recorded: no frame arrived"
+        self.recording_changed.emit(False, message)
+
+    def _check_outputs(self, _message: str, _exc) -> None:
+        """The pipeline drops an output that failed (and closes it); bring the toggles in line."""
+        outputs = self.pipeline.outputs
+        if self._recorder is not None and self.running and self._recorder not in outputs:
+            recorder, self._recorder = self._recorder, None
+            self._finish_recording(recorder)
+        if self._vcam is not None and self.running and self._vcam not in outputs:
+            self._vcam = None
+            self.virtual_camera_changed.emit(False, "The virtual camera stopped (see the message)")
+
+    def take_snapshot(self, folder: str, image=None) -> None:
+        image = image if image is not None else self.last_output
+        if image is None:
+            self.snapshot_saved.emit("No frame to save yet: start the stream first")
+            return
+        path = os.path.join(folder, time.strftime("snapshot-%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}.png")
+
+        def save():
+            os.makedirs(folder, exist_ok=True)
+            return snapshot(image, path)
+
+        self._in_worker(save, lambda result: self.snapshot_saved.emit(
+            user_message(result) if isinstance(result, BaseException) else f"Saved {result}"))
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    def _on_frame(self, item: OutputFrame) -> None:
+        self.bridge.post_frame(item.input, item.image)
+
+    def _remember(self, _input, output) -> None:
+        self.last_output = output
+
+    def _run_done(self, fn) -> None:
+        fn()
+
+    def _in_worker(self, work, done) -> None:
+        """Run ``work`` on a thread, then ``done(result or exception)`` on the GUI thread."""
+
+        def run():
+            try:
+                result = work()
+            except Exception as exc:  # noqa: BLE001 - handed to ``done``
+                result = exc
+            self._work_done.emit(lambda: done(result))
+
+        threading.Thread(target=run, name="gui-worker", daemon=True).start()
