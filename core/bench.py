@@ -44,7 +44,7 @@ def synthetic_frames(count: int, height: int, width: int, seed: int = 0, static:
     for i in range(count):
         phase = 0.0 if static else i * 0.15
         base = 127 + 100 * np.sin(xs / 37.0 + phase)[..., None] * np.cos(ys / 53.0 - phase)[..., None]
-        frame = base + np.array([0, 40, -40], dtype=np.float32) + rng.normal(0, 4 if not static else 0, (height, width, 3))
+        frame = base + np.array([0, 40, -40], dtype=np.float32) + rng.normal(0, 2 if static else 4, (height, width, 3))
         frames.append(np.clip(frame, 0, 255).astype(np.uint8))
     return frames
 
@@ -88,10 +88,32 @@ def summarize(name, steps, latencies, wall, device, **extra) -> BenchResult:
     )
 
 
-def bench_engine(components, config: StreamConfig, frames, warmup, name=None, progress=None) -> BenchResult:
+def time_overlapped(engine, frames, warmup: int) -> tuple[list[float], float]:
+    """Frames through OverlappedRunner; a frame's latency runs from its submit to its output."""
+    from core.accel.overlap import OverlappedRunner
+
+    runner = OverlappedRunner(engine)
+    for frame in frames[:warmup]:
+        runner.submit(frame)
+    runner.flush()
+    starts, latencies = [], []
+    start = time.perf_counter()
+    for frame in frames[warmup:]:
+        starts.append(time.perf_counter())
+        if runner.submit(frame) is not None and len(starts) > 1:
+            latencies.append((time.perf_counter() - starts[-2]) * 1000.0)
+    runner.flush()
+    latencies.append((time.perf_counter() - starts[-1]) * 1000.0)
+    return latencies, time.perf_counter() - start
+
+
+def bench_engine(
+    components, config: StreamConfig, frames, warmup, name=None, progress=None, overlap=False, roofline=False
+) -> BenchResult:
     from core.stream import StreamEngine
 
     _reset_peak(config.resolved_device())
+    extra = {}
     engine = StreamEngine(components, config)
     started = time.perf_counter()
     if config.acceleration != "none":
@@ -101,8 +123,17 @@ def bench_engine(components, config: StreamConfig, frames, warmup, name=None, pr
     engine.prepare("oil painting of a person in a room, cinematic light", "blurry, low quality")
     engine.process(frames[0])
     first_frame_s = time.perf_counter() - started
-    latencies, wall = time_calls(engine.process, frames, warmup, config.resolved_device())
-    label = name or f"ours {config.denoising_steps} step, cfg {config.cfg_type}, {config.acceleration}"
+    if roofline:
+        from core.roofline import engine_unet_flops
+
+        extra["unet_gflop_per_frame"] = round(engine_unet_flops(engine) / 1e9, 1)
+    if overlap and engine.device.type == "cuda":
+        latencies, wall = time_overlapped(engine, frames, warmup)
+    else:
+        latencies, wall = time_calls(engine.process, frames, warmup, config.resolved_device())
+    label = name or f"ours {config.denoising_steps} step, cfg {config.cfg_type}, {engine.acceleration}" + (
+        ", overlapped" if overlap else ""
+    )
     result = summarize(
         label,
         config.denoising_steps,
@@ -110,11 +141,14 @@ def bench_engine(components, config: StreamConfig, frames, warmup, name=None, pr
         wall,
         config.resolved_device(),
         cfg_type=config.cfg_type,
-        acceleration=getattr(engine, "acceleration", config.acceleration),
+        acceleration=engine.acceleration,
         tiny_vae=config.use_tiny_vae,
         skipped=engine.skipped_frames,
         first_frame_s=round(first_frame_s, 2),
+        **extra,
     )
+    if "unet_gflop_per_frame" in extra:
+        result.extra["achieved_tflops"] = round(extra["unet_gflop_per_frame"] / result.median_ms, 1)
     del engine
     return result
 
@@ -180,6 +214,8 @@ def parse_args(argv):
     parser.add_argument("--frame-buffer", type=int, default=1)
     parser.add_argument("--acceleration", default="none", choices=("none", "compile", "tensorrt"))
     parser.add_argument("--no-tiny-vae", action="store_true", help="use the full VAE in our engine")
+    parser.add_argument("--roofline", action="store_true", help="count UNet FLOPs and measure the matmul peak")
+    parser.add_argument("--overlap", action="store_true", help="also time overlapped copies (one frame of latency)")
     parser.add_argument("--frames", type=int, default=100, help="timed frames per setting")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--diffusers", default="full,tiny", help="diffusers baselines to run: full,tiny or none")
@@ -210,8 +246,11 @@ def main(argv=None) -> int:
         config = base.replace(
             t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type, use_tiny_vae=not args.no_tiny_vae
         )
-        results.append(bench_engine(components, config, frames, args.warmup))
+        results.append(bench_engine(components, config, frames, args.warmup, roofline=args.roofline))
         print_table(results[-1:], {}, file=sys.stderr)
+        if args.overlap and args.frame_buffer == 1:
+            results.append(bench_engine(components, config, frames, args.warmup, overlap=True))
+            print_table(results[-1:], {}, file=sys.stderr)
     if args.similarity:
         static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
         config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)
@@ -232,6 +271,14 @@ def main(argv=None) -> int:
     print(f"\nmodel {args.model} (random weights: speed only)" if args.model.startswith("preset:") else f"\nmodel {args.model}")
     print(f"device {gpu}, torch {torch.__version__}, {args.width}x{args.height}, {args.frames} frames after {args.warmup} warm-up")
     print_table(results, baselines)
+    if args.roofline and device.type == "cuda":
+        from core.roofline import matmul_peak_tflops
+
+        peaks = {name: matmul_peak_tflops(device, getattr(torch, name)) for name in ("float16", "bfloat16")}
+        print("\nmatmul peak (8192^3, random data): " + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in peaks.items()))
+        for r in results:
+            if "achieved_tflops" in r.extra:
+                print(f"{r.name}: UNet {r.extra['unet_gflop_per_frame']} GFLOP/frame, {r.extra['achieved_tflops']} TFLOP/s achieved over the whole frame")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": gpu, "torch": torch.__version__, "results": [asdict(r) for r in results]}, fh, indent=2)

@@ -1,0 +1,38 @@
+"""What the GPU could do: the UNet's FLOPs per frame and the measured matrix-multiply peak."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@torch.no_grad()
+def engine_unet_flops(engine) -> int:
+    """FLOPs of one UNet call of the engine's stream batch, counted by torch's flop counter."""
+    x_t = torch.randn((engine.config.batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
+    forward, engine.unet_forward = engine.unet_forward, engine.unet  # count the eager graph
+    try:
+        with FlopCounterMode(display=False) as counter:
+            engine.predict_noise(x_t)
+    finally:
+        engine.unet_forward = forward
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
+def matmul_peak_tflops(device, dtype=torch.float16, size: int = 8192, repeats: int = 20) -> float:
+    """Dense matrix-product rate on random data (never zeros: they run faster than real data)."""
+    a = torch.randn((size, size), device=device, dtype=dtype)
+    b = torch.randn((size, size), device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000.0)
+    times.sort()
+    return 2 * size**3 / times[len(times) // 2] / 1e12
