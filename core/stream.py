@@ -66,6 +66,7 @@ class StreamEngine:
         self.last_gpu_ms = 0.0
         self._last_output: torch.Tensor | None = None
         self._pinned: dict[tuple, torch.Tensor] = {}
+        self.acceleration = "none"  # what actually runs; core.accel sets it
         self._allocate_state()
 
     @classmethod
