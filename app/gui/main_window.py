@@ -7,6 +7,7 @@ running. ``run_gui`` is the entry point main.py calls.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -76,6 +77,8 @@ class MainWindow(QMainWindow):
             self.notifier.warning("Settings were reset", warning)
         if autoload:
             self.reload_engine()
+        # Import-time objects never die; freezing them keeps full collections short (see above).
+        gc.freeze()
 
     # ------------------------------------------------------------------------------------ building
 
@@ -105,7 +108,8 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         session, style = self.session, self.style_panel
-        session.bridge.frame_ready.connect(self.preview.show_frames)
+        session.bridge.display_target = lambda: self.preview.display_target
+        session.bridge.frame_ready.connect(self.preview.show_packet)
         session.bridge.error.connect(self._on_pipeline_error)
         session.bridge.status.connect(self.status.show_note)
         session.running_changed.connect(self._on_running_changed)
@@ -234,6 +238,9 @@ class MainWindow(QMainWindow):
         self.model_panel.set_busy(False, f"Cancelled; still running {config.model}" if config else "Cancelled")
 
     def _on_engine_ready(self, config: StreamConfig) -> None:
+        # A model brings many long-lived objects; frozen, they are skipped by every later full
+        # collection, which would otherwise hold the GIL (and so the GUI) for 100 ms and more.
+        gc.freeze()
         steps = len(config.t_index_list)
         text = f"Running {config.model} at {config.width}×{config.height}, {steps} step{'s' * (steps > 1)}"
         self.model_panel.show_loaded(text)

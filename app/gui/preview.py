@@ -2,7 +2,8 @@
 
 Frames arrive as numpy arrays. A QImage is built straight on the array's memory (no per-pixel work in
 Python) and the array is kept referenced for as long as the image is, since QImage does not own
-borrowed memory. Painting scales with QPainter into the widget, so a resize never re-converts a frame.
+borrowed memory. Usually a display-sized copy made off the GUI thread comes along (see display.py) and
+painting is a plain copy; otherwise, and right after a resize, QPainter scales the full frame.
 """
 
 from __future__ import annotations
@@ -12,21 +13,26 @@ from PySide6.QtCore import QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from app.gui.display import DisplayTarget, FramePacket
+
 VIEW_OUTPUT, VIEW_INPUT, VIEW_SIDE = "output", "input", "side"
 
 
-def image_from_array(frame: np.ndarray) -> tuple[QImage, np.ndarray]:
+def image_from_array(frame: np.ndarray, bgra: bool = False) -> tuple[QImage, np.ndarray]:
     """A QImage over ``frame``'s memory and the array that must stay alive with it.
 
     The array is made C-contiguous first only when it is not (a crop or a mirrored view); the usual
-    frame from the pipeline is used as it is.
+    frame from the pipeline is used as it is. ``bgra``: four channels in B, G, R, A order (RGB32).
     """
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
         raise ValueError(f"expected an HxWx3 or HxWx4 uint8 array, got {frame.dtype} {frame.shape}")
     if not frame.flags.c_contiguous:
         frame = np.ascontiguousarray(frame)
     height, width, channels = frame.shape
-    fmt = QImage.Format.Format_RGB888 if channels == 3 else QImage.Format.Format_RGBA8888
+    if channels == 3:
+        fmt = QImage.Format.Format_RGB888
+    else:
+        fmt = QImage.Format.Format_RGB32 if bgra else QImage.Format.Format_RGBA8888
     image = QImage(frame.data, width, height, frame.strides[0], fmt)
     return image, frame
 
@@ -42,19 +48,25 @@ def fit_rect(image_size: QSize, area: QRect) -> QRect:
 
 
 class _Slot:
-    """One shown frame: the image and the array it borrows from."""
+    """One shown frame: the full image, a display-sized copy if any, and the arrays they borrow from."""
 
-    __slots__ = ("image", "array")
+    __slots__ = ("image", "array", "shown", "shown_array")
 
     def __init__(self) -> None:
         self.image: QImage | None = None
         self.array: np.ndarray | None = None
+        self.shown: QImage | None = None
+        self.shown_array: np.ndarray | None = None
 
-    def set(self, frame: np.ndarray | None) -> None:
+    def set(self, frame: np.ndarray | None, shown: np.ndarray | None = None) -> None:
         if frame is None:
             self.image, self.array = None, None
         else:
             self.image, self.array = image_from_array(frame)
+        if shown is None:
+            self.shown, self.shown_array = None, None
+        else:
+            self.shown, self.shown_array = image_from_array(shown, bgra=True)
 
 
 class PreviewWidget(QWidget):
@@ -70,6 +82,8 @@ class PreviewWidget(QWidget):
         self._mirror = False
         self._placeholder = "Press Start (Space) to begin"
         self.frames_shown = 0
+        #: Read by worker threads to scale frames for this widget; replaced, never mutated.
+        self.display_target = DisplayTarget()
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(320, 240)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
@@ -81,6 +95,7 @@ class PreviewWidget(QWidget):
         if view not in (VIEW_OUTPUT, VIEW_INPUT, VIEW_SIDE):
             raise ValueError(f"unknown view {view!r}")
         self._view = view
+        self._publish_target()
         self.update()
 
     def view(self) -> str:
@@ -89,6 +104,9 @@ class PreviewWidget(QWidget):
     def set_mirror(self, mirror: bool) -> None:
         """Mirror the display only (a selfie view); the virtual camera and recordings stay unmirrored."""
         self._mirror = mirror
+        for slot in (self._input, self._output):  # their copies were flipped for the old setting
+            slot.shown, slot.shown_array = None, None
+        self._publish_target()
         self.update()
 
     def set_placeholder(self, text: str) -> None:
@@ -96,10 +114,13 @@ class PreviewWidget(QWidget):
         self.update()
 
     def show_frames(self, input_frame: np.ndarray | None, output_frame: np.ndarray | None) -> None:
-        if input_frame is not None:
-            self._input.set(input_frame)
-        if output_frame is not None:
-            self._output.set(output_frame)
+        self.show_packet(FramePacket(input_frame, output_frame))
+
+    def show_packet(self, packet: FramePacket) -> None:
+        if packet.input is not None:
+            self._input.set(packet.input, packet.shown_input)
+        if packet.output is not None:
+            self._output.set(packet.output, packet.shown_output)
         self.frames_shown += 1
         self.update()
 
@@ -121,6 +142,17 @@ class PreviewWidget(QWidget):
     def sizeHint(self) -> QSize:
         return QSize(640, 480)
 
+    def resizeEvent(self, event) -> None:  # noqa: N802
+        self._publish_target()
+        super().resizeEvent(event)
+
+    def _publish_target(self) -> None:
+        ratio = self.devicePixelRatioF()
+        sizes = {}
+        for name, area in (("input", self._pane_rect(VIEW_INPUT)), ("output", self._pane_rect(VIEW_OUTPUT))):
+            sizes[name] = (int(area.width() * ratio), int(area.height() * ratio)) if area is not None else (0, 0)
+        self.display_target = DisplayTarget(sizes["input"], sizes["output"], self._mirror)
+
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt naming)
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(12, 13, 16))
@@ -129,11 +161,17 @@ class PreviewWidget(QWidget):
         if not any(slot.image is not None for slot, _, _ in panes):
             self._paint_placeholder(painter)
             return
+        ratio = self.devicePixelRatioF()
         for slot, area, label in panes:
             if slot.image is None:
                 continue
             target = fit_rect(slot.image.size(), area)
-            if self._mirror:
+            shown = slot.shown
+            if shown is not None and shown.width() == int(target.width() * ratio) and shown.height() == int(target.height() * ratio):
+                # Already scaled (and mirrored) by a worker thread: a plain copy.
+                shown.setDevicePixelRatio(ratio)
+                painter.drawImage(target.topLeft(), shown)
+            elif self._mirror:
                 painter.save()
                 painter.translate(target.x() * 2 + target.width(), 0)
                 painter.scale(-1, 1)
@@ -144,17 +182,25 @@ class PreviewWidget(QWidget):
             if label:
                 self._paint_label(painter, target, label)
 
-    def _panes(self) -> list[tuple[_Slot, QRect, str]]:
+    def _pane_rect(self, which: str) -> QRect | None:
+        """Where ``which`` (input or output) is painted in the current view, None when it is not."""
         area = self.rect()
-        if self._view == VIEW_INPUT:
-            return [(self._input, area, "")]
-        if self._view == VIEW_OUTPUT:
-            return [(self._output, area, "")]
+        if self._view != VIEW_SIDE:
+            return area if self._view == which else None
         gap = 6
         half = (area.width() - gap) // 2
-        left = QRect(area.x(), area.y(), half, area.height())
-        right = QRect(area.x() + half + gap, area.y(), area.width() - half - gap, area.height())
-        return [(self._input, left, "Input"), (self._output, right, "Output")]
+        if which == VIEW_INPUT:
+            return QRect(area.x(), area.y(), half, area.height())
+        return QRect(area.x() + half + gap, area.y(), area.width() - half - gap, area.height())
+
+    def _panes(self) -> list[tuple[_Slot, QRect, str]]:
+        labels = self._view == VIEW_SIDE
+        panes = []
+        for slot, which, label in ((self._input, VIEW_INPUT, "Input"), (self._output, VIEW_OUTPUT, "Output")):
+            area = self._pane_rect(which)
+            if area is not None:
+                panes.append((slot, area, label if labels else ""))
+        return panes
 
     def _paint_label(self, painter: QPainter, target: QRect, text: str) -> None:
         font = QFont(self.font())

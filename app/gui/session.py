@@ -277,8 +277,9 @@ class Session(QObject):
     def _on_frame(self, item: OutputFrame) -> None:
         self.bridge.post_frame(item.input, item.image)
 
-    def _remember(self, _input, output) -> None:
-        self.last_output = output
+    def _remember(self, packet) -> None:
+        if packet.output is not None:
+            self.last_output = packet.output
 
     def _run_done(self, fn) -> None:
         fn()
