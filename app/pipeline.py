@@ -85,7 +85,8 @@ class Pipeline:
         self._outputs_lock = threading.Lock()
         self._tasks: list[tuple[Callable, Future]] = []
         self._tasks_lock = threading.Lock()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # short critical sections on shared state
+        self._lifecycle = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._loaders: list[threading.Thread] = []
         self._load_generation = 0
@@ -109,7 +110,7 @@ class Pipeline:
 
     def start(self) -> None:
         """Start the three threads. No-op when already running."""
-        with self._lock:
+        with self._lifecycle, self._lock:
             if self._threads:
                 return
             self._stop.clear()
@@ -128,23 +129,23 @@ class Pipeline:
     def stop(self, close_outputs: bool = True) -> None:
         """Stop and join every thread (the source is closed by its thread). Outputs are closed and
         removed unless ``close_outputs`` is False; recorders are finalized either way by close()."""
-        with self._lock:
-            threads, self._threads = self._threads, []
-            self._stop.set()
-            self._wake.set()
+        # The lifecycle lock serialises start/stop; the state lock is not held while joining, because
+        # the capture thread takes it briefly and would otherwise deadlock against this join.
+        with self._lifecycle:
+            with self._lock:
+                threads, self._threads = self._threads, []
+                loaders, self._loaders = self._loaders, []
+                self._stop.set()
+                self._wake.set()
             self._in_slot.close()
             self._out_slot.close()
-            for thread in threads:
+            for thread in threads + loaders:
                 if thread is not threading.current_thread():
                     thread.join(self.config.join_timeout_s)
                     if thread.is_alive():
                         log.warning("thread %s did not stop within %.0f s", thread.name, self.config.join_timeout_s)
             self._dropped_before += self._in_slot.dropped + self._out_slot.dropped
             self._in_slot.dropped = self._out_slot.dropped = 0
-            loaders, self._loaders = self._loaders, []
-        for loader in loaders:
-            if loader is not threading.current_thread():
-                loader.join(self.config.join_timeout_s)
         self._run_pending_tasks()  # whoever waits on call_in_gpu_thread gets an answer
         if close_outputs:
             with self._outputs_lock:
@@ -161,8 +162,8 @@ class Pipeline:
         """Wait until a finite source has been fully delivered to the outputs (or stop()). True if it was."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._finished.is_set():
-            if self._stop.is_set() and not self.running:
-                return False
+            if not self.running:
+                return self._finished.is_set()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
@@ -196,7 +197,9 @@ class Pipeline:
     def load_engine(self, factory: Callable[[], Engine], on_ready: Callable[[Engine], None] | None = None) -> None:
         """Build an engine with ``factory`` (slow: loads a model) on a background thread while the
         current engine keeps running, then swap it in between two frames. A failure goes to on_error
-        and the current engine stays. A newer call supersedes a load still in progress."""
+        and the current engine stays. A newer call supersedes a load still in progress. The factory
+        returns a ready engine (StreamEngine.from_config(...) then prepare(prompt)). stop() waits for a
+        load in progress (model loading cannot be interrupted)."""
         with self._lock:
             self._load_generation += 1
             generation = self._load_generation
