@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--loop", action="store_true", help="loop a video file (stop with --frames, --seconds or Ctrl+C)")
     io.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
                     help="process every input frame in order instead of dropping stale ones "
-                    "(default: on for a file or test source written to a file, off otherwise)")
+                    "(default: on for a video file source not sent to the virtual camera; "
+                    "with a test source it also turns off its real-time pacing)")
     io.add_argument("--no-engine", action="store_true",
                     help="pass frames through unchanged: checks sources and outputs without loading a model")
     io.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -96,7 +97,7 @@ def run(argv: list[str] | None = None) -> int:
     file_source = kind not in ("camera", "screen", "test")
     to_virtualcam = args.output.lower() == "virtualcam"
     to_file = not to_virtualcam and args.output.lower() != "none"
-    lossless = args.lossless if args.lossless is not None else (file_source or kind == "test") and not to_virtualcam
+    lossless = args.lossless if args.lossless is not None else file_source and not to_virtualcam
     try:
         source = parse_source(args.source, loop=args.loop, paced=not lossless, fps=args.fps)
         if isinstance(source, VideoFile):

@@ -277,3 +277,22 @@ def test_stats_report_rates_and_latency():
     assert 30 < stats.input_fps < 70 and 30 < stats.output_fps < 70
     assert 5 < stats.latency_ms < 100 and stats.gpu_ms == pytest.approx(10, abs=1)
     assert stats.frames_out > 20 and "fps" in stats.summary()
+
+
+def test_real_tiny_engine_in_the_pipeline(tiny_components, tiny_config):
+    from core.stream import StreamEngine
+
+    engine = StreamEngine(tiny_components, tiny_config)
+    engine.prepare("a watercolor", "")
+    got = Collector()
+    pipe = Pipeline(engine, TestPattern(80, 60, fps=None, limit=6), PipelineConfig(lossless=True), **got.wire())
+    pipe.start()
+    assert got.wait_for(lambda: len(got.frames) >= 3, timeout=60)
+    # Engine setters are thread-safe and apply at the next frame, with the stream running.
+    engine.update_prompt("a pencil sketch")
+    engine.set_seed(5)
+    assert pipe.wait(60)
+    pipe.stop()
+    assert got.errors == [] and [f.index for f in got.frames] == list(range(6))
+    assert all(f.processed and f.image.shape == (64, 64, 3) and f.image.dtype == np.uint8 for f in got.frames)
+    assert pipe.stats().gpu_ms > 0
