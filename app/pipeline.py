@@ -318,7 +318,10 @@ class Pipeline:
             if item is END:
                 self._finished.set()
                 if self.on_finished is not None:
-                    self.on_finished()
+                    try:
+                        self.on_finished()
+                    except Exception as exc:  # noqa: BLE001
+                        self.report_error(f"The end-of-stream listener failed: {exc}", exc)
                 continue
             self._deliver(item)
 
