@@ -69,10 +69,12 @@ def test_slow_stage_drops_stale_frames_and_keeps_latency_bounded():
     pipe.stop()
     stats = pipe.stats()
     assert len(got.frames) >= 10
-    assert stats.dropped_frames > 100, "a slow stage must drop, not queue"
+    assert stats.dropped_frames > 50, "a slow stage must drop, not queue"
+    assert stats.frames_in - stats.frames_out - stats.dropped_frames <= 3, "nothing waits in a queue"
     late = [f.latency_ms for f in got.frames[3:]]
-    # One frame in the engine plus at most one waiting: about two engine times, never a growing queue.
-    assert max(late) < 150, late
+    # One frame in the engine plus at most one waiting: about two engine times (80 ms), where a queue
+    # would have grown to about a second by now. The margin absorbs a loaded CI machine.
+    assert max(late) < 250, late
     indices = [f.index for f in got.frames]
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
 
