@@ -259,9 +259,10 @@ def test_record_and_snapshot(qtbot, open_window, tmp_path):
     shown = window.preview.frames_shown
     until(qtbot, lambda: window.preview.frames_shown >= shown + 5, timeout=WAIT_MS)
     window.actions.record.trigger()
-    until(qtbot, lambda: list((tmp_path / "out").glob("*.mp4")), timeout=WAIT_MS)
-    video = next((tmp_path / "out").glob("*.mp4"))
-    assert ".partial" not in video.name and cv2.VideoCapture(str(video)).read()[0]
+    until(qtbot, lambda: "frames)" in window.output_panel.saved_label.text(), timeout=WAIT_MS)
+    videos = list((tmp_path / "out").glob("*.mp4"))
+    assert len(videos) == 1 and ".partial" not in videos[0].name
+    assert cv2.VideoCapture(str(videos[0])).read()[0]
     assert not window.output_panel.record_button.isChecked()
 
 
@@ -283,9 +284,10 @@ def test_stop_finalizes_the_recording(qtbot, open_window, tmp_path):
     shown = window.preview.frames_shown
     until(qtbot, lambda: window.preview.frames_shown >= shown + 3, timeout=WAIT_MS)
     window.actions.start.trigger()  # stop
-    until(qtbot, lambda: not window.output_panel.record_button.isChecked(), timeout=WAIT_MS)
-    until(qtbot, lambda: list((tmp_path / "out").glob("*.mp4")), timeout=WAIT_MS)
-    assert "Saved" in window.output_panel.saved_label.text()
+    until(qtbot, lambda: "frames)" in window.output_panel.saved_label.text(), timeout=WAIT_MS)
+    assert not window.output_panel.record_button.isChecked()
+    videos = list((tmp_path / "out").glob("*.mp4"))
+    assert len(videos) == 1 and ".partial" not in videos[0].name
 
 
 # ------------------------------------------------------------------------------------ settings
