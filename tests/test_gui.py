@@ -506,3 +506,72 @@ def test_the_gui_thread_does_not_stall_while_frames_flow(tmp_path):
     assert result["frames_painted"] >= 10
     # The target is 16 ms; shared CI machines add scheduler noise, so only gross blocking fails here.
     assert result["max_stall_ms"] < 150, result
+
+
+# ------------------------------------------------------------------------------------- sources
+
+
+def test_source_panel_lists_devices_and_restores_the_choice(qtbot):
+    from app.camera import CameraInfo
+    from app.gui.source_panel import SourcePanel, build_source
+    from app.sources import Camera, Screen
+
+    monitors = [{"left": 0, "top": 0, "width": 3840, "height": 1080},
+                {"left": 0, "top": 0, "width": 1920, "height": 1080},
+                {"left": 1920, "top": 0, "width": 1920, "height": 1080}]
+    panel = SourcePanel(discover=lambda: ([CameraInfo(0, "Built-in"), CameraInfo(2, "USB cam")], monitors, ""))
+    qtbot.addWidget(panel)
+    texts = [panel.kind_combo.itemText(i) for i in range(panel.kind_combo.count())]
+    assert texts[:2] == ["Camera 0: Built-in", "Camera 2: USB cam"]
+    assert "All screens (3840×1080)" in texts and "Screen 2 (1920×1080)" in texts and "Screen region…" in texts
+
+    panel.load(AppSettings(source_kind="camera", camera_index=2))
+    assert panel.kind_combo.currentText() == "Camera 2: USB cam"
+    assert isinstance(build_source(panel.choice()), Camera) and panel.choice().camera_index == 2
+
+    panel.load(AppSettings(source_kind="region", monitor=2, region="10,20,640,360", follow_mouse=True))
+    choice = panel.choice()
+    assert (choice.kind, choice.monitor, choice.region, choice.follow_mouse) == ("region", 2, (10, 20, 640, 360), True)
+    screen = build_source(choice)
+    assert isinstance(screen, Screen) and screen.region == (10, 20, 640, 360) and screen.follow_mouse
+    assert panel.region_edit.isVisibleTo(panel)
+
+    chosen = []
+    panel.source_changed.connect(chosen.append)
+    panel.set_region(1, (0, 0, 320, 240))  # what the region picker does on OK
+    assert chosen[-1].region == (0, 0, 320, 240) and chosen[-1].monitor == 1
+
+    panel.load(AppSettings(source_kind="camera", camera_index=5))  # unplugged since: fall back, do not fail
+    assert panel.choice().kind == "test"
+
+
+def test_region_picker_maps_a_drag_to_screen_pixels(qtbot):
+    from app.gui.region_picker import RegionPickerDialog
+
+    screenshot = np.zeros((1080, 1920, 3), np.uint8)
+    dialog = RegionPickerDialog(screenshot)
+    qtbot.addWidget(dialog)
+    dialog.resize(1000, 700)
+    dialog.show()
+    canvas = dialog.canvas
+    target = canvas._target()
+    start = target.topLeft() + (target.bottomRight() - target.topLeft()) / 4
+    end = target.topLeft() + (target.bottomRight() - target.topLeft()) * 3 / 4
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=start)
+    qtbot.mouseMove(canvas, end)
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=end)
+    x, y, w, h = dialog.region()
+    assert abs(x - 480) < 8 and abs(y - 270) < 8 and abs(w - 960) < 12 and abs(h - 540) < 12
+
+
+def test_model_sizes_are_not_duplicated(qtbot):
+    from app.gui.model_panel import ModelPanel
+
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    count = panel.size_combo.count()
+    panel.set_size(512, 512)
+    panel.set_size(512, 512)
+    assert panel.size_combo.count() == count and panel.size() == (512, 512)
+    panel.set_size(320, 240)
+    assert panel.size_combo.count() == count + 1 and panel.size() == (320, 240)

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QMainWindow, QPushButton, QSizePolicy, QStyle, QToolBar, QWidget
+from PySide6.QtWidgets import QMainWindow, QPushButton, QSizePolicy, QToolBar, QWidget
+
+from app.gui import icons
 
 
 @dataclass
@@ -22,8 +24,6 @@ class WindowActions:
 
 
 def build_actions(window: QMainWindow) -> WindowActions:
-    style = window.style()
-
     def action(text: str, shortcuts: list[str], tip: str, icon=None, checkable: bool = False) -> QAction:
         act = QAction(text, window)
         act.setShortcuts([QKeySequence(s) for s in shortcuts])
@@ -32,21 +32,21 @@ def build_actions(window: QMainWindow) -> WindowActions:
         act.setToolTip(f"{tip} ({' / '.join(shortcuts)})" if shortcuts else tip)
         act.setCheckable(checkable)
         if icon is not None:
-            act.setIcon(style.standardIcon(icon))
+            act.setIcon(icon)
         window.addAction(act)
         return act
 
-    start = action("Start", ["Space", "Ctrl+R"], "Start or stop the stream", QStyle.StandardPixmap.SP_MediaPlay)
-    snapshot = action("Snapshot", ["Ctrl+S"], "Save the current output as PNG", QStyle.StandardPixmap.SP_DialogSaveButton)
-    record = action("Record", ["Ctrl+Shift+R"], "Start or stop recording", checkable=True)
-    random_seed = action("Random seed", ["Ctrl+D"], "Pick a random seed")
+    start = action("Start", ["Space", "Ctrl+R"], "Start or stop the stream", icons.play())
+    snapshot = action("Snapshot", ["Ctrl+S"], "Save the current output as PNG", icons.camera())
+    record = action("Record", ["Ctrl+Shift+R"], "Start or stop recording", icons.record(), checkable=True)
+    random_seed = action("Random seed", ["Ctrl+D"], "Pick a random seed", icons.dice())
     focus_prompt = action("Edit prompt", ["Ctrl+L"], "Jump to the prompt")
-    fullscreen = action("Full screen", ["F11"], "Show only the preview, full screen",
-                        QStyle.StandardPixmap.SP_TitleBarMaxButton, checkable=True)
+    fullscreen = action("Full screen", ["F11"], "Show only the preview, full screen (Esc leaves)",
+                        icons.fullscreen(), checkable=True)
     quit_ = action("Quit", ["Ctrl+Q"], "Quit")
     quit_.setMenuRole(QAction.MenuRole.QuitRole)
 
-    start_button = QPushButton("Start")
+    start_button = QPushButton(icons.play(), "Start")
     start_button.setObjectName("primary")
     start_button.setCheckable(True)
     start_button.setMinimumWidth(110)
@@ -75,5 +75,6 @@ def build_toolbar(window: QMainWindow, actions: WindowActions) -> QToolBar:
 
 def set_running_look(actions: WindowActions, running: bool) -> None:
     actions.start.setText("Stop" if running else "Start")
-    actions.start_button.setText("■  Stop" if running else "▶  Start")
+    actions.start_button.setText("Stop" if running else "Start")
+    actions.start_button.setIcon(icons.stop() if running else icons.play())
     actions.start_button.setChecked(running)

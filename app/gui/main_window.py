@@ -15,7 +15,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QInputDialog, QMainWindow, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
-from app.gui import excepthook
+from app.gui import excepthook, icons
 from app.gui.actions import build_actions, build_toolbar, set_running_look
 from app.gui.loader import OOM_ADVICE, is_out_of_memory
 from app.gui.model_panel import ModelPanel
@@ -364,6 +364,7 @@ def run_gui(argv: list[str]) -> int:
     app.setApplicationName("Live Diffusion")
     app.setOrganizationName("livediffusion")
     apply_theme(app)
+    app.setWindowIcon(icons.app_icon())
     window = MainWindow(SettingsStore(settings_path))
     excepthook.install(window.session.bridge.post_error)
     window.show()

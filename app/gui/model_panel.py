@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.widgets import hint_label
+from app.gui.widgets import find_data, hint_label
 from app.settings import AppSettings
 from core.config import ACCELERATIONS, DEFAULT_MODEL
 
@@ -59,7 +59,8 @@ class ModelPanel(QGroupBox):
         self.model_combo.setToolTip("A hub id, a local diffusers folder, a .safetensors file or preset:NAME")
         self.model_combo.activated.connect(lambda _i: self._request())
         self.model_combo.lineEdit().returnPressed.connect(self._request)
-        self.browse_button = QToolButton(text="…")
+        self.browse_button = QToolButton(text="Open…")
+        self.browse_button.setObjectName("browse")
         self.browse_button.setToolTip("Open a local model folder or file")
         menu = QMenu(self.browse_button)
         menu.addAction("Diffusers folder…", self.browse_folder)
@@ -139,7 +140,7 @@ class ModelPanel(QGroupBox):
         self.model_combo.setCurrentIndex(index)
 
     def set_size(self, width: int, height: int) -> None:
-        index = self.size_combo.findData((width, height))
+        index = find_data(self.size_combo, (width, height))
         if index < 0:
             self.size_combo.addItem(f"{width} × {height}", (width, height))
             index = self.size_combo.count() - 1

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui import icons
 from app.gui.preview import VIEW_INPUT, VIEW_OUTPUT, VIEW_SIDE
 from app.gui.widgets import hint_label
 from app.settings import AppSettings
@@ -63,12 +64,12 @@ class OutputPanel(QGroupBox):
         form.addRow(self.vcam_check)
         form.addRow(self.vcam_label)
 
-        self.record_button = QPushButton("● Record")
+        self.record_button = QPushButton(icons.record(), "Record")
         self.record_button.setObjectName("record")
         self.record_button.setCheckable(True)
         self.record_button.setToolTip("Record the output to a video file (Ctrl+Shift+R)")
         self.record_button.toggled.connect(self.record_toggled)
-        self.snapshot_button = QPushButton("Snapshot")
+        self.snapshot_button = QPushButton(icons.camera(), "Snapshot")
         self.snapshot_button.setToolTip("Save the current output as PNG (Ctrl+S)")
         self.snapshot_button.clicked.connect(self.snapshot_requested)
         buttons = QHBoxLayout()
@@ -135,7 +136,7 @@ class OutputPanel(QGroupBox):
     def set_recording(self, recording: bool) -> None:
         self.record_button.blockSignals(True)
         self.record_button.setChecked(recording)
-        self.record_button.setText("■ Stop recording" if recording else "● Record")
+        self.record_button.setText("Stop recording" if recording else "Record")
         self.record_button.blockSignals(False)
 
     def show_saved(self, text: str) -> None:

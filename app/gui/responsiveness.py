@@ -48,11 +48,23 @@ class StandInEngine:
     def set_similarity_filter(self, enabled, threshold=None, max_skip_frames=None):
         pass
 
-    def process(self, frame: np.ndarray) -> np.ndarray:
+    def fit(self, frame: np.ndarray) -> np.ndarray:
+        """Centre-crop to the engine's aspect ratio and resize, as the real engine's "crop" mode does."""
         import cv2
 
+        height, width = frame.shape[:2]
+        want = self.config.width / self.config.height
+        if width / height > want:
+            keep = int(round(height * want))
+            frame = frame[:, (width - keep) // 2:(width - keep) // 2 + keep]
+        else:
+            keep = int(round(width / want))
+            frame = frame[(height - keep) // 2:(height - keep) // 2 + keep]
+        return cv2.resize(frame, (self.config.width, self.config.height), interpolation=cv2.INTER_AREA)
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        out = cv2.resize(frame, (self.config.width, self.config.height), interpolation=cv2.INTER_AREA)
+        out = self.fit(frame)
         left = self.gpu_ms / 1000.0 - (time.perf_counter() - started)
         if left > 0:
             time.sleep(left)

@@ -14,11 +14,12 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLineEdit,
+    QStyle,
     QToolButton,
     QWidget,
 )
 
-from app.gui.widgets import hint_label
+from app.gui.widgets import find_data, hint_label
 from app.settings import AppSettings, format_region, parse_region
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,12 @@ class SourcePanel(QGroupBox):
         self._monitor = 1
         self._video_path = ""
         form = QFormLayout(self)
+        self._form = form
 
         self.kind_combo = QComboBox()
         self.kind_combo.activated.connect(self._on_kind_activated)
-        self.refresh_button = QToolButton(text="⟳")
+        self.refresh_button = QToolButton()
+        self.refresh_button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_BrowserReload))
         self.refresh_button.setToolTip("Look for cameras and screens again")
         self.refresh_button.clicked.connect(self.refresh)
         row = QHBoxLayout()
@@ -192,18 +195,18 @@ class SourcePanel(QGroupBox):
 
     def _select(self, choice: SourceChoice) -> None:
         wanted = {"camera": ("camera", choice.camera_index), "screen": ("screen", choice.monitor)}.get(choice.kind)
-        index = self.kind_combo.findData(wanted) if wanted else -1
+        index = find_data(self.kind_combo, wanted) if wanted else -1
         if index < 0:
-            index = self.kind_combo.findData((choice.kind, None))
+            index = find_data(self.kind_combo, (choice.kind, None))
         if index < 0:  # the saved camera or screen is gone: the test pattern always exists
-            index = self.kind_combo.findData(("test", None))
+            index = find_data(self.kind_combo, ("test", None))
         self.kind_combo.setCurrentIndex(index)
         if choice.kind == "video" and choice.video_path:
             self.kind_combo.setItemText(index, f"Video: {choice.video_path.rsplit('/', 1)[-1]}")
         self._update_enabled()
 
     def _select_kind(self, kind: str) -> None:
-        index = self.kind_combo.findData((kind, None))
+        index = find_data(self.kind_combo, (kind, None))
         if index >= 0:
             self.kind_combo.setCurrentIndex(index)
         self._update_enabled()
@@ -217,8 +220,9 @@ class SourcePanel(QGroupBox):
 
     def _update_enabled(self) -> None:
         kind = (self.kind_combo.currentData() or ("test", None))[0]
-        self.region_row.setVisible(kind == "region")
-        self.follow_check.setVisible(kind == "region")
+        # setRowVisible hides the row's label too, which setVisible on the field would leave behind.
+        self._form.setRowVisible(self.region_row, kind == "region")
+        self._form.setRowVisible(self.follow_check, kind == "region")
 
     # -------------------------------------------------------------------------------- handlers
 

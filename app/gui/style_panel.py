@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui import icons
 from app.gui.presets import StylePreset
 from app.gui.widgets import CollapsibleSection, ValueSlider
 from app.settings import AppSettings
@@ -101,7 +102,7 @@ class StylePanel(QWidget):
         self.seed_spin = QSpinBox(minimum=0, maximum=MAX_SEED)
         self.seed_spin.setToolTip("The noise seed: the same seed gives the same look for the same input")
         self.seed_spin.valueChanged.connect(self._on_seed)
-        self.dice_button = QToolButton(text="🎲")
+        self.dice_button = QToolButton(icon=icons.dice())
         self.dice_button.setToolTip("Random seed (Ctrl+D)")
         self.dice_button.clicked.connect(self.randomize_seed)
         row = QHBoxLayout()
@@ -162,6 +163,7 @@ class StylePanel(QWidget):
         """Fill the controls from a preset; the normal change signals carry it to the engine."""
         self.prompt_edit.setPlainText(preset.prompt)
         self.negative_edit.setText(preset.negative_prompt)
+        self.negative_edit.setCursorPosition(0)
         self.strength_slider.setValue(preset.strength)
         self.guidance_spin.setValue(preset.guidance)
         names = [p.name for p in self._presets]
@@ -199,6 +201,7 @@ class StylePanel(QWidget):
         try:
             self.prompt_edit.setPlainText(settings.prompt)
             self.negative_edit.setText(settings.negative_prompt)
+            self.negative_edit.setCursorPosition(0)  # show the start of a long text, not its end
             self.strength_slider.setValue(settings.strength)
             self.steps_spin.setValue(settings.steps)
             self.seed_spin.setValue(min(settings.seed, MAX_SEED))

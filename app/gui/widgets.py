@@ -75,6 +75,18 @@ class ValueSlider(QWidget):
         self.valueChanged.emit(value)
 
 
+def find_data(combo, value) -> int:
+    """Index of the item whose data equals ``value``, or -1.
+
+    QComboBox.findData compares Python objects (tuples here) by identity, not by value, so equal
+    tuples made at different times are not found by it.
+    """
+    for index in range(combo.count()):
+        if combo.itemData(index) == value:
+            return index
+    return -1
+
+
 def hint_label(text: str = "") -> QLabel:
     label = QLabel(text)
     label.setObjectName("hint")
