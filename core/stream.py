@@ -215,8 +215,14 @@ class StreamEngine:
 
     def predict_noise(self, x_t: torch.Tensor) -> torch.Tensor:
         """One UNet call over the whole stream batch (plus the negative inputs of the cfg type)."""
-        rows = self._unet_rows()
-        x_in = x_t if len(rows) == x_t.shape[0] else x_t[rows]
+        fb = self.config.frame_buffer_size
+        # Slices and cat only: an index tensor built from a list would be a host copy inside a graph.
+        if self.config.cfg_type == "full":
+            x_in = torch.cat([x_t, x_t])
+        elif self.config.cfg_type == "initialize":
+            x_in = torch.cat([x_t[:fb], x_t])
+        else:
+            x_in = x_t
         cond = self.conditioning
         return self.unet_forward(
             x_in,
