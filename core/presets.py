@@ -136,9 +136,10 @@ def build_preset(name: str, device: str | torch.device = "cpu", dtype: torch.dty
             vae=vae, text_encoder=text_encoder, unet=unet, scheduler=scheduler, safety_checker=None,
             feature_extractor=None, requires_safety_checker=False, **tokenizers)
     if device.type != "meta" and dtype != torch.float32:
-        pipe.to(dtype=dtype)
-        if tiny_vae is not None:
-            tiny_vae.to(dtype=dtype)
+        # Plain Module.to: diffusers' own override warns about fp32-pinned modules, which these have none of.
+        for module in [*pipe.components.values(), tiny_vae]:
+            if isinstance(module, torch.nn.Module):
+                torch.nn.Module.to(module, dtype=dtype)
     return pipe, tiny_vae
 
 
