@@ -575,3 +575,39 @@ def test_model_sizes_are_not_duplicated(qtbot):
     assert panel.size_combo.count() == count and panel.size() == (512, 512)
     panel.set_size(320, 240)
     assert panel.size_combo.count() == count + 1 and panel.size() == (320, 240)
+
+
+def test_run_gui_opens_and_quits(tmp_path):
+    """In a child process: QApplication.exec() and quit() leave a process unfit for further Qt tests."""
+    import subprocess
+    import sys
+
+    settings = tmp_path / "run" / "settings.ini"
+    SettingsStore(str(settings)).save(AppSettings(model=str(tmp_path / "no-such-model"), prompt="from the file"))
+    script = (
+        "import sys\n"
+        "from PySide6.QtCore import QTimer\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "app = QApplication(['livediffusion'])\n"
+        "from app.gui.main_window import MainWindow, run_gui\n"
+        "def quit_():\n"
+        "    windows = [w for w in app.topLevelWidgets() if isinstance(w, MainWindow)]\n"
+        "    print('prompt:', windows[0].style_panel.prompt())\n"
+        "    windows[0].actions.quit.trigger()\n"
+        "QTimer.singleShot(1500, quit_)\n"
+        f"sys.exit(run_gui(['--settings', {str(settings)!r}]))\n"
+    )
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HF_HUB_OFFLINE="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prompt: from the file" in done.stdout
+    assert "geometry" in settings.read_text()  # saved on quit
+
+
+def test_fullscreen_preview_hides_the_panels(qtbot, open_window):
+    window = open_window(small())
+    window.actions.fullscreen.setChecked(True)
+    assert not window.side.isVisible() and not window.toolbar.isVisible()
+    qtbot.keyClick(window, Qt.Key.Key_Escape)
+    assert not window.actions.fullscreen.isChecked() and window.side.isVisible()

@@ -15,7 +15,6 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication, QInputDialog, QMainWindow, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
-from app.gui import excepthook, icons
 from app.gui.actions import build_actions, build_toolbar, set_running_look
 from app.gui.loader import OOM_ADVICE, is_out_of_memory
 from app.gui.model_panel import ModelPanel
@@ -50,6 +49,7 @@ class MainWindow(QMainWindow):
         self.settings = store.load()
         self.session = Session(engine_factory, self)
         self._region_dialog: RegionPickerDialog | None = None
+        self._shut_down = False
 
         self.preview = PreviewWidget()
         self.style_panel = StylePanel()
@@ -334,6 +334,15 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------------------------------- close
 
     def closeEvent(self, event) -> None:  # noqa: N802
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Save the settings and stop everything (finalizing a recording). Safe to call twice: both
+        closing the window and the application quitting (logout, Ctrl+C) call it."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.style_panel.flush_prompt()
         try:
             self.save_settings()
@@ -341,7 +350,6 @@ class MainWindow(QMainWindow):
             log.exception("saving settings failed")
         self._stats_timer.stop()
         self.session.shutdown()
-        super().closeEvent(event)
 
 
 def _shape_key(config: StreamConfig) -> tuple:
@@ -349,29 +357,10 @@ def _shape_key(config: StreamConfig) -> tuple:
 
 
 def run_gui(argv: list[str]) -> int:
-    """Open the window and run until it closes. ``argv`` may or may not start with the program name."""
-    from app.gui.theme import apply_theme
+    """Open the window and run until it closes; ``argv`` may or may not start with the program name."""
+    from app.gui.launch import run
 
-    args = list(argv)
-    if not args or args[0].startswith("-"):
-        args.insert(0, "livediffusion")
-    settings_path = None
-    if "--settings" in args[1:]:
-        index = args.index("--settings")
-        settings_path = args[index + 1] if index + 1 < len(args) else None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = QApplication.instance() or QApplication(args)
-    app.setApplicationName("Live Diffusion")
-    app.setOrganizationName("livediffusion")
-    apply_theme(app)
-    app.setWindowIcon(icons.app_icon())
-    window = MainWindow(SettingsStore(settings_path))
-    excepthook.install(window.session.bridge.post_error)
-    window.show()
-    try:
-        return app.exec()
-    finally:
-        excepthook.uninstall()
+    return run(argv, MainWindow)
 
 
 if __name__ == "__main__":
