@@ -1,14 +1,18 @@
-"""The persisted settings store and the style presets (no window needed)."""
+"""Settings and style presets: the store on its own, then the window and panels restoring them."""
 
 import json
 import os
 
+import numpy as np
 import pytest
 
-pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
 
-from app.gui.presets import StylePreset, load_presets, parse_preset, save_preset, SHIPPED_DIR  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
+
+from app.gui.presets import SHIPPED_DIR, StylePreset, load_presets, parse_preset, save_preset  # noqa: E402
 from app.settings import AppSettings, SettingsStore, format_region, parse_region  # noqa: E402
+from tests.test_gui import WAIT_MS, open_window, small, until  # noqa: E402,F401 - open_window is a fixture
 
 
 def test_round_trip_keeps_every_value(tmp_path):
@@ -143,3 +147,167 @@ def test_a_file_without_read_permission_is_reset(tmp_path):
     store = SettingsStore(str(path))
     assert store.load() == AppSettings()
     assert store.warnings
+
+
+# ------------------------------------------------------------- the window and panels restoring settings
+
+
+def test_settings_round_trip_through_the_window(qtbot, open_window):
+    window = open_window(small())
+    window.style_panel.prompt_edit.setPlainText("a pencil sketch, cross hatching")
+    window.style_panel.strength_slider.setValue(0.35)
+    window.style_panel.seed_spin.setValue(77)
+    window.style_panel.steps_spin.setValue(2)
+    window.style_panel.filter_check.setChecked(True)
+    window.style_panel.advanced.set_expanded(True)
+    window.style_panel.cfg_combo.setCurrentText("self")
+    window.model_panel.set_model("preset:tiny")
+    window.model_panel.set_size(256, 256)
+    window.output_panel.set_view("input")
+    window.output_panel.mirror_check.setChecked(True)
+    window.close()
+
+    again = open_window(wait_engine=False)
+    panel = again.style_panel
+    assert panel.prompt() == "a pencil sketch, cross hatching"
+    assert panel.strength_slider.value() == pytest.approx(0.35)
+    assert panel.seed_spin.value() == 77 and panel.steps_spin.value() == 2
+    assert panel.filter_check.isChecked() and panel.advanced.is_expanded()
+    assert panel.cfg_combo.currentText() == "self"
+    assert again.model_panel.model() == "preset:tiny" and again.model_panel.size() == (256, 256)
+    assert again.output_panel.current_view() == "input" and again.preview.view() == "input"
+    assert again.output_panel.mirror_check.isChecked()
+    assert again.notifier.messages == []
+    # The new window's engine is built from the restored values.
+    until(qtbot, lambda: again.session.engine is not None, timeout=WAIT_MS)
+    config = again.session.engine.config
+    assert (config.model, config.width, len(config.t_index_list), config.cfg_type) == ("preset:tiny", 256, 2, "self")
+    assert again.session.engine.last("set_seed") == ("set_seed", 77)
+
+
+def test_corrupt_settings_are_reset_with_a_warning(qtbot, open_window, tmp_path):
+    (tmp_path / "settings.ini").write_text("[General]\nstrength=loud\nsteps=twelve\nprompt=still here\n")
+    window = open_window(wait_engine=False)
+    warnings = window.notifier.texts("warning")
+    assert len(warnings) == 1 and "strength" in warnings[0] and "steps" in warnings[0]
+    assert window.style_panel.strength_slider.value() == pytest.approx(AppSettings().strength)
+    assert window.style_panel.prompt() == "still here"
+
+    (tmp_path / "binary.ini").write_bytes(b"\x00\x01\x02 not settings \xff")
+    broken = open_window(settings_file="binary.ini", wait_engine=False)
+    assert any("could not be read" in text for text in broken.notifier.texts("warning"))
+    assert broken.style_panel.prompt() == AppSettings().prompt
+
+
+def test_presets_apply_and_user_presets_are_saved(qtbot, open_window, tmp_path):
+    window = open_window(small())
+    engine = window.session.engine
+    combo = window.style_panel.preset_combo
+    index = combo.findText("Pixel art")
+    assert index > 0 and combo.count() >= 9
+    combo.setCurrentIndex(index)
+    combo.activated.emit(index)
+    preset = next(p for p in window.presets if p.name == "Pixel art")
+    assert window.style_panel.prompt() == preset.prompt
+    assert engine.last("update_prompt")[1] == preset.prompt  # applied at once, no debounce
+    assert engine.last("set_strength") == ("set_strength", pytest.approx(preset.strength))
+
+    window.style_panel.prompt_edit.setPlainText("my own style")
+    window._ask_text = lambda title, label: ("Mine", True)
+    window.style_panel.save_preset_button.click()
+    assert (tmp_path / "presets" / "mine.json").exists()
+    assert window.style_panel.preset_combo.findText("Mine  (yours)") > 0
+
+
+def test_source_panel_lists_devices_and_restores_the_choice(qtbot):
+    from app.camera import CameraInfo
+    from app.gui.source_panel import SourcePanel, build_source
+    from app.sources import Camera, Screen
+
+    monitors = [{"left": 0, "top": 0, "width": 3840, "height": 1080},
+                {"left": 0, "top": 0, "width": 1920, "height": 1080},
+                {"left": 1920, "top": 0, "width": 1920, "height": 1080}]
+    panel = SourcePanel(discover=lambda: ([CameraInfo(0, "Built-in"), CameraInfo(2, "USB cam")], monitors, ""))
+    qtbot.addWidget(panel)
+    texts = [panel.kind_combo.itemText(i) for i in range(panel.kind_combo.count())]
+    assert texts[:2] == ["Camera 0: Built-in", "Camera 2: USB cam"]
+    assert "All screens (3840×1080)" in texts and "Screen 2 (1920×1080)" in texts and "Screen region…" in texts
+
+    panel.load(AppSettings(source_kind="camera", camera_index=2))
+    assert panel.kind_combo.currentText() == "Camera 2: USB cam"
+    assert isinstance(build_source(panel.choice()), Camera) and panel.choice().camera_index == 2
+
+    panel.load(AppSettings(source_kind="region", monitor=2, region="10,20,640,360", follow_mouse=True))
+    choice = panel.choice()
+    assert (choice.kind, choice.monitor, choice.region, choice.follow_mouse) == ("region", 2, (10, 20, 640, 360), True)
+    screen = build_source(choice)
+    assert isinstance(screen, Screen) and screen.region == (10, 20, 640, 360) and screen.follow_mouse
+    assert panel.region_edit.isVisibleTo(panel)
+
+    chosen = []
+    panel.source_changed.connect(chosen.append)
+    panel.set_region(1, (0, 0, 320, 240))  # what the region picker does on OK
+    assert chosen[-1].region == (0, 0, 320, 240) and chosen[-1].monitor == 1
+
+    panel.load(AppSettings(source_kind="camera", camera_index=5))  # unplugged since: fall back, do not fail
+    assert panel.choice().kind == "test"
+
+
+def test_model_sizes_are_not_duplicated(qtbot):
+    from app.gui.model_panel import ModelPanel
+
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    count = panel.size_combo.count()
+    panel.set_size(512, 512)
+    panel.set_size(512, 512)
+    assert panel.size_combo.count() == count and panel.size() == (512, 512)
+    panel.set_size(320, 240)
+    assert panel.size_combo.count() == count + 1 and panel.size() == (320, 240)
+
+
+def test_region_picker_maps_a_drag_to_screen_pixels(qtbot):
+    from app.gui.region_picker import RegionPickerDialog
+
+    screenshot = np.zeros((1080, 1920, 3), np.uint8)
+    dialog = RegionPickerDialog(screenshot)
+    qtbot.addWidget(dialog)
+    dialog.resize(1000, 700)
+    dialog.show()
+    canvas = dialog.canvas
+    target = canvas._target()
+    start = target.topLeft() + (target.bottomRight() - target.topLeft()) / 4
+    end = target.topLeft() + (target.bottomRight() - target.topLeft()) * 3 / 4
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=start)
+    qtbot.mouseMove(canvas, end)
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=end)
+    x, y, w, h = dialog.region()
+    assert abs(x - 480) < 8 and abs(y - 270) < 8 and abs(w - 960) < 12 and abs(h - 540) < 12
+
+
+def test_run_gui_opens_and_quits(tmp_path):
+    """In a child process: QApplication.exec() and quit() leave a process unfit for further Qt tests."""
+    import subprocess
+    import sys
+
+    settings = tmp_path / "run" / "settings.ini"
+    SettingsStore(str(settings)).save(AppSettings(model=str(tmp_path / "no-such-model"), prompt="from the file"))
+    script = (
+        "import sys\n"
+        "from PySide6.QtCore import QTimer\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "app = QApplication(['livediffusion'])\n"
+        "from app.gui.main_window import MainWindow, run_gui\n"
+        "def quit_():\n"
+        "    windows = [w for w in app.topLevelWidgets() if isinstance(w, MainWindow)]\n"
+        "    print('prompt:', windows[0].style_panel.prompt())\n"
+        "    windows[0].actions.quit.trigger()\n"
+        "QTimer.singleShot(1500, quit_)\n"
+        f"sys.exit(run_gui(['--settings', {str(settings)!r}]))\n"
+    )
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HF_HUB_OFFLINE="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prompt: from the file" in done.stdout
+    assert "geometry" in settings.read_text()  # saved on quit

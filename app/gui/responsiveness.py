@@ -15,61 +15,9 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+from app.gui.standin import StandInEngine
 
 HEARTBEAT_MS = 1
-
-
-class StandInEngine:
-    """Engine-shaped: the setters record nothing and ``process`` costs about ``gpu_ms``."""
-
-    def __init__(self, config, gpu_ms: float = 12.0):
-        self.config = config
-        self.gpu_ms = gpu_ms
-        self.last_frame_skipped = False
-        self.skipped_frames = 0
-        self.last_gpu_ms = 0.0
-
-    def prepare(self, prompt, negative_prompt=""):
-        pass
-
-    def update_prompt(self, prompt, negative_prompt=None):
-        pass
-
-    def set_seed(self, seed):
-        pass
-
-    def set_strength(self, strength):
-        pass
-
-    def set_guidance(self, guidance_scale=None, delta=None):
-        pass
-
-    def set_similarity_filter(self, enabled, threshold=None, max_skip_frames=None):
-        pass
-
-    def fit(self, frame: np.ndarray) -> np.ndarray:
-        """Centre-crop to the engine's aspect ratio and resize, as the real engine's "crop" mode does."""
-        import cv2
-
-        height, width = frame.shape[:2]
-        want = self.config.width / self.config.height
-        if width / height > want:
-            keep = int(round(height * want))
-            frame = frame[:, (width - keep) // 2:(width - keep) // 2 + keep]
-        else:
-            keep = int(round(width / want))
-            frame = frame[(height - keep) // 2:(height - keep) // 2 + keep]
-        return cv2.resize(frame, (self.config.width, self.config.height), interpolation=cv2.INTER_AREA)
-
-    def process(self, frame: np.ndarray) -> np.ndarray:
-        started = time.perf_counter()
-        out = self.fit(frame)
-        left = self.gpu_ms / 1000.0 - (time.perf_counter() - started)
-        if left > 0:
-            time.sleep(left)
-        self.last_gpu_ms = (time.perf_counter() - started) * 1000.0
-        return 255 - out
 
 
 def measure(window, app, seconds: float) -> dict:

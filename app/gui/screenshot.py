@@ -17,7 +17,7 @@ import time
 import cv2
 import numpy as np
 
-from app.gui.responsiveness import StandInEngine
+from app.gui.standin import StandInEngine
 from app.sources import TestPattern
 
 
