@@ -213,6 +213,7 @@ def test_presets_apply_and_user_presets_are_saved(qtbot, open_window, tmp_path):
     assert engine.last("set_strength") == ("set_strength", pytest.approx(preset.strength))
 
     window.style_panel.prompt_edit.setPlainText("my own style")
+    assert combo.currentIndex() == 0  # edited by hand: no longer the preset
     window._ask_text = lambda title, label: ("Mine", True)
     window.style_panel.save_preset_button.click()
     assert (tmp_path / "presets" / "mine.json").exists()

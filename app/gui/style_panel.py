@@ -49,6 +49,7 @@ class StylePanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._loading = False
+        self._applying_preset = False
         self._presets: list[StylePreset] = []
         self._debounce = QTimer(self, singleShot=True, interval=PROMPT_DEBOUNCE_MS)
         self._debounce.timeout.connect(self._emit_prompt)
@@ -161,6 +162,14 @@ class StylePanel(QWidget):
 
     def apply_preset(self, preset: StylePreset) -> None:
         """Fill the controls from a preset; the normal change signals carry it to the engine."""
+        self._applying_preset = True
+        try:
+            self._fill_from(preset)
+        finally:
+            self._applying_preset = False
+        self.flush_prompt()
+
+    def _fill_from(self, preset: StylePreset) -> None:
         self.prompt_edit.setPlainText(preset.prompt)
         self.negative_edit.setText(preset.negative_prompt)
         self.negative_edit.setCursorPosition(0)
@@ -169,7 +178,6 @@ class StylePanel(QWidget):
         names = [p.name for p in self._presets]
         if preset.name in names:
             self.preset_combo.setCurrentIndex(names.index(preset.name) + 1)
-        self.flush_prompt()
 
     def _on_preset_activated(self, index: int) -> None:
         if 1 <= index <= len(self._presets):
@@ -245,8 +253,12 @@ class StylePanel(QWidget):
     # ----------------------------------------------------------------------------------- handlers
 
     def _schedule_prompt(self) -> None:
-        if not self._loading:
-            self._debounce.start()
+        if self._loading:
+            return
+        if not self._applying_preset and self.preset_combo.currentIndex() > 0:
+            # Edited by hand: the text no longer is the preset's, so stop claiming it is.
+            self.preset_combo.setCurrentIndex(0)
+        self._debounce.start()
 
     def _emit_prompt(self) -> None:
         self.prompt_changed.emit(self.prompt(), self.negative_prompt())
