@@ -150,10 +150,8 @@ def test_keyboard_shortcuts(qtbot, open_window):
 def test_preview_receives_frames_of_the_engine_size(qtbot, open_window):
     window = open_window(small(view="side"))
     start_and_wait_frames(qtbot, window)
-    output = window.preview.current_image("output")
-    assert (output.width(), output.height()) == (128, 96)
-    source = window.preview.current_image("input")
-    assert (source.width(), source.height()) == (640, 480)
+    output, source = window.preview.current_image("output"), window.preview.current_image("input")
+    assert (output.width(), output.height(), source.width(), source.height()) == (128, 96, 640, 480)
     first = window.preview.current_array().copy()
     until(qtbot, lambda: not np.array_equal(window.preview.current_array(), first))
     assert not window.preview.grab().toImage().isNull()
