@@ -49,7 +49,10 @@ def use_compile(engine, say) -> None:
 
 def compile_modules(engine, say) -> None:
     configure_inductor()
+    # Static shapes: let cuDNN time its convolution algorithms once and keep the fastest.
+    torch.backends.cudnn.benchmark = os.environ.get("LIVEDIFFUSION_CUDNN_BENCHMARK", "1") == "1"
     engine.unet.to(memory_format=torch.channels_last)
+    engine.vae.to(memory_format=torch.channels_last)
     mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
     say("compiling the UNet and VAE (first start takes minutes; later starts use the cache)")
     engine.unet_forward = torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False)
