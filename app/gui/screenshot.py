@@ -32,10 +32,10 @@ class Landscape(TestPattern):
         frame = np.broadcast_to(sky, (height, width, 3)).astype(np.uint8).copy()
         sun_x = int(width * (0.3 + 0.05 * np.sin(self._count / 30)))
         cv2.circle(frame, (sun_x, int(height * 0.35)), height // 9, (255, 236, 180), -1, cv2.LINE_AA)
-        xs = np.arange(width)
+        xs = np.arange(0, width + 8, 8)
         for depth, color in ((0.55, (90, 110, 150)), (0.68, (60, 120, 90)), (0.8, (40, 90, 60))):
             ridge = height * depth + 30 * np.sin(xs / (40 + 60 * depth) + depth * 7) + 15 * np.sin(xs / 17)
-            points = np.array([[0, height]] + [[x, int(y)] for x, y in zip(xs[::8], ridge[::8])] + [[width, height]])
+            points = np.array([[0, height]] + [[x, int(y)] for x, y in zip(xs, ridge)] + [[xs[-1], height]])
             cv2.fillPoly(frame, [points.astype(np.int32)], color, cv2.LINE_AA)
         self._count += 1
         return frame
