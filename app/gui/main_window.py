@@ -290,13 +290,16 @@ class MainWindow(QMainWindow):
         self.status.show_note(message)
 
     def _on_vcam_probed(self, available: bool, text: str) -> None:
-        self.output_panel.set_virtual_camera_state(available, f"Device: {text}" if available else text)
+        self._vcam_probe_text = f"Device: {text}" if available else text
+        self.output_panel.set_virtual_camera_state(available, self._vcam_probe_text)
 
     def _on_vcam_changed(self, on: bool, text: str) -> None:
         self.output_panel.set_virtual_camera_checked(on)
         if text:
             self.output_panel.vcam_label.setText(text)
             self.status.show_note(text)
+        elif not on:
+            self.output_panel.vcam_label.setText(getattr(self, "_vcam_probe_text", ""))
 
     def _on_pipeline_error(self, message: str, exc) -> None:
         if is_out_of_memory(exc) and "smaller" not in message:

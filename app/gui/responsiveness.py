@@ -21,8 +21,8 @@ HEARTBEAT_MS = 1
 
 
 def measure(window, app, seconds: float) -> dict:
-    """Run the heartbeat for ``seconds`` while ``window``'s session streams; returns the figures."""
-    from PySide6.QtCore import QElapsedTimer, QTimer
+    """Run the heartbeat for ``seconds`` in a real event loop while ``window``'s session streams."""
+    from PySide6.QtCore import QElapsedTimer, QEventLoop, QTimer
 
     gaps: list[float] = []
     clock = QElapsedTimer()
@@ -38,12 +38,11 @@ def measure(window, app, seconds: float) -> dict:
     timer.setInterval(HEARTBEAT_MS)
     timer.timeout.connect(beat)
     shown_before = window.preview.frames_shown
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
     clock.start()
     timer.start()
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        app.processEvents()
-        time.sleep(0.0005)
+    loop.exec()  # the event loop as the app runs it: blocking in the OS until events arrive
     timer.stop()
     stalls = sorted(max(0.0, gap - HEARTBEAT_MS) for gap in gaps)
     stats = window.session.pipeline.stats()
@@ -58,8 +57,10 @@ def measure(window, app, seconds: float) -> dict:
     }
 
 
-def open_streaming_window(settings_dir: str, width: int = 512, height: int = 512, gpu_ms: float = 12.0):
-    """A main window on a test pattern with the stand-in engine, started and showing output."""
+def open_streaming_window(settings_dir: str, width: int = 512, height: int = 512, gpu_ms: float = 12.0,
+                          fps: float = 30.0, stream: bool = True):
+    """A main window on a test pattern with the stand-in engine, started and showing output
+    (or, with ``stream`` False, open and idle: the baseline of the machine's own noise)."""
     from PySide6.QtWidgets import QApplication
 
     from app.gui.main_window import MainWindow
@@ -83,6 +84,11 @@ def open_streaming_window(settings_dir: str, width: int = 512, height: int = 512
     while window.session.engine is None and time.perf_counter() < deadline:
         app.processEvents()
         time.sleep(0.005)
+    if not stream:
+        return app, window
+    from app.sources import TestPattern
+
+    window.session.set_source(TestPattern(640, 480, fps=fps))
     window.session.start()
     while window.preview.frames_shown < 5 and time.perf_counter() < deadline:
         app.processEvents()
@@ -95,15 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("seconds", nargs="?", type=float, default=10.0)
     parser.add_argument("--size", default="512x512", help="engine output size, WxH")
     parser.add_argument("--gpu-ms", type=float, default=12.0, help="time the stand-in engine takes per frame")
+    parser.add_argument("--fps", type=float, default=30.0, help="frame rate of the test pattern")
+    parser.add_argument("--idle", action="store_true", help="measure with the window open but no frames (baseline)")
     args = parser.parse_args(argv)
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     width, height = (int(v) for v in args.size.lower().split("x"))
     with tempfile.TemporaryDirectory() as folder:
-        app, window = open_streaming_window(folder, width, height, args.gpu_ms)
+        app, window = open_streaming_window(folder, width, height, args.gpu_ms, args.fps, stream=not args.idle)
         result = measure(window, app, args.seconds)
         window.close()
-    print(f"GUI-thread stall while frames flow ({result['seconds']:.0f} s, {result['frames_painted']} frames painted, "
+    what = "with no frames (baseline)" if args.idle else "while frames flow"
+    print(f"GUI-thread stall {what} ({result['seconds']:.0f} s, {result['frames_painted']} frames painted, "
           f"{result['output_fps']:.1f} fps out, {result['beats']} heartbeats of {HEARTBEAT_MS} ms):")
     print(f"  max {result['max_stall_ms']:.1f} ms, p99 {result['p99_stall_ms']:.2f} ms, "
           f"median gap {result['median_gap_ms']:.2f} ms")
