@@ -106,7 +106,10 @@ class EngineLoader(QObject):
                 setup(engine)
         except BaseException as exc:  # noqa: BLE001 - everything must reach the UI, even SystemExit from a library
             if self._current(job):
-                log.exception("loading %s failed", config.model)
+                if type(exc).__name__ in _EXPLAINED:
+                    log.error("loading %s failed: %s", config.model, exc)
+                else:
+                    log.exception("loading %s failed", config.model)
                 self._finish(job)
                 self.failed.emit(user_message(exc), exc)
             return
@@ -140,11 +143,15 @@ OOM_ADVICE = (
 )
 
 
+# Exceptions whose message was written for users: shown as they are, logged without a traceback.
+_EXPLAINED = ("ModelLoadError", "ConfigError", "SourceError", "OutputError")
+
+
 def user_message(exc: BaseException) -> str:
     """A sentence for a dialog: the library's own message where it was written for users."""
     if is_out_of_memory(exc):
         return OOM_ADVICE
     text = str(exc).strip() or type(exc).__name__
-    if type(exc).__name__ in ("ModelLoadError", "ConfigError", "SourceError"):
+    if type(exc).__name__ in _EXPLAINED:
         return text
     return f"{type(exc).__name__}: {text}"

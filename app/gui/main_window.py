@@ -249,7 +249,8 @@ class MainWindow(QMainWindow):
     def _on_engine_failed(self, message: str, exc) -> None:
         previous = self.session.engine_config
         keeps = f"\n\nStill running the previous model ({previous.model})." if previous else ""
-        self.model_panel.set_busy(False, "Loading failed" + (f"; still running {previous.model}" if previous else ""))
+        self.model_panel.set_busy(False, "Loading failed; " + (
+            f"still running {previous.model}" if previous else "frames pass through unchanged until a model loads"))
         self.status.show_error(f"Model not loaded: {message}")
         self.notifier.error("The model could not be loaded", message + keeps)
 

@@ -38,7 +38,9 @@ class StatusBar(QStatusBar):
 
     def show_error(self, message: str) -> None:
         # Errors stay longer than ordinary notes: the user may look away from the window.
-        self.showMessage("⚠ " + message, 15000)
+        # One line only: the full text (with its how-to-fix steps) is in the dialog and the log.
+        first = message.strip().splitlines()[0] if message.strip() else message
+        self.showMessage("⚠ " + first, 15000)
 
     def show_note(self, message: str) -> None:
         self.showMessage(message, 6000)
