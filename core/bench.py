@@ -212,7 +212,7 @@ def parse_args(argv):
         help="comma-separated STEPS:CFG_TYPE pairs to time (default: 1:none,2:none,4:self)",
     )
     parser.add_argument("--frame-buffer", type=int, default=1)
-    parser.add_argument("--acceleration", default="none", choices=("none", "compile", "tensorrt"))
+    parser.add_argument("--acceleration", default="compile", choices=("none", "compile", "tensorrt"))
     parser.add_argument("--no-tiny-vae", action="store_true", help="use the full VAE in our engine")
     parser.add_argument("--roofline", action="store_true", help="count UNet FLOPs and measure the matmul peak")
     parser.add_argument("--overlap", action="store_true", help="also time overlapped copies (one frame of latency)")

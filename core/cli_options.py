@@ -35,6 +35,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
     g.add_argument("--allow-pickle", action="store_true",
                    help="allow loading .ckpt / .bin pickle files (they can run code: only for files you trust)")
     g.add_argument("--cache-dir", default=None, help="model cache folder (default: the Hugging Face cache)")
+    g.add_argument("--model-config", default=None, metavar="FOLDER_OR_HUB_ID",
+                   help="diffusers config for a single-file model whose architecture is not recognised")
 
     g = parser.add_argument_group("generation")
     g.add_argument("--prompt", default="", help="what the output should look like")
@@ -134,4 +136,5 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         resize_mode=args.resize,
         allow_pickle=args.allow_pickle,
         cache_dir=args.cache_dir,
+        single_file_config=args.model_config,
     )

@@ -66,10 +66,12 @@ class StreamConfig:
     max_skip_frames: int = 10
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu
-    acceleration: Acceleration = "none"
+    # compile on CUDA by default; on the CPU every choice runs eager (core.accel says so in the log).
+    acceleration: Acceleration = "compile"
     resize_mode: ResizeMode = "crop"
     allow_pickle: bool = False  # load .ckpt / .bin pickles only when the user opts in
     cache_dir: str | None = None
+    single_file_config: str | None = None  # diffusers config folder or hub id for a single-file model
 
     def __post_init__(self) -> None:
         # Accept lists from JSON / argparse while keeping the dataclass hashable.

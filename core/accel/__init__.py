@@ -19,7 +19,7 @@ def accelerate(engine, progress=None) -> str:
     if wanted == "none":
         return engine.acceleration
     if engine.device.type != "cuda":
-        log.warning("acceleration %r needs CUDA; running eager on %s", wanted, engine.device)
+        log.info("acceleration %r needs CUDA; running eager on %s", wanted, engine.device)
         return engine.acceleration
     if wanted == "tensorrt":
         try:
