@@ -47,7 +47,7 @@ class AppSettings:
     model: str = DEFAULT_MODEL
     width: int = 512
     height: int = 512
-    acceleration: str = "none"
+    acceleration: str = "compile"  # eager on machines without CUDA
     source_kind: str = "test"
     camera_index: int = 0
     monitor: int = 1

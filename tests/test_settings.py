@@ -31,7 +31,7 @@ def test_round_trip_keeps_every_value(tmp_path):
         model="preset:tiny",
         width=384,
         height=256,
-        acceleration="compile",
+        acceleration="tensorrt",
         source_kind="region",
         monitor=2,
         region="10,20,300,200",
