@@ -113,7 +113,7 @@ class _Builder:
         label = LABELS[kind]
         key = engine_cache_key(
             kind=kind, model=_model_identity(engine, kind), module_config=config_digest(module.config),
-            weights=weight_fingerprint(module), inputs={k: v for k, v in spec.input_shapes().items()},
+            weights=weight_fingerprint(module), inputs=spec.input_shapes(),
             batch=next(iter(spec.inputs.values())).shape[0], gpu_name=self.gpu_name,
             trt_version=self.trt.__version__, dtype=str(spec.dtype),
         )
