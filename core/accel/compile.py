@@ -85,7 +85,12 @@ class FrameGraph:
         key = None if frames_u8 is None else tuple(frames_u8.shape)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self._capture(frames_u8)
+            try:
+                entry = self._capture(frames_u8)
+            except torch.OutOfMemoryError:
+                raise  # eager would not fit either; the app reports it with its advice
+            except Exception as error:  # noqa: BLE001 - compile errors surface here, at first use
+                return self._fall_back(frames_u8, error)
             self.graphs[key] = entry
         graph, static_in, static_out = entry
         if static_in is not None:
@@ -93,12 +98,22 @@ class FrameGraph:
         graph.replay()
         return static_out
 
+    def _fall_back(self, frames_u8, error: Exception):
+        engine = self.engine
+        log.warning("compiled frame step failed (%s: %s); running eager from now on", type(error).__name__, error)
+        self.say(f"compilation failed ({type(error).__name__}); running eager")
+        engine._latent_buffer.copy_(self._saved[0])
+        engine._anchor_buffer.copy_(self._saved[1])
+        restore_eager(engine)
+        engine.acceleration = "none"
+        return engine.frame_step(frames_u8)
+
     def _capture(self, frames_u8):
         engine = self.engine
+        # The stream buffer must not advance during warm-up and capture: save and restore it.
+        self._saved = saved = (engine._latent_buffer.clone(), engine._anchor_buffer.clone())
         self.say(f"capturing the frame graph for input {None if frames_u8 is None else tuple(frames_u8.shape)}")
         static_in = None if frames_u8 is None else frames_u8.clone()
-        # The stream buffer must not advance during warm-up and capture: save and restore it.
-        saved = (engine._latent_buffer.clone(), engine._anchor_buffer.clone())
         side = torch.cuda.Stream(engine.device)
         side.wait_stream(torch.cuda.current_stream(engine.device))
         with torch.cuda.stream(side), torch.no_grad():
