@@ -2,14 +2,7 @@
 
 Camera lives in app/camera.py and Screen in app/screen.py; both are re-exported here.
 
-Every source yields RGB uint8 arrays of shape (H, W, 3). The pipeline calls ``open``, ``read`` and
-``close`` from its capture thread only, because some back ends (mss on Windows and X11, some camera
-drivers) bind their handles to the thread that created them.
-
-Failure contract, which the pipeline relies on:
-- ``open`` raises ``SourceError`` with a sentence a user can act on.
-- ``read`` returns ``None`` at the end of a finite source, and raises ``SourceLost`` when a device went
-  away and may come back (the pipeline retries with back-off), or ``SourceError`` when it cannot work.
+The contract every source keeps (RGB uint8 HxWx3, which errors mean what) is in app/source_base.py.
 """
 
 from __future__ import annotations
