@@ -239,26 +239,41 @@ class TensorRTDecode:
         return self.runner({"latents": latents})["images"]
 
 
-class GraphOrEager:
-    """The frame step replayed from a CUDA graph; if capture fails, the plain step (still TensorRT engines)."""
+def _frame_graph_class():
+    from core.accel.compile import FrameGraph
 
-    def __init__(self, engine, say):
-        from core.accel.compile import FrameGraph
+    class TensorRTFrameGraph(FrameGraph):
+        """compile's FrameGraph, except that a failed capture gives up only the graph: the TensorRT engines
+        stay (FrameGraph's own fallback would put the whole engine back to eager PyTorch)."""
 
-        self.engine = engine
-        self.say = say
-        self.graph = FrameGraph(engine, say)
-        self.failed = False
+        failed = False
 
-    def __call__(self, frames_u8):
-        if not self.failed:
+        def __call__(self, frames_u8):
+            if self.failed:
+                return self.engine.frame_step(frames_u8)
+            key = None if frames_u8 is None else tuple(frames_u8.shape)
+            saved = None
+            if key not in self.graphs:  # warm-up and capture advance the stream buffer; undo that on failure
+                saved = (self.engine._latent_buffer.clone(), self.engine._anchor_buffer.clone())
             try:
-                return self.graph(frames_u8)
-            except RuntimeError as error:
-                self.failed = True
-                log.warning("CUDA graph capture with TensorRT engines failed (%s); running uncaptured", error)
-                self.say("CUDA graph capture failed; TensorRT engines run without it")
-        return self.engine.frame_step(frames_u8)
+                return super().__call__(frames_u8)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - capture problems surface at the first frame
+                return self._fall_back(frames_u8, error, saved)
+
+        def _fall_back(self, frames_u8, error, saved=None):
+            self.failed = True
+            saved = saved if saved is not None else getattr(self, "_saved", None)
+            if saved is not None:
+                self.engine._latent_buffer.copy_(saved[0])
+                self.engine._anchor_buffer.copy_(saved[1])
+            log.warning("CUDA graph capture with TensorRT engines failed (%s: %s); running uncaptured",
+                        type(error).__name__, error)
+            self.say("CUDA graph capture failed; the TensorRT engines run without it")
+            return self.engine.frame_step(frames_u8)
+
+    return TensorRTFrameGraph
 
 
 def install(engine, runners: dict, say, graph: bool = True) -> None:
@@ -271,7 +286,7 @@ def install(engine, runners: dict, say, graph: bool = True) -> None:
         engine.decode_latents = TensorRTDecode(runners["vae_decoder"])
     engine.tensorrt_runners = runners  # the engines and contexts must live as long as the stream engine
     if graph:
-        engine.run_frame_step = GraphOrEager(engine, say)
+        engine.run_frame_step = _frame_graph_class()(engine, say)
 
 
 def uninstall(engine) -> None:
