@@ -77,7 +77,8 @@ class StreamEngine:
         if config.acceleration != "none":
             from core.accel import accelerate
 
-            accelerate(engine, progress)
+            if accelerate(engine, progress) != "none":
+                engine.warm_up()
         return engine
 
     # ----- precomputation -------------------------------------------------------------------------
@@ -118,11 +119,29 @@ class StreamEngine:
     def prepare(self, prompt: str, negative_prompt: str = "") -> None:
         """Encode the prompts and reset the stream buffer; call once before the first frame."""
         self.prompt, self.negative_prompt = prompt, negative_prompt
-        self.conditioning = self._encode(prompt, negative_prompt)
+        conditioning = self._encode(prompt, negative_prompt)
+        if self.conditioning is None:
+            self.conditioning = conditioning
+        else:
+            self.conditioning.copy_(conditioning)  # captured graphs keep reading the same tensors
         self._latent_buffer.zero_()
         self._anchor_buffer.zero_()
         self.filter.reset()
         self._last_output = None
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Run one throwaway frame at the model size, so that compiling and graph capture happen now
+        (in a loader thread, with progress) rather than at the first live frame."""
+        cfg = self.config
+        if self.conditioning is None:
+            self.prepare("")
+        frame = None
+        if cfg.mode == "img2img":
+            frame = np.zeros((cfg.frame_buffer_size, cfg.height, cfg.width, 3), dtype=np.uint8)
+        self.process(frame)
+        self.prepare(self.prompt, self.negative_prompt)  # empties the stream buffer again
+        self.skipped_frames = self.frames_processed = 0
 
     def _encode(self, prompt: str, negative_prompt: str) -> Conditioning:
         cfg = self.config

@@ -183,3 +183,17 @@ def test_process_refuses_frames_before_prepare_and_wrong_types(tiny_components, 
         engine.process(make_frame().astype(np.float32))
     with pytest.raises(ValueError, match="step count"):
         engine.set_t_index_list((10, 20, 30))
+
+
+def test_warm_up_leaves_no_trace_and_prepare_keeps_the_conditioning_tensors(tiny_components, tiny_config, make_frame):
+    frame = make_frame(5)
+    fresh = make_engine(tiny_components, tiny_config.replace(t_index_list=(10, 30)))
+    warmed = StreamEngine(tiny_components, tiny_config.replace(t_index_list=(10, 30)))
+    warmed.warm_up()
+    hidden = warmed.conditioning.encoder_hidden_states
+    warmed.prepare("a red house", "blurry")
+    # Captured graphs read these very tensors: a new prompt must land in them, not in new ones.
+    assert warmed.conditioning.encoder_hidden_states is hidden
+    assert warmed.frames_processed == 0
+    for _ in range(3):
+        np.testing.assert_array_equal(warmed.process(frame), fresh.process(frame))
