@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths
 
-from core.config import ACCELERATIONS, CFG_TYPES, DEFAULT_MODEL
+from core.config import ACCELERATIONS, CFG_TYPES, DEFAULT_MODEL, StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,15 @@ class AppSettings:
     strength: float = 0.5
     steps: int = 1
     cfg_type: str = "none"
-    guidance: float = 1.2
-    delta: float = 1.0
-    seed: int = 2
+    guidance: float = StreamConfig.guidance_scale
+    delta: float = StreamConfig.delta
+    seed: int = StreamConfig.seed
     similarity_filter: bool = False
-    similarity_threshold: float = 0.98
+    similarity_threshold: float = StreamConfig.similarity_threshold
     model: str = DEFAULT_MODEL
-    width: int = 512
-    height: int = 512
-    acceleration: str = "compile"  # eager on machines without CUDA
+    width: int = StreamConfig.width
+    height: int = StreamConfig.height
+    acceleration: str = StreamConfig.acceleration  # eager on machines without CUDA
     source_kind: str = "test"
     camera_index: int = 0
     monitor: int = 1

@@ -31,11 +31,11 @@ class LiveParams:
     prompt: str = ""
     negative_prompt: str = ""
     strength: float = 0.5
-    seed: int = 2
-    guidance: float = 1.2
-    delta: float = 1.0
+    seed: int = StreamConfig.seed
+    guidance: float = StreamConfig.guidance_scale
+    delta: float = StreamConfig.delta
     similarity_filter: bool = False
-    similarity_threshold: float = 0.98
+    similarity_threshold: float = StreamConfig.similarity_threshold
 
     def apply_to(self, engine) -> None:
         engine.set_strength(self.strength)
