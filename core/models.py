@@ -78,7 +78,7 @@ def load_components(config: StreamConfig, progress: Callable[[str], None] | None
                     single_file_config: str | None = None) -> ModelComponents:
     """Load (or build) the model that ``config.model`` names, ready on the configured device and dtype.
 
-    ``single_file_config`` (or a ``single_file_config`` attribute of the config) is the diffusers config
+    ``single_file_config`` (or ``config.single_file_config``) is the diffusers config
     folder or hub id that describes a single-file checkpoint; without it the architecture is recognised
     from the checkpoint and described by the bundled preset configs, so no download is needed.
     """
@@ -98,7 +98,7 @@ def load_components(config: StreamConfig, progress: Callable[[str], None] | None
         else:
             random_weights, tiny_vae = False, None
             if kind == "file":
-                sf_config = single_file_config or getattr(config, "single_file_config", None)
+                sf_config = single_file_config or config.single_file_config
                 pipe, source = load_single_file(value, config, dtype, sf_config, say)
             else:
                 pipe, source = _load_pretrained(kind, value, config, dtype, say)
