@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -175,6 +176,9 @@ class Recorder(Output):
         self.frames_written = 0
         self.finalized_path: Path | None = None
         self.name = f"Recorder {self.path.name}"
+        # The pipeline's postprocess thread writes and may close on an error while the GUI closes too:
+        # a second close must wait until the first has renamed the file, not return before it.
+        self._lock = threading.Lock()
 
     def _open(self, width: int, height: int) -> None:
         folder = self.path.parent
@@ -203,6 +207,10 @@ class Recorder(Output):
             )
 
     def write(self, image: np.ndarray) -> None:
+        with self._lock:
+            self._write(image)
+
+    def _write(self, image: np.ndarray) -> None:
         if self.finalized_path is not None:
             raise OutputError(f"Recording {self.path} is already finished")
         if self._writer is None:
@@ -218,6 +226,10 @@ class Recorder(Output):
         self.frames_written += 1
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         writer, self._writer = self._writer, None
         if writer is None:
             return

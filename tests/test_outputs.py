@@ -183,3 +183,32 @@ def test_snapshot_writes_png_in_rgb_order(tmp_path):
     assert np.array_equal(back, image)
     with pytest.raises(OutputError, match="does not exist"):
         snapshot(image, tmp_path / "missing" / "shot.png")
+
+
+def test_a_second_close_waits_for_the_first_to_finish_the_file(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import numpy as np
+
+    from app.outputs import Recorder
+
+    recorder = Recorder(tmp_path / "clip.mp4", fps=10)
+    recorder.write(np.zeros((32, 32, 3), dtype=np.uint8))
+    real_replace = __import__("os").replace
+    renaming = threading.Event()
+
+    def slow_replace(src, dst):
+        renaming.set()
+        time.sleep(0.3)  # the first close is still renaming when the second one starts
+        real_replace(src, dst)
+
+    monkeypatch.setattr("app.outputs.os.replace", slow_replace)
+    first = threading.Thread(target=recorder.close)
+    first.start()
+    assert renaming.wait(2)
+    recorder.close()
+    # The second close returned only once the file was complete under its final name.
+    assert recorder.finalized_path == tmp_path / "clip.mp4" and (tmp_path / "clip.mp4").exists()
+    assert not list(tmp_path.glob("*.partial*"))
+    first.join()
