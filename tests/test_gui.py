@@ -234,8 +234,9 @@ def test_a_failing_recording_is_finalized_and_reported(qtbot, open_window, tmp_p
     window = open_window(small(output_dir=str(tmp_path / "out")))
     start_and_wait_frames(qtbot, window)
     window.set_recording(True)
-    until(qtbot, lambda: not window.output_panel.record_button.isChecked())
-    assert any("disk is full" in text for text in window.notifier.texts("error"))
+    # The toggle and the error message arrive by separate queued signals: wait for both.
+    until(qtbot, lambda: not window.output_panel.record_button.isChecked()
+          and any("disk is full" in text for text in window.notifier.texts("error")))
     videos = list((tmp_path / "out").glob("*.mp4"))
     assert len(videos) == 1 and ".partial" not in videos[0].name and window.session.running
 
