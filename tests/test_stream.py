@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.stream import StreamEngine
+from tests.conftest import assert_frames_close
 
 pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
 
@@ -139,7 +140,7 @@ def test_seed_controls_the_output(tiny_components, tiny_config, make_frame):
     frame = make_frame(3)
     first = make_engine(tiny_components, tiny_config.replace(seed=7)).process(frame)
     again = make_engine(tiny_components, tiny_config.replace(seed=7)).process(frame)
-    np.testing.assert_array_equal(first, again)
+    assert_frames_close(first, again)
     # Random-weight decoders saturate most pixels, so compare what the seed drives: the denoised latent.
     x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     seven = make_engine(tiny_components, tiny_config.replace(seed=7))
@@ -196,4 +197,4 @@ def test_warm_up_leaves_no_trace_and_prepare_keeps_the_conditioning_tensors(tiny
     assert warmed.conditioning.encoder_hidden_states is hidden
     assert warmed.frames_processed == 0
     for _ in range(3):
-        np.testing.assert_array_equal(warmed.process(frame), fresh.process(frame))
+        assert_frames_close(warmed.process(frame), fresh.process(frame))
