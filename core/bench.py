@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from core.config import StreamConfig
+from core.logs import configure_logging
 from core.schedule import strength_to_t_index_list
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     from core.models import load_components
 
     settings = [(int(s.split(":")[0]), s.split(":")[1]) for s in args.settings.split(",") if s]

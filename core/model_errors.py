@@ -8,6 +8,8 @@ the hub's own error and turns it into a sentence that says what to do.
 
 from __future__ import annotations
 
+from .hub import offline_reason
+
 PRESET_HINT = "try the program without weights: --model preset:sd-turbo (random weights: real speed, no real images)"
 
 
@@ -53,14 +55,6 @@ def hub_error_kind(exc: BaseException) -> str | None:
     return None
 
 
-def _offline_mode() -> bool:
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return False
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
-
 def download_instructions(repo_id: str, cache_dir: str | None = None) -> str:
     target = f" --cache-dir {cache_dir}" if cache_dir else ""
     return (
@@ -97,8 +91,9 @@ def explain_hub_failure(what: str, repo_id: str, exc: BaseException, cache_dir: 
         msg = (f"The hub repository '{repo_id}' exists but is not a diffusers {what} (a file diffusers needs is "
                "missing). If it holds a single checkpoint, pass the URL or local path of its .safetensors file.")
     elif kind in ("offline", "network"):
+        reason = offline_reason()
         msg = (f"The {what} '{repo_id}' has not been downloaded to this computer, and the model hub could not be "
-               f"reached{' (offline mode is on: HF_HUB_OFFLINE)' if _offline_mode() else ''}.\n{howto}")
+               f"reached{f' ({reason})' if reason else ''}.\n{howto}")
     else:
         msg = f"Could not load the {what} '{repo_id}'."
     return ModelLoadError(f"{msg}\n(Details: {detail})")

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .config import StreamConfig
+from .hub import hub_reachable
+from .logs import route_library_logs
 from .model_errors import (ModelLoadError, explain_hub_failure, hub_error_kind, is_out_of_memory, out_of_memory,
                            pickle_refused)
 from .presets import PRESETS, build_preset, read_json
@@ -89,6 +91,7 @@ def load_components(config: StreamConfig, progress: Callable[[str], None] | None
 
     kind, value = parse_model_spec(config.model)
     device, dtype = config.resolved_device(), config.resolved_dtype()
+    route_library_logs()
     try:
         if kind == "preset":
             say(f"Building preset {value} (random weights) on {device}")
@@ -235,6 +238,8 @@ def cached_first(call):
         if hub_error_kind(exc) is None and not isinstance(exc, OSError):
             raise
         log.debug("not complete in the local cache (%s), asking the hub", exc)
+        if not hub_reachable():
+            raise  # the cache miss, explained by the caller as "not downloaded, hub unreachable"
     return call(False)
 
 
