@@ -330,7 +330,8 @@ class Pipeline:
             failed = []
             for output in self._outputs:
                 try:
-                    output.write(item.image)
+                    # The capture time lets a recorder place the frame on the real time line.
+                    output.write(item.image, item.capture_time)
                 except Exception as exc:  # noqa: BLE001 - one broken output must not stop the others
                     failed.append((output, exc))
             if failed:

@@ -55,7 +55,7 @@ class PoolSource(Source):
 class NullOutput(Output):
     name = "null"
 
-    def write(self, image: np.ndarray) -> None:
+    def write(self, image: np.ndarray, timestamp: float | None = None) -> None:
         pass
 
 

@@ -133,3 +133,29 @@ def free_gpu_memory() -> None:
                 torch.cuda.empty_cache()
         except Exception:
             pass
+
+
+ACCELERATION_NAMES = {"none": "eager PyTorch", "compile": "compiled", "tensorrt": "TensorRT"}
+
+
+def engine_device(engine) -> str:
+    """"GPU", "CPU" or "" (no engine, or one that does not say), for labelling the engine's time."""
+    device = getattr(engine, "device", None)
+    kind = getattr(device, "type", None) or (str(device) if device else "")
+    return {"cuda": "GPU", "cpu": "CPU", "mps": "GPU"}.get(kind, kind.upper())
+
+
+def describe_engine(engine) -> str:
+    """What actually runs: the device, the acceleration in use, and why it differs from the request."""
+    if engine is None:
+        return "no model"
+    parts = []
+    device = getattr(engine, "device", None)
+    if device is not None:
+        parts.append(str(device))
+    acceleration = getattr(engine, "acceleration", None)
+    if acceleration is not None:
+        text = ACCELERATION_NAMES.get(acceleration, acceleration)
+        note = getattr(engine, "acceleration_note", "")
+        parts.append(f"{text} ({note})" if note else text)
+    return " · ".join(parts)

@@ -4,20 +4,83 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import random
+import signal
 import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from app.outputs import Output, OutputError, Recorder, VirtualCamera
+from app.outputs import Output, OutputError, Recorder, VirtualCamera, video_path_problem
 from app.pipeline import OutputFrame, Pipeline, PipelineConfig
+from app.pipeline_engine import describe_engine
 from app.progress import Progress
-from app.sources import LimitedSource, SourceError, TestPattern, VideoFile, parse_source
-from core.cli_options import add_engine_arguments, config_from_args
+from app.sources import LimitedSource, Source, SourceError, TestPattern, VideoFile, parse_source
+from core.cli_options import add_engine_arguments, config_from_args, positive_float, positive_int
 from core.config import ConfigError
+from core.logs import configure_logging
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Signals that end a run the way Ctrl+C does (outputs finalized, summary printed, exit 128 + signal).
+#: SIGHUP (a closed terminal or ssh session) does not exist on Windows, SIGBREAK (Ctrl+Break) only there.
+STOP_SIGNALS = tuple(sig for sig in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"))
+                     if sig is not None)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived. A KeyboardInterrupt, so every place that copes with Ctrl+C copes with it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopSignals:
+    """While entered, the first stop signal raises ``Interrupted`` in the main thread. Later signals,
+    and any signal once ``disarm()`` was called (the outputs are being finished), are only noted:
+    a second Ctrl+C or a repeated SIGTERM must not cut a recording off half-written."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.armed = True
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        for signum in STOP_SIGNALS:
+            try:
+                previous = signal.getsignal(signum)
+                if previous is signal.SIG_IGN:
+                    continue  # ignored on purpose by whoever started us (nohup, a background job)
+                signal.signal(signum, self._handle)
+            except (ValueError, OSError):  # not the main thread (an embedding program), or not allowed here
+                continue
+            self._previous[signum] = signal.SIG_DFL if previous is None else previous
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum, _frame) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        if first and self.armed:
+            raise Interrupted(signum)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def exit_code(self, interrupted: bool) -> int | None:
+        """128 + the signal that stopped the run (130 for Ctrl+C), or None when nothing stopped it."""
+        if self.signum is not None:
+            return 128 + int(self.signum)
+        return EXIT_INTERRUPTED if interrupted else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     io = parser.add_argument_group("input and output")
     io.add_argument("--source", required=True,
                     help="camera:N[:WxH], screen:N, screen:N:x,y,w,h, test[:WxH] or a video file")
-    io.add_argument("--output", default="none", help="a video file (.mp4, .avi), virtualcam, or none (default: none)")
-    io.add_argument("--frames", type=int, default=None, help="stop after N input frames")
-    io.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
-    io.add_argument("--fps", type=float, default=None,
-                    help="capture rate of camera / screen / test, and the rate written to outputs (default: the source's)")
+    io.add_argument("--output", default="none",
+                    help="a video file (.mp4, .avi, .mkv, .mov), virtualcam, or none (default: none)")
+    io.add_argument("--frames", type=positive_int, default=None, help="stop after N input frames")
+    io.add_argument("--seconds", type=positive_float, default=None, help="stop after S seconds")
+    io.add_argument("--fps", type=positive_float, default=None,
+                    help="capture rate of camera / screen / test, and the rate written to outputs (default: the "
+                    "source's); a video file processed frame by frame keeps its own rate")
     io.add_argument("--loop", action="store_true", help="loop a video file (stop with --frames, --seconds or Ctrl+C)")
     io.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
                     help="process every input frame in order instead of dropping stale ones "
@@ -67,20 +132,59 @@ def load_engine(config, prompt: str, negative_prompt: str, say):
     return engine, None
 
 
-def _summary(frames: list[OutputFrame], elapsed: float, pipe: Pipeline) -> str:
+class RunSummary:
+    """What the end-of-run summary needs from the delivered frames, in bounded memory: a run may last
+    for hours, so no frame is kept, only counts, the first and last output times, and a fixed-size
+    uniform sample of the latencies and engine times (reservoir sampling), whose median and p95 stand
+    for the whole run."""
+
+    SAMPLE_SIZE = 4096
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first_output: float | None = None
+        self.last_output: float | None = None
+        self.latencies_ms: list[float] = []
+        self.engine_ms: list[float] = []
+        self._engine_count = 0
+        self._random = random.Random(0)
+
+    def add(self, frame: OutputFrame) -> None:
+        """The pipeline's on_frame listener (its postprocess thread; read only after the run)."""
+        self.count += 1
+        if self.first_output is None:
+            self.first_output = frame.output_time
+        self.last_output = frame.output_time
+        self._sample(self.latencies_ms, frame.latency_ms, self.count)
+        if frame.processed and frame.gpu_ms:
+            self._engine_count += 1
+            self._sample(self.engine_ms, frame.gpu_ms, self._engine_count)
+
+    def _sample(self, values: list[float], value: float, seen: int) -> None:
+        if len(values) < self.SAMPLE_SIZE:
+            values.append(value)
+            return
+        slot = self._random.randrange(seen)  # keeps each of the ``seen`` values with equal chance
+        if slot < self.SAMPLE_SIZE:
+            values[slot] = value
+
+    @property
+    def output_fps(self) -> float:
+        span = (self.last_output or 0.0) - (self.first_output or 0.0)
+        return (self.count - 1) / span if self.count > 1 and span > 0 else 0.0
+
+
+def _summary(delivered: RunSummary, elapsed: float, pipe: Pipeline) -> str:
     stats = pipe.stats()
     lines = [f"frames: {stats.frames_in} in, {stats.frames_out} out, {stats.dropped_frames} dropped, "
              f"{stats.skipped_frames} skipped by the similarity filter"]
-    if frames:
-        latencies = sorted(f.latency_ms for f in frames)
+    if delivered.count:
+        latencies = sorted(delivered.latencies_ms)
         p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
-        span = frames[-1].output_time - frames[0].output_time
-        fps = (len(frames) - 1) / span if len(frames) > 1 and span > 0 else 0.0
-        lines.append(f"output: {fps:.1f} fps over {elapsed:.1f} s; latency capture to output median "
+        lines.append(f"output: {delivered.output_fps:.1f} fps over {elapsed:.1f} s; latency capture to output median "
                      f"{statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms")
-        gpu = [f.gpu_ms for f in frames if f.processed and f.gpu_ms]
-        if gpu:
-            lines.append(f"engine: {statistics.median(gpu):.1f} ms per frame (median)")
+        if delivered.engine_ms:
+            lines.append(f"engine: {statistics.median(delivered.engine_ms):.1f} ms per frame (median)")
     if stats.gpu_memory_mb is not None:
         lines.append(f"GPU memory held: {stats.gpu_memory_mb:.0f} MB")
     return "\n".join(lines)
@@ -88,76 +192,160 @@ def _summary(frames: list[OutputFrame], elapsed: float, pipe: Pipeline) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO if args.verbose else logging.CRITICAL)
     progress = Progress(enabled=not args.quiet)
-    say = progress.message
+    # Installed before anything slow, so a signal while the model loads also ends the run cleanly.
+    with StopSignals() as signals:
+        try:
+            return _run(args, progress, signals)
+        except KeyboardInterrupt:  # only reaches here before streaming began: nothing was written
+            progress.close()
+            print("interrupted before any frame was processed: nothing was written", file=sys.stderr)
+            return signals.exit_code(interrupted=True)
 
-    kind = args.source.split(":", 1)[0].lower()
-    file_source = kind not in ("camera", "screen", "test")
-    to_virtualcam = args.output.lower() == "virtualcam"
-    to_file = not to_virtualcam and args.output.lower() != "none"
-    lossless = args.lossless if args.lossless is not None else file_source and not to_virtualcam
-    try:
-        source = parse_source(args.source, loop=args.loop, paced=not lossless, fps=args.fps)
-        if isinstance(source, VideoFile):
-            source.open()  # fail fast with the reason, and learn the frame count and rate
-            source.close()
-    except SourceError as exc:
-        say(f"error: {exc}")
-        return EXIT_ERROR
-    if (args.loop or not file_source) and args.frames is None and args.seconds is None:
-        say("note: running until Ctrl+C (give --frames or --seconds to stop on its own)")
-    total = getattr(source, "frame_count", None) if not args.loop else None
-    source_size = (source.width, source.height) if isinstance(source, TestPattern) else (None, None)
-    if args.frames is not None or args.seconds is not None:
-        total = min(total, args.frames) if total and args.frames else args.frames
-        source = LimitedSource(source, args.frames, args.seconds)
-    out_fps = args.fps or source.fps or 30.0
 
-    if to_file and not Path(args.output).resolve().parent.is_dir():
-        say(f"error: the folder of {args.output} does not exist")
-        return EXIT_ERROR
+class Refused(Exception):
+    """A check before any work failed: the message is for the user, ``code`` is the exit status."""
 
-    engine = None
-    width = height = None
+    def __init__(self, message: str, code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the command line asks for, in the terms the checks below need."""
+
+    file_source: bool
+    to_file: bool
+    to_virtualcam: bool
+    lossless: bool
+
+    @classmethod
+    def of(cls, args) -> _Plan:
+        file_source = args.source.split(":", 1)[0].lower() not in ("camera", "screen", "test")
+        to_virtualcam = args.output.lower() == "virtualcam"
+        to_file = not to_virtualcam and args.output.lower() != "none"
+        lossless = args.lossless if args.lossless is not None else file_source and not to_virtualcam
+        return cls(file_source, to_file, to_virtualcam, lossless)
+
+
+def _same_file(source: str, output: str) -> bool:
+    src, out = Path(source), Path(output)
+    if src.exists() and out.exists():
+        try:
+            return os.path.samefile(src, out)  # also catches hard links and case-insensitive names
+        except OSError:
+            pass
+    return src.resolve() == out.resolve()
+
+
+def _check_usage(args, plan: _Plan):
+    """Refuse what is wrong on the command line itself; returns the engine config (None: --no-engine)."""
+    if plan.to_file and plan.file_source and _same_file(args.source, args.output):
+        raise Refused(f"--output {args.output} is the --source file: recording there would destroy the input; "
+                      "give another output name", EXIT_USAGE)
+    config = None
     if not args.no_engine:
         try:
             config = config_from_args(args)
         except (ConfigError, ValueError) as exc:
-            say(f"error: {exc}")
-            return EXIT_USAGE
+            raise Refused(str(exc), EXIT_USAGE) from exc
+    if plan.to_file and (problem := video_path_problem(args.output)):
+        raise Refused(problem, EXIT_USAGE)
+    return config
+
+
+def _open_source(args, plan: _Plan) -> tuple[Source, int | None]:
+    """The source, limited by --frames / --seconds, and the number of frames expected (None: unknown)."""
+    try:
+        source = parse_source(args.source, loop=args.loop, paced=not plan.lossless, fps=args.fps)
+    except SourceError as exc:
+        raise Refused(str(exc), EXIT_USAGE) from exc
+    try:
+        if isinstance(source, VideoFile):
+            source.open()  # fail fast with the reason, and learn the frame count and rate
+            source.close()
+    except SourceError as exc:
+        raise Refused(str(exc)) from exc
+    total = getattr(source, "frame_count", None) if not args.loop else None
+    if args.frames is not None or args.seconds is not None:
+        total = min(total, args.frames) if total and args.frames else args.frames
+        source = LimitedSource(source, args.frames, args.seconds)
+    return source, total
+
+
+def _recording_timing(source: Source, lossless: bool, fps: float | None) -> tuple[str, float]:
+    """The recorder's timing mode and frame rate for this run."""
+    if lossless and not source.live:
+        # Every frame is processed, none is paced: one frame per input frame at the input's rate keeps
+        # the output exactly as long as the input, however long the processing took.
+        return "frames", source.fps or fps or 30.0
+    # Live: the pipeline drops frames and the engine may be slower than the source, so frames are
+    # placed by their capture time to keep the recording in real time.
+    return "clock", fps or source.fps or 30.0
+
+
+def _prepare_recorder(args, plan: _Plan, source: Source, say) -> Recorder:
+    timing, fps = _recording_timing(source, plan.lossless, args.fps)
+    if args.fps and timing == "frames" and plan.file_source:
+        say(f"note: --fps applies to live sources; the recording keeps the file's own {fps:g} fps")
+    recorder = Recorder(args.output, fps=fps, timing=timing)
+    try:
+        recorder.preflight()  # before the model loads: a bad target must not cost a minute of loading
+    except OutputError as exc:
+        raise Refused(str(exc)) from exc
+    return recorder
+
+
+def _run(args, progress: Progress, signals: StopSignals) -> int:
+    say = progress.message
+    plan = _Plan.of(args)
+    outputs: list[Output] = []
+    try:
+        config = _check_usage(args, plan)
+        source, total = _open_source(args, plan)
+        if plan.to_file:
+            outputs.append(_prepare_recorder(args, plan, source, say))
+    except Refused as exc:
+        say(f"error: {exc}")
+        return exc.code
+    if (args.loop or not plan.file_source) and args.frames is None and args.seconds is None:
+        say("note: running until Ctrl+C (give --frames or --seconds to stop on its own)")
+
+    engine = None
+    inner = source.inner if isinstance(source, LimitedSource) else source
+    # Unknown for cameras and screens until the first frame.
+    width, height = (inner.width, inner.height) if isinstance(inner, TestPattern) else (None, None)
+    if config is not None:
         say(f"loading {config.model} ...")
         engine, problem = load_engine(config, args.prompt, args.negative_prompt, say)
         if engine is None:
             say(f"error: {problem}")
             return EXIT_ERROR
         width, height = config.width, config.height
-    else:
-        width, height = source_size  # unknown for cameras and screens until the first frame
+        say(f"running on {describe_engine(engine)}")
 
-    outputs: list[Output] = []
-    try:
-        if to_virtualcam:
-            camera = VirtualCamera(width, height, fps=out_fps)
+    if plan.to_virtualcam:
+        out_fps = args.fps or source.fps or 30.0
+        camera = VirtualCamera(width, height, fps=out_fps)
+        try:
             if width and height:
                 say(f"virtual camera: {camera.open()} ({width}x{height} at {out_fps:g} fps)")
-            outputs.append(camera)
-        elif to_file:
-            outputs.append(Recorder(args.output, fps=out_fps))
-    except OutputError as exc:
-        say(f"error: {exc}")
-        return EXIT_ERROR
+        except OutputError as exc:
+            say(f"error: {exc}")
+            return EXIT_ERROR
+        outputs.append(camera)
 
-    return _stream(source, engine, outputs, lossless, total, progress, args)
+    return _stream(source, engine, outputs, plan.lossless, total, progress, signals)
 
 
-def _stream(source, engine, outputs, lossless, total, progress: Progress, args) -> int:
+def _stream(source, engine, outputs, lossless, total, progress: Progress, signals: StopSignals) -> int:
     say = progress.message
     progress.total = total
     failure = threading.Event()
     errors: list[str] = []
-    delivered: list[OutputFrame] = []
+    delivered = RunSummary()  # counts and a bounded sample, never the frames: runs may last hours
 
     def on_error(message: str, exc) -> None:
         errors.append(message)
@@ -165,22 +353,23 @@ def _stream(source, engine, outputs, lossless, total, progress: Progress, args) 
         failure.set()  # headless: any error ends the run; the outputs are still finalized
 
     pipe = Pipeline(engine, source, PipelineConfig(lossless=lossless, keep_input=False),
-                    on_frame=delivered.append, on_error=on_error, on_status=lambda m: say(f"note: {m}"))
+                    on_frame=delivered.add, on_error=on_error, on_status=lambda m: say(f"note: {m}"))
     for output in outputs:
         pipe.add_output(output)
     started = time.perf_counter()
     interrupted = False
-    pipe.start()
     try:
+        pipe.start()
         while not failure.is_set():
             if pipe.wait(0.2):
                 break
             stats = pipe.stats()
             progress.update(stats.frames_out, f"{stats.output_fps:5.1f} fps  {stats.latency_ms:6.1f} ms")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl+C, or a stop signal (see StopSignals)
         interrupted = True
         say("interrupted: finishing the outputs")
     finally:
+        signals.disarm()  # from here a signal must not cut the finalizing short
         pipe.stop()  # closes the outputs, which finalizes a recording on every path
     elapsed = time.perf_counter() - started
     stats = pipe.stats()
@@ -189,13 +378,29 @@ def _stream(source, engine, outputs, lossless, total, progress: Progress, args) 
     print(_summary(delivered, elapsed, pipe), file=sys.stderr)
     for output in outputs:
         if isinstance(output, Recorder):
-            if output.close_error:
-                print(f"error: {output.close_error}", file=sys.stderr)
-                errors.append(output.close_error)
-            elif output.finalized_path:
-                w, h = output.size
-                print(f"wrote {output.finalized_path} ({output.frames_written} frames, {w}x{h}, "
-                      f"{output.fps:g} fps)", file=sys.stderr)
+            _report_recording(output, errors)
     if errors:
         return EXIT_ERROR
-    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+    return signals.exit_code(interrupted) or EXIT_OK
+
+
+def _report_recording(recorder: Recorder, errors: list[str]) -> None:
+    """Say what the finished file really holds, read back from it: another program (or a second run
+    aimed at the same name) may have replaced it, and the recorder's own counters would not know."""
+    if recorder.close_error:
+        message = recorder.close_error
+    elif recorder.finalized_path is None:
+        print(f"note: nothing was recorded to {recorder.path}: no frame arrived", file=sys.stderr)
+        return
+    elif (info := recorder.info()) is None:
+        message = f"{recorder.finalized_path} was written but cannot be read back; it may be damaged"
+    else:
+        retimed = ""
+        if recorder.frames_repeated or recorder.frames_dropped:
+            retimed = (f"; to keep real time {recorder.frames_repeated} frames were repeated and "
+                       f"{recorder.frames_dropped} dropped")
+        print(f"wrote {recorder.finalized_path} ({info.frames} frames, {info.width}x{info.height}, "
+              f"{info.fps:.4g} fps, {info.duration_s:.2f} s{retimed})", file=sys.stderr)
+        return
+    print(f"error: {message}", file=sys.stderr)
+    errors.append(message)

@@ -191,7 +191,7 @@ def parse_source(spec: str, *, loop: bool = False, paced: bool = True, fps: floa
     try:
         if kind == "camera":
             index_text, _, size = rest.partition(":")
-            device: int | str = int(index_text) if index_text.isdigit() else (index_text or 0)
+            device = _parse_camera_device(index_text)
             width, height = _parse_size(size) if size else (None, None)
             return Camera(device, width, height, fps=fps)
         if kind == "screen":
@@ -212,11 +212,32 @@ def parse_source(spec: str, *, loop: bool = False, paced: bool = True, fps: floa
     return VideoFile(spec, loop=loop, paced=paced)
 
 
+#: The largest frame a source may be asked for (8K UHD, either way round): far beyond any camera, and
+#: a bigger test pattern would only exhaust memory.
+MAX_SIDE, MAX_PIXELS = 7680, 7680 * 4320
+
+
+def _parse_camera_device(text: str) -> int | str:
+    if not text:
+        return 0
+    if text.isdigit():
+        return int(text)
+    if Path(text).exists():
+        return text  # a device node such as /dev/video2
+    raise ValueError("a camera is an index such as camera:0 or an existing device path such as /dev/video2 "
+                     "(main.py doctor lists the cameras found)")
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     w, _, h = text.lower().partition("x")
-    width, height = int(w), int(h)
+    try:
+        width, height = int(w), int(h)
+    except ValueError:
+        raise ValueError(f"size must be WIDTHxHEIGHT such as 640x480, got {text!r}") from None
     if width <= 0 or height <= 0:
         raise ValueError("size must be WIDTHxHEIGHT")
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ValueError(f"{width}x{height} is larger than the largest size allowed ({MAX_SIDE}x{MAX_PIXELS // MAX_SIDE})")
     return width, height
 
 

@@ -5,6 +5,7 @@ importing the desktop app."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from core.config import (
     ACCELERATIONS,
@@ -19,6 +20,41 @@ from core.config import (
 )
 
 _DEFAULTS = StreamConfig()
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above zero (float() alone also accepts nan, inf and negatives)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
+class TextOption(argparse.Action):
+    """Stores a text option, refusing text that cannot be encoded: on Linux a non-UTF-8 byte in argv
+    arrives as a lone surrogate, which would otherwise fail much later inside the tokenizer."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            values.encode("utf-8")
+        except UnicodeEncodeError:
+            parser.error(f"{option_string} contains bytes that are not UTF-8 text; "
+                         "retype it, or set the terminal's encoding to UTF-8")
+        setattr(namespace, self.dest, values)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
@@ -39,8 +75,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
                    help="diffusers config for a single-file model whose architecture is not recognised")
 
     g = parser.add_argument_group("generation")
-    g.add_argument("--prompt", default="", help="what the output should look like")
-    g.add_argument("--negative-prompt", default="", help="what to steer away from (cfg types full / initialize / self)")
+    g.add_argument("--prompt", default="", action=TextOption, help="what the output should look like")
+    g.add_argument("--negative-prompt", default="", action=TextOption,
+                   help="what to steer away from (cfg types full / initialize / self)")
     g.add_argument("--width", type=int, default=d.width, help="output width, multiple of 8 (default: %(default)s)")
     g.add_argument("--height", type=int, default=d.height, help="output height, multiple of 8 (default: %(default)s)")
     g.add_argument("--steps", type=int, default=None, choices=(1, 2, 3, 4),

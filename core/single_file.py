@@ -133,7 +133,9 @@ def load_single_file(spec: str, config, dtype, sf_config: str | None, say):
         pipe = load(True) if local_only and not is_url else cached_first(load)
     except Exception as exc:
         if hub_error_kind(exc) is not None:
-            needed = cfg or "the default config of this model type"
+            # Without a config of ours, diffusers fetches its default for the type: SDXL base, else SD 1.5.
+            needed = cfg or ("stabilityai/stable-diffusion-xl-base-1.0" if family == "sdxl"
+                             else "stable-diffusion-v1-5/stable-diffusion-v1-5")
             err = explain_hub_failure("model config", needed, exc, config.cache_dir, local_alternative=False)
             raise ModelLoadError(
                 f"Loading '{spec}' needs its architecture config, which could not be fetched. Pass a local "

@@ -67,6 +67,7 @@ class StreamEngine:
         self._last_output: torch.Tensor | None = None
         self._pinned: dict[tuple, torch.Tensor] = {}
         self.acceleration = "none"  # what actually runs; core.accel sets it
+        self.acceleration_note = ""  # why it is not what the config asked for, when it is not
         self._allocate_state()
 
     @classmethod

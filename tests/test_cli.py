@@ -111,7 +111,8 @@ def test_run_live_source_with_a_frame_limit(tmp_path, capsys):
                "--no-lossless", "--fps", "100"])
     assert rc == 0, capsys.readouterr().err
     count, size = _clip_info(tmp_path / "out.avi")
-    assert size == (64, 48) and 1 <= count <= 15
+    # Clock timing: one file frame per 10 ms of real capture time, so a late frame may add one or two.
+    assert size == (64, 48) and 1 <= count <= 20
 
 
 def test_run_reports_unusable_sources_and_outputs(tmp_path, capsys):

@@ -57,13 +57,15 @@ def no_devices():
 
 @pytest.fixture
 def open_window(qtbot, tmp_path):
-    def make(settings: AppSettings | None = None, factory=None, settings_file="settings.ini", wait_engine=True):
+    def make(settings: AppSettings | None = None, factory=None, settings_file="settings.ini", wait_engine=True,
+             **window_options):
         store = SettingsStore(str(tmp_path / settings_file))
         if settings is not None:
             store.save(settings)
             store = SettingsStore(str(tmp_path / settings_file))
         factory = factory or FakeFactory()
-        window = MainWindow(store, engine_factory=factory, notifier=RecordingNotifier(), discover=no_devices)
+        window = MainWindow(store, engine_factory=factory, notifier=RecordingNotifier(), discover=no_devices,
+                            **window_options)
         window.factory = factory
         qtbot.addWidget(window)
         window.show()
@@ -225,10 +227,10 @@ def test_a_failing_recording_is_finalized_and_reported(qtbot, open_window, tmp_p
 
     original = Recorder.write
 
-    def write(self, image):
+    def write(self, image, timestamp=None):
         if self.frames_written >= 3:
             raise OutputError("The disk is full")
-        original(self, image)
+        original(self, image, timestamp)
 
     monkeypatch.setattr(Recorder, "write", write)
     window = open_window(small(output_dir=str(tmp_path / "out")))

@@ -1,3 +1,4 @@
+import re
 import sys
 import time
 import types
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import app.outputs as outputs
-from app.outputs import OutputError, Recorder, VirtualCamera, snapshot, virtualcam_available
+from app.outputs import Output, OutputError, Recorder, VirtualCamera, snapshot, virtualcam_available
 from app.pipeline import Pipeline, PipelineConfig
 from app.sources import Source, SourceError, TestPattern
 from tests.pipeline_fakes import FakeEngine
@@ -26,7 +27,7 @@ def _frame_count(path) -> int:
 
 def test_recorder_writes_to_a_partial_name_and_renames_on_close(tmp_path):
     target = tmp_path / "out.mp4"
-    recorder = Recorder(target, fps=25)
+    recorder = Recorder(target, fps=25, timing="frames")
     for i in range(10):
         recorder.write(np.full((48, 64, 3), i * 20, np.uint8))
     assert not target.exists() and recorder.partial_path.exists()
@@ -40,7 +41,7 @@ def test_recorder_writes_to_a_partial_name_and_renames_on_close(tmp_path):
 
 
 def test_recorder_scales_frames_of_another_size(tmp_path):
-    recorder = Recorder(tmp_path / "out.avi", size=(32, 32))
+    recorder = Recorder(tmp_path / "out.avi", size=(32, 32), timing="frames")
     recorder.write(np.zeros((48, 64, 3), np.uint8))
     recorder.write(np.zeros((32, 32, 3), np.uint8))
     recorder.close()
@@ -74,7 +75,7 @@ def test_recorder_is_finalized_when_the_pipeline_stops(tmp_path):
 
 def test_recorder_is_finalized_when_the_disk_fills_mid_recording(tmp_path, monkeypatch):
     errors = []
-    recorder = Recorder(tmp_path / "full.mp4")
+    recorder = Recorder(tmp_path / "full.mp4", timing="frames")
     pipe = Pipeline(FakeEngine(), TestPattern(64, 48, fps=None, limit=200), PipelineConfig(lossless=True),
                     on_error=lambda m, e: errors.append(m))
     pipe.add_output(recorder)
@@ -110,7 +111,7 @@ def test_recorder_is_finalized_after_a_source_error(tmp_path):
             return np.zeros((48, 64, 3), np.uint8)
 
     errors = []
-    recorder = Recorder(tmp_path / "cut.mp4")
+    recorder = Recorder(tmp_path / "cut.mp4", timing="frames")
     pipe = Pipeline(None, DiesAfterFive(), PipelineConfig(lossless=True), on_error=lambda m, e: errors.append(m))
     pipe.add_output(recorder)
     pipe.start()
@@ -212,3 +213,32 @@ def test_a_second_close_waits_for_the_first_to_finish_the_file(tmp_path, monkeyp
     assert recorder.finalized_path == tmp_path / "clip.mp4" and (tmp_path / "clip.mp4").exists()
     assert not list(tmp_path.glob("*.partial*"))
     first.join()
+
+
+def test_outputs_get_the_capture_time():
+    class Timed(Output):
+        def __init__(self):
+            self.got = []
+
+        def write(self, image, timestamp=None):
+            self.got.append(timestamp)
+
+    timed = Timed()
+    pipe = Pipeline(None, TestPattern(32, 24, fps=None, limit=5), PipelineConfig(lossless=True))
+    pipe.add_output(timed)
+    pipe.start()
+    assert pipe.wait(5)
+    pipe.stop()
+    assert len(timed.got) == 5
+    assert all(isinstance(t, float) for t in timed.got) and timed.got == sorted(timed.got)
+
+
+def test_preflight_refuses_bad_targets_without_leaving_files(tmp_path, monkeypatch):
+    for name, message in (("o.webm", ".mp4, .avi, .mkv, .mov"), ("o.txt", ".mp4, .avi, .mkv, .mov"),
+                          ("missing/o.mp4", "does not exist")):
+        with pytest.raises(OutputError, match=re.escape(message)):
+            Recorder(tmp_path / name).preflight()
+    with pytest.raises(OutputError, match="is a folder"):
+        Recorder(tmp_path).preflight()
+    Recorder(tmp_path / "fine.mkv").preflight()
+    assert list(tmp_path.iterdir()) == []

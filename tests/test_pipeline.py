@@ -73,8 +73,9 @@ def test_slow_stage_drops_stale_frames_and_keeps_latency_bounded():
     assert stats.frames_in - stats.frames_out - stats.dropped_frames <= 3, "nothing waits in a queue"
     late = [f.latency_ms for f in got.frames[3:]]
     # One frame in the engine plus at most one waiting: about two engine times (80 ms), where a queue
-    # would have grown to about a second by now. The margin absorbs a loaded CI machine.
-    assert max(late) < 250, late
+    # would have grown to several seconds by now (210 frames behind a 25 fps engine). The wide margin
+    # absorbs a loaded machine; the bound only has to tell a slot from a queue.
+    assert max(late) < 800, late
     indices = [f.index for f in got.frames]
     assert indices == sorted(indices) and len(set(indices)) == len(indices)
 
@@ -232,7 +233,7 @@ def test_broken_output_is_detached_and_closed_while_others_continue():
             self.count = 0
             self.closed = False
 
-        def write(self, image):
+        def write(self, image, timestamp=None):
             self.count += 1
 
         def close(self):
@@ -241,7 +242,7 @@ def test_broken_output_is_detached_and_closed_while_others_continue():
     class Bad(Good):
         name = "Bad output"
 
-        def write(self, image):
+        def write(self, image, timestamp=None):
             raise OSError("device gone")
 
     got = Collector()
@@ -276,8 +277,9 @@ def test_stats_report_rates_and_latency():
     time.sleep(1.0)
     stats = pipe.stats()
     pipe.stop()
-    assert 30 < stats.input_fps < 70 and 30 < stats.output_fps < 70
-    assert 5 < stats.latency_ms < 100 and stats.gpu_ms == pytest.approx(10, abs=1)
+    # Rates of a 50 fps source, with room for a loaded machine; the engine's reported time is exact.
+    assert 15 < stats.input_fps < 70 and 15 < stats.output_fps < 70
+    assert 10 <= stats.latency_ms < 1000 and stats.gpu_ms == pytest.approx(10, abs=1)
     assert stats.frames_out > 20 and "fps" in stats.summary()
 
 

@@ -16,10 +16,12 @@ def accelerate(engine, progress=None) -> str:
     say = progress or (lambda message: log.info(message))
     wanted = engine.config.acceleration
     engine.acceleration = "none"
+    engine.acceleration_note = ""
     if wanted == "none":
         return engine.acceleration
     if engine.device.type != "cuda":
         log.info("acceleration %r needs CUDA; running eager on %s", wanted, engine.device)
+        engine.acceleration_note = f"{wanted} needs a CUDA GPU"
         return engine.acceleration
     if wanted == "tensorrt":
         try:
@@ -31,6 +33,7 @@ def accelerate(engine, progress=None) -> str:
         except Exception as error:  # noqa: BLE001 - any failure falls back, with the reason shown
             log.warning("TensorRT unavailable (%s); falling back to compile", error)
             say(f"TensorRT unavailable ({error}); using compile instead")
+            engine.acceleration_note = f"TensorRT unavailable: {error}"
     try:
         from core.accel.compile import use_compile
 
@@ -39,6 +42,7 @@ def accelerate(engine, progress=None) -> str:
     except Exception as error:  # noqa: BLE001
         log.warning("compilation failed (%s: %s); running eager", type(error).__name__, error)
         say(f"compilation failed ({type(error).__name__}); running eager")
+        engine.acceleration_note = f"compilation failed: {type(error).__name__}"
         from core.accel.compile import restore_eager
 
         restore_eager(engine)

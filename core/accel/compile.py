@@ -106,6 +106,7 @@ class FrameGraph:
         engine._anchor_buffer.copy_(self._saved[1])
         restore_eager(engine)
         engine.acceleration = "none"
+        engine.acceleration_note = f"compilation failed: {type(error).__name__}"
         return engine.frame_step(frames_u8)
 
     def _capture(self, frames_u8):
