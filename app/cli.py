@@ -33,6 +33,19 @@ def _usage() -> str:
 
 
 def run_gui(argv: list[str]) -> int:
+    from app.qt_check import window_problem
+    from app.window_options import UsageError, parse_window_options
+
+    try:
+        options = parse_window_options(argv)  # --help prints and exits here, before Qt is touched
+    except UsageError as exc:
+        print(f"main.py gui: error: {exc}", file=sys.stderr)
+        return 2
+    # Qt aborts the process when its platform plugin cannot load; find that out first and say what to install.
+    problem = window_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     try:
         from app.gui.main_window import run_gui as gui_main
     except ModuleNotFoundError as exc:
@@ -48,7 +61,7 @@ def run_gui(argv: list[str]) -> int:
     except ImportError as exc:  # e.g. Qt's platform libraries missing: say so instead of a traceback
         print(f"The window cannot start: {exc}. Headless use: main.py run --help", file=sys.stderr)
         return 1
-    return int(gui_main(argv) or 0)
+    return int(gui_main(options) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,37 @@ def _nvidia_smi(field: str) -> str | None:
     return out.strip().splitlines()[0] if out.strip() else None
 
 
+def check_window() -> Check:
+    """Whether Qt can open a window: the libraries its platform plugin needs, then a real start."""
+    from app.qt_check import missing_libraries, qt_folder, window_problem, xcb_files
+
+    qt = qt_folder()
+    if qt is None:
+        return Check("Window (Qt)", MISSING, "PySide6 is not installed", "pip install PySide6-Essentials")
+    if sys.platform.startswith("linux"):
+        missing = missing_libraries(xcb_files(qt))
+        if missing:
+            from app.qt_check import install_hint
+
+            return Check("Window (Qt)", MISSING, f"the X11 platform plugin cannot load: {', '.join(missing)} missing",
+                         install_hint(missing).replace("\n", "; "))
+    problem = window_problem()
+    if problem:
+        return Check("Window (Qt)", WARN, problem.splitlines()[0].removeprefix("The window cannot open: "),
+                     "Start it from a desktop session; the headless commands work without one")
+    probe = "from PySide6.QtWidgets import QApplication; app = QApplication([]); print(app.platformName())"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Check("Window (Qt)", WARN, f"could not try Qt: {exc}")
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return Check("Window (Qt)", MISSING, f"Qt could not start (exit {done.returncode}): "
+                     f"{lines[-1] if lines else 'no message'}",
+                     "Run with QT_DEBUG_PLUGINS=1 to see which library is missing")
+    return Check("Window (Qt)", OK, f"platform plugin '{done.stdout.strip()}' starts")
+
+
 def check_tensorrt() -> Check:
     try:
         import tensorrt
@@ -160,8 +191,8 @@ def check_model_cache() -> Check:
 
 
 CHECKS: list[Callable[[], Check | list[Check]]] = [
-    check_python, check_packages, check_torch, check_tensorrt, check_cameras, check_virtualcam, check_screen,
-    check_model_cache,
+    check_python, check_packages, check_torch, check_tensorrt, check_window, check_cameras, check_virtualcam,
+    check_screen, check_model_cache,
 ]
 
 

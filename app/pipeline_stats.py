@@ -75,10 +75,12 @@ class StatsCollector:
             self.frames_in = self.frames_out = 0
 
     def _trim(self, now: float) -> None:
+        # The last two events always stay, however old: a slow stream (a CPU engine at one frame every
+        # few seconds) still has a rate and a latency instead of reading 0 while its frames show.
         horizon = now - self.window_s
-        while self._inputs and self._inputs[0] < horizon:
+        while len(self._inputs) > 2 and self._inputs[0] < horizon:
             self._inputs.popleft()
-        while self._outputs and self._outputs[0][0] < horizon:
+        while len(self._outputs) > 2 and self._outputs[0][0] < horizon:
             self._outputs.popleft()
 
     def record_input(self, when: float) -> None:
@@ -93,8 +95,8 @@ class StatsCollector:
             self._outputs.append((when, latency_s, gpu_ms))
             self._trim(when)
 
-    def snapshot(self, dropped: int, skipped: int) -> PipelineStats:
-        now = time.perf_counter()
+    def snapshot(self, dropped: int, skipped: int, now: float | None = None) -> PipelineStats:
+        now = time.perf_counter() if now is None else now
         with self._lock:
             self._trim(now)
             inputs = list(self._inputs)

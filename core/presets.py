@@ -50,6 +50,20 @@ _SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "PND
                "DDIMScheduler")
 
 
+def stand_in_preset(model: str) -> str | None:
+    """The random-weight preset of the architecture ``model`` most likely has (``preset:NAME``), to try
+    the program without its weights; None when ``model`` is a preset already. Guessed from the name,
+    because the point is that the model itself could not be read."""
+    text = (model or "").strip().lower()
+    if text.startswith("preset:"):
+        return None
+    if "xl" in text:
+        return "preset:sdxl-turbo"
+    if any(hint in text for hint in ("v1-5", "v1.5", "sd15", "sd-1.5", "sd1.5", "stable-diffusion-v1")):
+        return "preset:sd15"
+    return "preset:sd-turbo"
+
+
 def preset_dir(name: str) -> Path:
     if name not in PRESETS:
         raise KeyError(name)

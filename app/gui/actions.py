@@ -73,7 +73,17 @@ def build_toolbar(window: QMainWindow, actions: WindowActions) -> QToolBar:
     return bar
 
 
+def set_stopping_look(actions: WindowActions) -> None:
+    """Between Stop and the threads having stopped (the frame in the model finishes first)."""
+    actions.start.setText("Stopping…")
+    actions.start_button.setText("Stopping…")
+    actions.start.setEnabled(False)
+    actions.start_button.setEnabled(False)
+
+
 def set_running_look(actions: WindowActions, running: bool) -> None:
+    actions.start.setEnabled(True)
+    actions.start_button.setEnabled(True)
     actions.start.setText("Stop" if running else "Start")
     actions.start_button.setText("Stop" if running else "Start")
     actions.start_button.setIcon(icons.stop() if running else icons.play())

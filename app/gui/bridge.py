@@ -37,9 +37,9 @@ class FrameBridge(QObject):
         self.delivered = 0
         self._queued.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
 
-    def post_frame(self, input_frame: np.ndarray | None, output_frame: np.ndarray | None) -> None:
+    def post_frame(self, input_frame: np.ndarray | None, output_frame: np.ndarray | None, processed: bool = True) -> None:
         # Scaling for display happens here, on the pipeline's thread, not in the GUI.
-        packet = make_packet(input_frame, output_frame, self.display_target())
+        packet = make_packet(input_frame, output_frame, self.display_target(), processed)
         with self._lock:
             self.posted += 1
             self._latest = packet

@@ -32,6 +32,8 @@ class FramePacket:
     output: np.ndarray | None
     shown_input: np.ndarray | None = None
     shown_output: np.ndarray | None = None
+    #: False when no model ran: the output is the input passed through unchanged.
+    processed: bool = True
 
 
 def fit_size(width: int, height: int, pane: tuple[int, int]) -> tuple[int, int]:
@@ -62,12 +64,13 @@ def for_display(frame: np.ndarray | None, pane: tuple[int, int], mirror: bool) -
     return cv2.cvtColor(frame, cv2.COLOR_RGB2BGRA)
 
 
-def make_packet(input_frame, output_frame, target: DisplayTarget | None) -> FramePacket:
+def make_packet(input_frame, output_frame, target: DisplayTarget | None, processed: bool = True) -> FramePacket:
     if target is None:
-        return FramePacket(input_frame, output_frame)
+        return FramePacket(input_frame, output_frame, processed=processed)
     return FramePacket(
         input_frame,
         output_frame,
         for_display(input_frame, target.input_pane, target.mirror),
         for_display(output_frame, target.output_pane, target.mirror),
+        processed,
     )

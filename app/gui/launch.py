@@ -1,8 +1,8 @@
-"""Starting the GUI process: arguments, logging, the QApplication, the theme and quitting cleanly."""
+"""Starting the GUI process: logging, the QApplication, the theme, the window, and quitting cleanly on
+any stop signal. The command line is parsed before Qt loads, in app/window_options.py."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 
@@ -12,35 +12,37 @@ from PySide6.QtWidgets import QApplication
 from app.gui import excepthook, icons
 from app.gui.theme import apply_theme
 from app.settings import SettingsStore
+from core.logs import configure_logging
 
 
-def parse_args(argv: list[str]) -> tuple[list[str], argparse.Namespace]:
-    """(arguments for Qt, our options); ``argv`` may or may not start with the program name."""
-    args = list(argv)
-    if not args or args[0].startswith("-"):
-        args.insert(0, "livediffusion")
-    parser = argparse.ArgumentParser(prog=args[0], add_help=False)
-    parser.add_argument("--settings", help="settings file to use instead of the one in the user's config dir")
-    parser.add_argument("--verbose", action="store_true")
-    options, qt_args = parser.parse_known_args(args[1:])
-    return [args[0], *qt_args], options
+def _stop_signals() -> list:
+    """Signals that ask a program to end: Ctrl+C, kill/systemctl/docker stop, a closed terminal or
+    logout, and Ctrl+Break on Windows. Each one closes the window like its close button."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
-def run(argv: list[str], window_class) -> int:
-    qt_args, options = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if options.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = QApplication.instance() or QApplication(qt_args)
+def run(options, window_class) -> int:
+    """``options``: app.window_options.WindowOptions."""
+    configure_logging(logging.DEBUG if options.verbose else logging.INFO,
+                      "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = QApplication.instance() or QApplication(options.qt_args)
     app.setApplicationName("Live Diffusion")
     app.setOrganizationName("livediffusion")
     apply_theme(app)
     app.setWindowIcon(icons.app_icon())
-    window = window_class(SettingsStore(options.settings))
+    window = window_class(SettingsStore(options.settings_path), overrides=options.settings,
+                          engine_options=options.engine)
     excepthook.install(window.session.bridge.post_error)
     # However the application ends, the settings are saved and a recording is finalized.
     app.aboutToQuit.connect(window.shutdown)
-    previous = signal.signal(signal.SIGINT, lambda *_: window.close())
-    # Python runs signal handlers only between bytecodes; a timer lets Ctrl+C through the Qt loop.
+    previous = {}
+    for number in _stop_signals():
+        try:
+            previous[number] = signal.signal(number, lambda *_: window.close())
+        except (OSError, ValueError):  # not settable here (e.g. not the main thread)
+            pass
+    # Python runs signal handlers only between bytecodes; a timer lets them through the Qt loop.
     wake = QTimer(interval=250)
     wake.timeout.connect(lambda: None)
     wake.start()
@@ -49,5 +51,6 @@ def run(argv: list[str], window_class) -> int:
         return app.exec()
     finally:
         wake.stop()
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         excepthook.uninstall()

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QApplication, QInputDialog, QMainWindow, QScrollArea, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QInputDialog, QMainWindow, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
-from app.gui.actions import build_actions, build_toolbar, set_running_look
+from app.gui.actions import build_actions, build_toolbar, set_running_look, set_stopping_look
 from app.gui.loader import OOM_ADVICE, is_out_of_memory
 from app.gui.model_panel import ModelPanel
 from app.gui.notifier import Notifier
@@ -27,8 +27,11 @@ from app.gui.session import LiveParams, Session
 from app.gui.source_panel import SourcePanel, build_source, discover_devices
 from app.gui.status import StatusBar
 from app.gui.style_panel import StylePanel
+from app.gui.widgets import guard_wheel
+from app.pipeline_engine import describe_engine, engine_device
 from app.settings import AppSettings, SettingsStore
 from core.config import ConfigError, StreamConfig
+from core.presets import stand_in_preset
 from core.schedule import strength_to_t_index_list
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,10 @@ STATS_INTERVAL_MS = 500
 
 class MainWindow(QMainWindow):
     def __init__(self, store: SettingsStore, engine_factory=None, notifier: Notifier | None = None,
-                 discover=discover_devices, autoload: bool = True, ask_text=None):
+                 discover=discover_devices, autoload: bool = True, ask_text=None,
+                 overrides: dict | None = None, engine_options: dict | None = None):
+        """``overrides``: settings given on the command line, for this start only (see
+        app/window_options.py); ``engine_options``: StreamConfig fields for every engine of this start."""
         super().__init__()
         self.setWindowTitle("Live Diffusion")
         self.store = store
@@ -47,6 +53,11 @@ class MainWindow(QMainWindow):
         self.notifier.parent = self
         self._ask_text = ask_text or (lambda title, label: QInputDialog.getText(self, title, label))
         self.settings = store.load()
+        self.overrides = dict(overrides or {})
+        self.engine_options = dict(engine_options or {})
+        self._saved_before_overrides = {name: getattr(self.settings, name) for name in self.overrides}
+        for name, value in self.overrides.items():
+            setattr(self.settings, name, value)
         self.session = Session(engine_factory, self)
         self._region_dialog: RegionPickerDialog | None = None
         self._shut_down = False
@@ -96,6 +107,7 @@ class MainWindow(QMainWindow):
         self.side.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.side.setWidget(panels)
         self.side.setMinimumWidth(340)
+        self._wheel_guard = guard_wheel(panels)
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(self.preview)
         self.splitter.addWidget(self.side)
@@ -113,6 +125,7 @@ class MainWindow(QMainWindow):
         session.bridge.error.connect(self._on_pipeline_error)
         session.bridge.status.connect(self.status.show_note)
         session.running_changed.connect(self._on_running_changed)
+        session.stopping.connect(self._on_stopping)
         session.engine_ready.connect(self._on_engine_ready)
         session.engine_failed.connect(self._on_engine_failed)
         session.loader.progress.connect(self.model_panel.show_progress)
@@ -173,6 +186,10 @@ class MainWindow(QMainWindow):
             panel.store(settings)
         settings.geometry = self.saveGeometry()
         settings.splitter = self.splitter.saveState()
+        # A command-line override the user left alone is not saved: the next plain start is as before.
+        for name, value in self.overrides.items():
+            if getattr(settings, name) == value:
+                setattr(settings, name, self._saved_before_overrides[name])
         return settings
 
     def save_settings(self) -> None:
@@ -181,8 +198,14 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------------------------- presets
 
     def reload_presets(self, current: str = "") -> None:
-        self.presets = load_presets(Path(self.store.config_dir) / "presets")
+        problems: list[str] = []
+        folder = Path(self.store.config_dir) / "presets"
+        self.presets = load_presets(folder, problems=problems)
         self.style_panel.set_presets(self.presets, current or self.style_panel.current_preset_name())
+        if problems:
+            self.notifier.warning("Some style presets were skipped",
+                                  f"These files in {folder} could not be used and were left out:\n"
+                                  + "\n".join(problems))
 
     def ask_preset_name(self) -> None:
         name, ok = self._ask_text("Save style preset", "Name of the new preset:")
@@ -216,6 +239,7 @@ class MainWindow(QMainWindow):
             similarity_filter=self.style_panel.filter_check.isChecked(),
             similarity_threshold=self.style_panel.threshold_spin.value(),
             acceleration=self.model_panel.acceleration(),
+            **self.engine_options,
         )
 
     def reload_engine(self) -> None:
@@ -237,14 +261,17 @@ class MainWindow(QMainWindow):
         config = self.session.engine_config
         self.model_panel.set_busy(False, f"Cancelled; still running {config.model}" if config else "Cancelled")
 
-    def _on_engine_ready(self, config: StreamConfig) -> None:
+    def _on_engine_ready(self, config: StreamConfig, engine) -> None:
         # A model brings many long-lived objects; frozen, they are skipped by every later full
         # collection, which would otherwise hold the GIL (and so the GUI) for 100 ms and more.
         gc.freeze()
         steps = len(config.t_index_list)
         text = f"Running {config.model} at {config.width}×{config.height}, {steps} step{'s' * (steps > 1)}"
-        self.model_panel.show_loaded(text)
-        self.status.show_note(text)
+        runs = describe_engine(engine)
+        self.model_panel.show_loaded(f"{text}\n{runs}" if runs else text)
+        self.status.show_note(f"{text} ({runs})" if runs else text)
+        random = getattr(getattr(engine, "components", None), "random_weights", False) or config.model.startswith("preset:")
+        self.preview.set_model_badge("Random weights: real speed, no real style" if random else "")
 
     def _on_engine_failed(self, message: str, exc) -> None:
         previous = self.session.engine_config
@@ -252,12 +279,27 @@ class MainWindow(QMainWindow):
         self.model_panel.set_busy(False, "Loading failed; " + (
             f"still running {previous.model}" if previous else "frames pass through unchanged until a model loads"))
         self.status.show_error(f"Model not loaded: {message}")
-        self.notifier.error("The model could not be loaded", message + keeps)
+        choices = [("Open a model…", self.model_panel.browse_button.showMenu)]
+        stand_in = stand_in_preset(self.model_panel.model())
+        if stand_in is not None and not is_out_of_memory(exc):
+            choices.insert(0, ("Try without weights", lambda: self.try_without_weights(stand_in)))
+        self.notifier.error_with_choices("The model could not be loaded", message + keeps, choices)
+
+    def try_without_weights(self, preset: str) -> None:
+        """Load the random-weight build of the same architecture: the app works, the images are noise."""
+        self.model_panel.set_model(preset)
+        self.status.show_note(f"Loading {preset}: random weights, for trying the program, not for real images")
+        self.reload_engine()
 
     # -------------------------------------------------------------------------------- run / outputs
 
+    def _on_stopping(self) -> None:
+        set_stopping_look(self.actions)
+        self._update_stats()
+
     def _on_running_changed(self, running: bool) -> None:
         set_running_look(self.actions, running)
+        self._update_stats()
         if running and self._want_vcam and self.output_panel.vcam_check.isEnabled():
             self._want_vcam = False
             self.output_panel.vcam_check.setChecked(True)
@@ -309,7 +351,9 @@ class MainWindow(QMainWindow):
         self.notifier.error("Live Diffusion", message)
 
     def _update_stats(self) -> None:
-        self.status.show_stats(self.session.pipeline.stats(), self.session.running)
+        engine = self.session.engine
+        device = None if engine is None else engine_device(engine)
+        self.status.show_stats(self.session.pipeline.stats(), self.session.running, device, self.session.is_stopping)
 
     # ------------------------------------------------------------------------------------- screens
 
@@ -360,11 +404,15 @@ def _shape_key(config: StreamConfig) -> tuple:
     return (config.model, config.width, config.height, len(config.t_index_list), config.cfg_type, config.acceleration)
 
 
-def run_gui(argv: list[str]) -> int:
-    """Open the window and run until it closes; ``argv`` may or may not start with the program name."""
+def run_gui(options) -> int:
+    """Open the window and run until it closes. ``options``: parsed WindowOptions, or the command line
+    (which may or may not start with the program name)."""
     from app.gui.launch import run
+    from app.window_options import parse_window_options
 
-    return run(argv, MainWindow)
+    if not hasattr(options, "qt_args"):
+        options = parse_window_options(list(options))
+    return run(options, MainWindow)
 
 
 if __name__ == "__main__":

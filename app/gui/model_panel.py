@@ -53,6 +53,9 @@ class ModelPanel(QGroupBox):
 
         self.model_combo = QComboBox(editable=True)
         self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        # A long path or hub id must not widen the whole side panel past its scroll area.
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(12)
         for model, description in MODEL_CHOICES:
             self.model_combo.addItem(model)
             self.model_combo.setItemData(self.model_combo.count() - 1, description, role=3)  # Qt.ToolTipRole

@@ -7,6 +7,7 @@ the GUI thread, or frames would stop painting behind it and a test would hang on
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from PySide6.QtWidgets import QMessageBox, QWidget
 
@@ -29,6 +30,16 @@ class Notifier:
     def info(self, title: str, text: str) -> None:
         log.info("%s: %s", title, text)
         self._show(QMessageBox.Icon.Information, title, text, "")
+
+    def error_with_choices(self, title: str, text: str, choices: list[tuple[str, Callable[[], None]]]) -> None:
+        """An error box with a button per (label, action) next to Close; never blocks."""
+        log.error("%s: %s", title, text)
+        box = QMessageBox(QMessageBox.Icon.Critical, title, text, QMessageBox.StandardButton.Close, self.parent)
+        actions = {box.addButton(label, QMessageBox.ButtonRole.ActionRole): action for label, action in choices}
+        box.buttonClicked.connect(lambda button: actions[button]() if button in actions else None)
+        box.finished.connect(lambda _=0, b=box: self._closed(b))
+        self._open.append(box)
+        box.open()
 
     def _show(self, icon, title: str, text: str, details: str) -> None:
         # The same message again (a camera failing every retry) would stack identical boxes.
@@ -55,10 +66,16 @@ class RecordingNotifier(Notifier):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.messages: list[tuple[str, str, str]] = []
+        #: The buttons of the latest error_with_choices, label -> action, for a test to press.
+        self.choices: dict[str, Callable[[], None]] = {}
 
     def _show(self, icon, title: str, text: str, details: str) -> None:
         level = {QMessageBox.Icon.Critical: "error", QMessageBox.Icon.Warning: "warning"}.get(icon, "info")
         self.messages.append((level, title, text))
+
+    def error_with_choices(self, title: str, text: str, choices: list[tuple[str, Callable[[], None]]]) -> None:
+        self.messages.append(("error", title, text))
+        self.choices = dict(choices)
 
     def texts(self, level: str | None = None) -> list[str]:
         return [text for lvl, _, text in self.messages if level is None or lvl == level]

@@ -63,22 +63,37 @@ def _bounded(data: dict, key: str, default: float, low: float, high: float) -> f
     return float(value)
 
 
-def load_folder(folder: Path, user: bool) -> list[StylePreset]:
-    """Every valid preset in ``folder``, sorted by name; a broken file is logged and skipped."""
+def _why_unreadable(error: Exception) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deeply to be a preset"
+    if isinstance(error, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error) or type(error).__name__
+
+
+def load_folder(folder: Path, user: bool, problems: list[str] | None = None) -> list[StylePreset]:
+    """Every valid preset in ``folder``, sorted by name. A file that cannot be read or parsed, whatever
+    is wrong with it, is skipped; ``problems`` gets one line per skipped file saying why."""
     presets = []
     if not folder.is_dir():
         return presets
     for path in sorted(folder.glob("*.json")):
         try:
             presets.append(parse_preset(json.loads(path.read_text(encoding="utf-8")), user))
-        except (OSError, ValueError) as error:
-            log.warning("skipping style preset %s: %s", path, error)
+        except Exception as error:  # noqa: BLE001 - a preset file is user data: no content may stop the app
+            reason = _why_unreadable(error)
+            log.warning("skipping style preset %s: %s", path, reason)
+            if problems is not None:
+                problems.append(f"{path.name}: {reason}")
     return sorted(presets, key=lambda p: p.name.lower())
 
 
-def load_presets(user_dir: Path | None, shipped_dir: Path = SHIPPED_DIR) -> list[StylePreset]:
-    shipped = load_folder(shipped_dir, user=False)
-    users = load_folder(user_dir, user=True) if user_dir else []
+def load_presets(user_dir: Path | None, shipped_dir: Path = SHIPPED_DIR,
+                 problems: list[str] | None = None) -> list[StylePreset]:
+    shipped = load_folder(shipped_dir, user=False, problems=problems)
+    users = load_folder(user_dir, user=True, problems=problems) if user_dir else []
     user_names = {p.name.lower() for p in users}
     return [p for p in shipped if p.name.lower() not in user_names] + users
 

@@ -81,6 +81,10 @@ class PreviewWidget(QWidget):
         self._view = VIEW_OUTPUT
         self._mirror = False
         self._placeholder = "Press Start (Space) to begin"
+        #: What the window says about the model (e.g. random weights); shown on the output pane.
+        self._model_badge = ""
+        #: The last frame came through without a model: the output pane shows the raw input.
+        self._passthrough = False
         self.frames_shown = 0
         #: Read by worker threads to scale frames for this widget; replaced, never mutated.
         self.display_target = DisplayTarget()
@@ -113,10 +117,23 @@ class PreviewWidget(QWidget):
         self._placeholder = text
         self.update()
 
-    def show_frames(self, input_frame: np.ndarray | None, output_frame: np.ndarray | None) -> None:
-        self.show_packet(FramePacket(input_frame, output_frame))
+    def set_model_badge(self, text: str) -> None:
+        self._model_badge = text
+        self.update()
+
+    def badge(self) -> str:
+        """The note painted over the output pane, '' for none."""
+        if self._passthrough:
+            return "No model loaded: the picture passes through unfiltered"
+        return self._model_badge
+
+    def show_frames(self, input_frame: np.ndarray | None, output_frame: np.ndarray | None,
+                    processed: bool = True) -> None:
+        self.show_packet(FramePacket(input_frame, output_frame, processed=processed))
 
     def show_packet(self, packet: FramePacket) -> None:
+        if packet.output is not None:
+            self._passthrough = not packet.processed
         if packet.input is not None:
             self._input.set(packet.input, packet.shown_input)
         if packet.output is not None:
@@ -181,6 +198,8 @@ class PreviewWidget(QWidget):
                 painter.drawImage(target, slot.image)
             if label:
                 self._paint_label(painter, target, label)
+            if slot is self._output and self.badge():
+                self._paint_badge(painter, target, self.badge())
 
     def _pane_rect(self, which: str) -> QRect | None:
         """Where ``which`` (input or output) is painted in the current view, None when it is not."""
@@ -214,6 +233,20 @@ class PreviewWidget(QWidget):
         painter.drawRoundedRect(box, 4, 4)
         painter.setPen(QColor(235, 235, 240))
         painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+
+    def _paint_badge(self, painter: QPainter, target: QRect, text: str) -> None:
+        # Amber and at the bottom: a user must not mistake the raw feed (or noise) for the styled one.
+        font = QFont(self.font())
+        font.setBold(True)
+        painter.setFont(font)
+        metrics = painter.fontMetrics()
+        width = min(target.width() - 16, metrics.horizontalAdvance(text) + 20)
+        box = QRectF(target.center().x() - width / 2, target.bottom() - metrics.height() - 18, width, metrics.height() + 10)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(QColor(214, 140, 20, 225))
+        painter.drawRoundedRect(box, 5, 5)
+        painter.setPen(QColor(20, 16, 8))
+        painter.drawText(box, Qt.AlignmentFlag.AlignCenter, metrics.elidedText(text, Qt.TextElideMode.ElideRight, int(width) - 12))
 
     def _paint_placeholder(self, painter: QPainter) -> None:
         painter.setPen(self.palette().color(QPalette.ColorRole.PlaceholderText))

@@ -1,9 +1,10 @@
 """Renders the window for the README: ``python -m app.gui.screenshot docs/screenshot.png``.
 
 No trained weights can be loaded where this runs, so the output pane comes from a stand-in filter
-(OpenCV's edge-preserving stylization) rather than the diffusion model, fed by a drawn landscape
-rather than a camera. The window, its controls and the status line are the real ones. Run it under a
-display (Xvfb works) to include the window frame's fonts and sizes as users see them.
+(OpenCV's edge-preserving stylization) rather than the diffusion model, fed by the app's own moving test
+pattern rather than a camera; the model field and a badge on the output say so. The window, its controls
+and the status line are the real ones. Run it under a display (Xvfb works) to include the window frame's
+fonts and sizes as users see them.
 """
 
 from __future__ import annotations
@@ -15,30 +16,12 @@ import tempfile
 import time
 
 import cv2
-import numpy as np
 
 from app.gui.standin import StandInEngine
 from app.sources import TestPattern
 
 
-class Landscape(TestPattern):
-    """A drawn scene with a drifting sun: gives the preview something picture-like to show."""
-
-    def read(self):
-        self._pacer.wait()
-        height, width = self.height, self.width
-        ys = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-        sky = (1 - ys) * np.array([70, 120, 210], np.float32) + ys * np.array([250, 190, 150], np.float32)
-        frame = np.broadcast_to(sky, (height, width, 3)).astype(np.uint8).copy()
-        sun_x = int(width * (0.3 + 0.05 * np.sin(self._count / 30)))
-        cv2.circle(frame, (sun_x, int(height * 0.35)), height // 9, (255, 236, 180), -1, cv2.LINE_AA)
-        xs = np.arange(0, width + 8, 8)
-        for depth, color in ((0.55, (90, 110, 150)), (0.68, (60, 120, 90)), (0.8, (40, 90, 60))):
-            ridge = height * depth + 30 * np.sin(xs / (40 + 60 * depth) + depth * 7) + 15 * np.sin(xs / 17)
-            points = np.array([[0, height]] + [[x, int(y)] for x, y in zip(xs, ridge)] + [[xs[-1], height]])
-            cv2.fillPoly(frame, [points.astype(np.int32)], color, cv2.LINE_AA)
-        self._count += 1
-        return frame
+STAND_IN_MODEL = "stand-in: OpenCV stylization"
 
 
 class PaintedLook(StandInEngine):
@@ -69,15 +52,17 @@ def render(path: str, seconds: float = 2.0) -> None:
         store = SettingsStore(os.path.join(folder, "settings.ini"))
         store.save(AppSettings(source_kind="test", view="side", preset="Oil painting", prompt=(
             "an oil painting, thick impasto brush strokes, rich saturated colors, gallery lighting, masterpiece"),
-            negative_prompt="photo, blurry, low quality, watermark, text", strength=0.55, advanced_open=False))
+            negative_prompt="photo, blurry, low quality, watermark, text", strength=0.55, advanced_open=False,
+            model=STAND_IN_MODEL, acceleration="none"))
         window = MainWindow(store, engine_factory=lambda config, progress=None: PaintedLook(config),
                             notifier=RecordingNotifier(), discover=lambda: ([], [{"width": 1920, "height": 1080}] * 2, ""))
         window.resize(1280, 800)
         window.show()
-        window.session.set_source(Landscape(640, 480, fps=30))
+        window.session.set_source(TestPattern(640, 480, fps=30))
         deadline = time.perf_counter() + 10
         while window.session.engine is None and time.perf_counter() < deadline:
             app.processEvents()
+        window.preview.set_model_badge("Stand-in OpenCV filter, not the diffusion model")
         window.session.start()
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:

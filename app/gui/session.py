@@ -46,7 +46,8 @@ class LiveParams:
 
 class Session(QObject):
     running_changed = Signal(bool)
-    engine_ready = Signal(object)  # the engine's StreamConfig
+    stopping = Signal()  # Stop was asked for; running_changed(False) follows once the threads are joined
+    engine_ready = Signal(object, object)  # the engine's StreamConfig, the engine
     engine_failed = Signal(str, object)  # message, exception; the previous engine keeps running
     recording_changed = Signal(bool, str)  # recording, a message (the file saved, or why it stopped)
     virtual_camera_changed = Signal(bool, str)  # on, device or reason
@@ -97,7 +98,7 @@ class Session(QObject):
         self._call_engine(lambda e: e.update_prompt(self.params.prompt, negative_prompt=self.params.negative_prompt), engine)
         self.pipeline.set_engine(engine)
         self.engine_config = config
-        self.engine_ready.emit(config)
+        self.engine_ready.emit(config, engine)
 
     def _call_engine(self, action, engine=None) -> None:
         engine = engine if engine is not None else self.pipeline.engine
@@ -134,6 +135,10 @@ class Session(QObject):
     def running(self) -> bool:
         return self._state == "running"
 
+    @property
+    def is_stopping(self) -> bool:
+        return self._state == "stopping"
+
     def set_source(self, source) -> None:
         self.pipeline.set_source(source)
 
@@ -155,6 +160,7 @@ class Session(QObject):
         if self._state != "running":
             return
         self._state = "stopping"
+        self.stopping.emit()
         recorder, self._recorder = self._recorder, None
         self._in_worker(lambda: self.pipeline.stop(close_outputs=False), lambda _r: self._stopped(recorder))
 
@@ -223,9 +229,10 @@ class Session(QObject):
             self.recording_changed.emit(False, f"Cannot create {folder}: {exc.strerror or exc}")
             return
         path = os.path.join(folder, time.strftime("livediffusion-%Y%m%d-%H%M%S.mp4"))
-        measured = self.pipeline.stats().output_fps
-        # The file's frame rate follows what the stream delivers, so playback runs at the real speed.
-        self._recorder = Recorder(path, fps=round(measured) if measured >= 2 else 30.0)
+        # Clock timing places each frame by its capture time, so the file plays at the real speed even
+        # when the engine is slower than the source or its rate changes mid-recording.
+        source_fps = getattr(self.pipeline.source, "fps", None)
+        self._recorder = Recorder(path, fps=source_fps if source_fps and source_fps > 0 else 30.0, timing="clock")
         self.pipeline.add_output(self._recorder)
         self.recording_changed.emit(True, f"Recording to {path}")
 
@@ -275,7 +282,7 @@ class Session(QObject):
     # ------------------------------------------------------------------------------------ plumbing
 
     def _on_frame(self, item: OutputFrame) -> None:
-        self.bridge.post_frame(item.input, item.image)
+        self.bridge.post_frame(item.input, item.image, item.processed)
 
     def _remember(self, packet) -> None:
         if packet.output is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtWidgets import (QAbstractScrollArea, QAbstractSlider, QAbstractSpinBox, QApplication, QComboBox,
+                               QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout, QWidget)
 
 
 class CollapsibleSection(QWidget):
@@ -93,3 +94,35 @@ def hint_label(text: str = "") -> QLabel:
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
+
+
+class WheelGuard(QObject):
+    """Lets the mouse wheel scroll the side panel instead of changing whatever control is under the
+    pointer: a control takes the wheel only once it has focus (a click or Tab gives it focus).
+
+    The event is handed to the scroll area around the control explicitly: Qt passes an ignored wheel
+    event on to the parent only for events from the platform, not for ones sent by the program.
+    """
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt naming)
+        if event.type() != QEvent.Type.Wheel or not isinstance(watched, QWidget) or watched.hasFocus():
+            return False
+        area = watched.parentWidget()
+        while area is not None and not isinstance(area, QAbstractScrollArea):
+            area = area.parentWidget()
+        if area is not None:
+            QApplication.sendEvent(area.viewport(), event)
+        event.accept()
+        return True
+
+
+def guard_wheel(root: QWidget) -> WheelGuard:
+    """Install one WheelGuard on every combo box, spin box and slider under ``root``."""
+    guard = WheelGuard(root)
+    for kind in (QComboBox, QAbstractSpinBox, QAbstractSlider):
+        for widget in root.findChildren(kind):
+            # The wheel must not hand out focus either, or the first turn would arm the control.
+            if widget.focusPolicy() == Qt.FocusPolicy.WheelFocus:
+                widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+            widget.installEventFilter(guard)
+    return guard

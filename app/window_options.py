@@ -1,0 +1,146 @@
+"""The window's command line: ``main.py [gui] [options]``.
+
+The engine options are the ones ``run`` takes (one definition, in core/cli_options.py). Given on the
+command line, an option overrides the saved setting for that start only: unless the user changes it in
+the window, the saved value is kept when the window saves its settings. Qt-free, so that ``--help``
+and a usage error answer even where Qt cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.cli_options import add_engine_arguments, config_from_args, parse_index_list, parse_lora
+from core.config import ConfigError
+
+#: Engine option (argparse dest) -> the window setting it overrides (app.settings.AppSettings field).
+SETTING_OPTIONS = {
+    "model": "model", "width": "width", "height": "height", "steps": "steps", "strength": "strength",
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "cfg_type": "cfg_type",
+    "guidance": "guidance", "delta": "delta", "similarity_filter": "similarity_filter",
+    "similarity_threshold": "similarity_threshold", "acceleration": "acceleration",
+}
+#: Engine options the window has no control for: they go into every engine it loads in this start.
+ENGINE_OPTIONS = {
+    "device": "device", "dtype": "dtype", "tiny_vae": "use_tiny_vae", "allow_pickle": "allow_pickle",
+    "cache_dir": "cache_dir", "model_config": "single_file_config", "resize": "resize_mode",
+    "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
+    "num_inference_steps": "num_inference_steps",
+}
+
+
+class UsageError(ValueError):
+    """A bad command line; the message names the option."""
+
+
+@dataclass
+class WindowOptions:
+    settings_path: str | None = None
+    verbose: bool = False
+    #: Arguments for Qt itself (single-dash ones such as -style, -platform), program name first.
+    qt_args: list[str] = field(default_factory=lambda: ["livediffusion"])
+    #: AppSettings field -> value, for this start.
+    settings: dict = field(default_factory=dict)
+    #: StreamConfig field -> value, for every engine of this start.
+    engine: dict = field(default_factory=dict)
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints usage errors and exits; the window's launcher wants the message instead.
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="main.py gui",
+        description="Open the window. Options given here override the saved settings for this start.",
+        epilog="Example: main.py --model preset:sd-turbo --prompt 'oil painting' --source camera:0. "
+        "Single-dash options (-style, -platform) are passed to Qt.",
+    )
+    parser.add_argument("--source", help="camera:N, screen:N, screen:N:x,y,w,h, test or a video file")
+    parser.add_argument("--settings", help="settings file to use instead of the one in the user's config dir")
+    parser.add_argument("--verbose", action="store_true", help="log details to stderr")
+    add_engine_arguments(parser)
+    return parser
+
+
+def parse_window_options(argv: list[str]) -> WindowOptions:
+    """Parse ``argv`` (with or without the program name first). Raises UsageError; ``--help`` prints
+    the help and raises SystemExit(0), as argparse does."""
+    args = list(argv)
+    program = "livediffusion"
+    if args and not args[0].startswith("-"):
+        program = args.pop(0)
+    parser = build_parser()
+    full, rest = parser.parse_known_args(args)
+    unknown = [a for a in rest if a.startswith("--")]
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see main.py gui --help)")
+    # A second parser whose defaults are all "absent" tells which options were really given.
+    given_parser = build_parser()
+    for action in given_parser._actions:  # noqa: SLF001 - argparse has no public way to do this
+        action.default = argparse.SUPPRESS
+    given = vars(given_parser.parse_known_args(args)[0])
+    try:
+        config_from_args(full)  # the same validation `run` gives, before any window opens
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    options = WindowOptions(given.pop("settings", None), given.pop("verbose", False), [program, *rest])
+    source = given.pop("source", None)
+    if source is not None:
+        options.settings.update(source_settings(source))
+    _map_engine_options(given, full, options)
+    return options
+
+
+def _map_engine_options(given: dict, defaults: argparse.Namespace, options: WindowOptions) -> None:
+    if "t_index_list" in given:
+        from core.schedule import t_index_list_to_strength
+
+        indices = parse_index_list(given.pop("t_index_list"))
+        steps = given.get("num_inference_steps", defaults.num_inference_steps)
+        options.settings["steps"] = len(indices)
+        options.settings["strength"] = round(t_index_list_to_strength(indices, steps), 3)
+    loras = given.pop("lora", None)
+    if loras:
+        options.engine["loras"] = tuple(parse_lora(spec) for spec in loras)
+    for dest, value in given.items():
+        if dest in SETTING_OPTIONS:
+            options.settings[SETTING_OPTIONS[dest]] = value
+        elif dest in ENGINE_OPTIONS:
+            options.engine[ENGINE_OPTIONS[dest]] = value
+
+
+def source_settings(spec: str) -> dict:
+    """The window's source settings for a ``run``-style source spec. Raises UsageError."""
+    kind, _, rest = spec.partition(":")
+    kind = kind.lower()
+    try:
+        if kind == "camera":
+            index = rest.split(":", 1)[0] or "0"
+            if not index.isdigit():
+                raise UsageError(f"--source {spec}: a camera is given by its number, e.g. camera:0")
+            return {"source_kind": "camera", "camera_index": int(index)}
+        if kind == "screen":
+            monitor, _, region = rest.partition(":")
+            values = {"source_kind": "screen", "monitor": int(monitor or 1)}
+            if region:
+                parts = [int(p) for p in region.split(",")]
+                if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
+                    raise UsageError(f"--source {spec}: a region is x,y,w,h with a positive width and height")
+                values.update(source_kind="region", region=",".join(map(str, parts)))
+            return values
+        if kind == "test":
+            return {"source_kind": "test"}
+    except ValueError as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"--source {spec}: {exc}") from exc
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--source {spec}: no such video file (sources: camera:N, screen:N, "
+                         "screen:N:x,y,w,h, test or a video file)")
+    return {"source_kind": "video", "video_path": str(path.resolve())}
