@@ -80,8 +80,10 @@ def test_clock_recording_of_a_slow_engine_lasts_as_long_as_the_capture(tmp_path)
     captured = delivered[-1][0] - delivered[0][0]
     wall = delivered[-1][1] - delivered[0][1]
     duration = _duration(target)
-    assert abs(duration - captured) < 0.3, (duration, captured)
-    assert abs(duration - wall) < 0.3, (duration, wall)
+    # The file is on the capture clock, to a frame; the output clock differs from it only by latency
+    # jitter, given room for a loaded machine. Without clock timing the file would last about 0.4 s.
+    assert abs(duration - captured) < 0.1, (duration, captured)
+    assert abs(duration - wall) < 0.6, (duration, wall)
 
 
 def test_clock_timing_repeats_frames_over_gaps_and_drops_frames_in_a_taken_slot(tmp_path):
