@@ -3,7 +3,7 @@ the headless commands (run, bench, bench-pipeline, doctor)."""
 
 import sys
 
-from app.cli import main
+from app.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,8 @@ the hub's own error and turns it into a sentence that says what to do.
 
 from __future__ import annotations
 
+import sys
+
 from .hub import offline_reason
 
 PRESET_HINT = "try the program without weights: --model preset:sd-turbo (random weights: real speed, no real images)"
@@ -106,11 +108,28 @@ def pickle_refused(path: str, what: str = "model") -> ModelLoadError:
         "opt in with --allow-pickle (allow_pickle=True).")
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    import torch
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """Memory ran out: torch's OutOfMemoryError, Python's MemoryError, or an error whose text says so
+    (CUDA failures that other libraries re-raise as RuntimeError). The one rule for the whole program."""
+    if exc is None:
+        return False
+    torch = sys.modules.get("torch")  # never imported here: without torch loaded, no torch error exists
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return ((oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError)
+            or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower())
 
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+#: What helps when the GPU runs out of memory while a model runs (loading has its own sentence below).
+OOM_ADVICE = ("Choose a smaller size or fewer steps (for example 512x512 or 384x384, 1 step), keep the tiny VAE "
+              "on, use cfg type 'none' or 'self', or close other programs that use the GPU.")
+
+
+def out_of_memory_while_running(config=None) -> str:
+    """The sentence for an out-of-memory on a frame, naming the size and steps that did not fit."""
+    where = ""
+    if config is not None:
+        where = f" at {config.width}x{config.height} with {len(config.t_index_list)} step(s)"
+    return f"The GPU ran out of memory{where}. {OOM_ADVICE}"
 
 
 def out_of_memory(source: str, device: str, exc: BaseException) -> ModelLoadError:

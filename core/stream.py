@@ -22,7 +22,7 @@ from diffusers import LCMScheduler
 
 from core import imageops, schedule
 from core.config import StreamConfig
-from core.prompts import NEGATIVE, Conditioning, conditioning_layout, encode_conditioning
+from core.prompts import Conditioning, conditioning_layout, encode_conditioning
 from core.similarity import SimilarityFilter
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from app.cli import main
+from app.commands.cli import main
 from core.cli_options import add_engine_arguments, config_from_args, parse_lora
 from core.config import ConfigError, LoraSpec, StreamConfig
 from tests.pipeline_fakes import write_clip

@@ -20,8 +20,8 @@ from PySide6.QtCore import QStandardPaths, Qt  # noqa: E402
 
 from app.gui.main_window import MainWindow  # noqa: E402
 from app.gui.notifier import RecordingNotifier  # noqa: E402
-from app.gui.standin import StandInEngine  # noqa: E402
-from app.settings import AppSettings, SettingsStore  # noqa: E402
+from tools.standin import StandInEngine  # noqa: E402
+from app.gui.settings import AppSettings, SettingsStore  # noqa: E402
 
 QStandardPaths.setTestModeEnabled(True)
 WAIT_MS = 8000
@@ -382,7 +382,7 @@ def test_the_real_tiny_engine_streams_into_the_preview(qtbot, open_window):
 
 
 def test_the_gui_thread_does_not_stall_while_frames_flow(tmp_path):
-    from app.gui.responsiveness import measure, open_streaming_window
+    from tools.responsiveness import measure, open_streaming_window
 
     app, window = open_streaming_window(str(tmp_path), 512, 512, gpu_ms=10.0)
     try:

@@ -15,11 +15,11 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
-from app.cli import main
-from app.gui.standin import StandInEngine
-from app.pipeline_stats import StatsCollector
-from app.settings import AppSettings, SettingsStore
-from app.window_options import parse_window_options
+from app.commands.cli import main
+from tools.standin import StandInEngine
+from app.pipeline.stats import StatsCollector
+from app.gui.settings import AppSettings, SettingsStore
+from app.commands.window_options import parse_window_options
 from core.models import ModelLoadError
 from tests.test_gui import FakeFactory, open_window, small, until  # noqa: F401 - open_window is a fixture
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-import app.outputs as outputs
+import app.outputs.recorder as outputs
 from app.outputs import Output, OutputError, Recorder, VirtualCamera, snapshot, virtualcam_available
 from app.pipeline import Pipeline, PipelineConfig
 from app.sources import Source, SourceError, TestPattern
@@ -204,7 +204,7 @@ def test_a_second_close_waits_for_the_first_to_finish_the_file(tmp_path, monkeyp
         time.sleep(0.3)  # the first close is still renaming when the second one starts
         real_replace(src, dst)
 
-    monkeypatch.setattr("app.outputs.os.replace", slow_replace)
+    monkeypatch.setattr("app.outputs.recorder.os.replace", slow_replace)
     first = threading.Thread(target=recorder.close)
     first.start()
     assert renaming.wait(2)

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-import app.outputs as outputs
-import app.run_command as run_command
-from app.cli import main
+import app.outputs.recorder as outputs
+import app.commands.run as run_command
+from app.commands.cli import main
 from app.outputs import Recorder
 from app.pipeline import Pipeline
 from app.sources import TestPattern

@@ -11,7 +11,7 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 
 from app.gui.presets import SHIPPED_DIR, StylePreset, load_presets, parse_preset, save_preset  # noqa: E402
-from app.settings import AppSettings, SettingsStore, format_region, parse_region  # noqa: E402
+from app.gui.settings import AppSettings, SettingsStore, format_region, parse_region  # noqa: E402
 from tests.test_gui import WAIT_MS, open_window, small, until  # noqa: E402,F401 - open_window is a fixture
 
 
@@ -221,7 +221,7 @@ def test_presets_apply_and_user_presets_are_saved(qtbot, open_window, tmp_path):
 
 
 def test_source_panel_lists_devices_and_restores_the_choice(qtbot):
-    from app.camera import CameraInfo
+    from app.sources.camera import CameraInfo
     from app.gui.source_panel import SourcePanel, build_source
     from app.sources import Camera, Screen
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from app.camera import _list_v4l2_cameras
+from app.sources.camera import _list_v4l2_cameras
 from app.pipeline import Pipeline
 from app.sources import (
     Camera,

@@ -4,15 +4,21 @@ any stop signal. The command line is parsed before Qt loads, in app/window_optio
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.gui import excepthook, icons
 from app.gui.theme import apply_theme
-from app.settings import SettingsStore
+from app.gui.settings import SettingsStore
 from core.logs import configure_logging
+
+
+#: How long quitting waits for a model load still in progress before leaving without it.
+LOAD_WAIT_ON_EXIT_S = 5.0
 
 
 def _stop_signals() -> list:
@@ -23,7 +29,7 @@ def _stop_signals() -> list:
 
 
 def run(options, window_class) -> int:
-    """``options``: app.window_options.WindowOptions."""
+    """``options``: app.commands.window_options.WindowOptions."""
     configure_logging(logging.DEBUG if options.verbose else logging.INFO,
                       "%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = QApplication.instance() or QApplication(options.qt_args)
@@ -48,9 +54,19 @@ def run(options, window_class) -> int:
     wake.start()
     window.show()
     try:
-        return app.exec()
+        code = app.exec()
     finally:
         wake.stop()
         for number, handler in previous.items():
             signal.signal(number, handler)
         excepthook.uninstall()
+    if not window.session.loader.wait_for_workers(LOAD_WAIT_ON_EXIT_S):
+        # A model load cannot be interrupted, and ending the interpreter while one runs inside torch aborts
+        # the process ("terminate called without an active exception"). Settings and recordings are saved
+        # by now, so leave at once without the interpreter's teardown.
+        logging.getLogger(__name__).warning("a model was still loading; quitting without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
 from core.config import StreamConfig
+from core.model_errors import OOM_ADVICE, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class EngineLoader(QObject):
         self._job = 0
         self._lock = threading.Lock()
         self._busy = False
+        self._threads: list[threading.Thread] = []
 
     def is_busy(self) -> bool:
         return self._busy
@@ -78,7 +81,16 @@ class EngineLoader(QObject):
         thread = threading.Thread(
             target=self._work, args=(job, config, prompt, negative_prompt, setup), name=f"engine-load-{job}", daemon=True
         )
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
+
+    def wait_for_workers(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for load threads still running (a cancelled load runs to its end);
+        True when none is left. Quitting while one runs inside torch can abort the interpreter's exit."""
+        deadline = time.monotonic() + timeout_s
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     def cancel(self) -> None:
         with self._lock:
@@ -107,7 +119,8 @@ class EngineLoader(QObject):
         except BaseException as exc:  # noqa: BLE001 - everything must reach the UI, even SystemExit from a library
             if self._current(job):
                 if type(exc).__name__ in _EXPLAINED:
-                    log.error("loading %s failed: %s", config.model, exc)
+                    # The window shows this message and its notifier logs it: once is enough.
+                    log.debug("loading %s failed: %s", config.model, exc)
                 else:
                     log.exception("loading %s failed", config.model)
                 self._finish(job)
@@ -130,19 +143,6 @@ class EngineLoader(QObject):
             self.busy_changed.emit(busy)
 
 
-def is_out_of_memory(exc: BaseException | None) -> bool:
-    if exc is None:
-        return False
-    name = type(exc).__name__
-    return name in ("OutOfMemoryError", "MemoryError") or "out of memory" in str(exc).lower()
-
-
-OOM_ADVICE = (
-    "The GPU ran out of memory. Try a smaller resolution (for example 512x512 or 384x384), "
-    "fewer denoising steps, or cfg type 'none' or 'self'; closing other GPU programs also helps."
-)
-
-
 # Exceptions whose message was written for users: shown as they are, logged without a traceback.
 _EXPLAINED = ("ModelLoadError", "ConfigError", "SourceError", "OutputError")
 
@@ -150,7 +150,7 @@ _EXPLAINED = ("ModelLoadError", "ConfigError", "SourceError", "OutputError")
 def user_message(exc: BaseException) -> str:
     """A sentence for a dialog: the library's own message where it was written for users."""
     if is_out_of_memory(exc):
-        return OOM_ADVICE
+        return f"The GPU ran out of memory. {OOM_ADVICE}"
     text = str(exc).strip() or type(exc).__name__
     if type(exc).__name__ in _EXPLAINED:
         return text

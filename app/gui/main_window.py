@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QInputDialog, QMainWindow, QScrollArea, QSplitter, QVBoxLayout, QWidget
 
 from app.gui.actions import build_actions, build_toolbar, set_running_look, set_stopping_look
-from app.gui.loader import OOM_ADVICE, is_out_of_memory
+from core.model_errors import OOM_ADVICE, is_out_of_memory
 from app.gui.model_panel import ModelPanel
 from app.gui.notifier import Notifier
 from app.gui.output_panel import OutputPanel
@@ -28,8 +28,8 @@ from app.gui.source_panel import SourcePanel, build_source, discover_devices
 from app.gui.status import StatusBar
 from app.gui.style_panel import StylePanel
 from app.gui.widgets import guard_wheel
-from app.pipeline_engine import describe_engine, engine_device
-from app.settings import AppSettings, SettingsStore
+from app.pipeline.engine_policy import describe_engine, engine_device
+from app.gui.settings import AppSettings, SettingsStore
 from core.config import ConfigError, StreamConfig
 from core.presets import stand_in_preset
 from core.schedule import strength_to_t_index_list
@@ -266,7 +266,7 @@ class MainWindow(QMainWindow):
         # collection, which would otherwise hold the GIL (and so the GUI) for 100 ms and more.
         gc.freeze()
         steps = len(config.t_index_list)
-        text = f"Running {config.model} at {config.width}×{config.height}, {steps} step{'s' * (steps > 1)}"
+        text = f"Ready: {config.model} at {config.width}×{config.height}, {steps} step{'s' * (steps > 1)}"
         runs = describe_engine(engine)
         self.model_panel.show_loaded(f"{text}\n{runs}" if runs else text)
         self.status.show_note(f"{text} ({runs})" if runs else text)
@@ -408,7 +408,7 @@ def run_gui(options) -> int:
     """Open the window and run until it closes. ``options``: parsed WindowOptions, or the command line
     (which may or may not start with the program name)."""
     from app.gui.launch import run
-    from app.window_options import parse_window_options
+    from app.commands.window_options import parse_window_options
 
     if not hasattr(options, "qt_args"):
         options = parse_window_options(list(options))

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.widgets import find_data, hint_label
-from app.settings import AppSettings
+from app.gui.settings import AppSettings
 from core.config import ACCELERATIONS, DEFAULT_MODEL
 
 MODEL_CHOICES = (

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 from app.gui import icons
 from app.gui.preview import VIEW_INPUT, VIEW_OUTPUT, VIEW_SIDE
 from app.gui.widgets import hint_label
-from app.settings import AppSettings
+from app.gui.settings import AppSettings
 
 
 def default_output_dir() -> str:

@@ -14,7 +14,7 @@ def grab_monitor(monitor: int) -> np.ndarray:
     """An RGB screenshot of mss monitor ``monitor``. Raises SourceError when the screen cannot be read."""
     import cv2
 
-    from app.screen import grab_error_hint, new_mss
+    from app.sources.screen import grab_error_hint, new_mss
     from app.sources import SourceError
 
     try:

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.widgets import find_data, hint_label
-from app.settings import AppSettings, format_region, parse_region
+from app.gui.settings import AppSettings, format_region, parse_region
 
 log = logging.getLogger(__name__)
 

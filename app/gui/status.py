@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QStatusBar
 
-from app.pipeline_stats import PipelineStats
+from app.pipeline.stats import PipelineStats
 
 
 def format_stats(stats: PipelineStats, running: bool, device: str | None = "", stopping: bool = False) -> str:

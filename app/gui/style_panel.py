@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QPlainTextEdit,
-    QPushButton,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -29,7 +28,7 @@ from PySide6.QtWidgets import (
 from app.gui import icons
 from app.gui.presets import StylePreset
 from app.gui.widgets import CollapsibleSection, ValueSlider
-from app.settings import AppSettings
+from app.gui.settings import AppSettings
 from core.config import CFG_TYPES
 
 PROMPT_DEBOUNCE_MS = 300

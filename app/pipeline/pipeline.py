@@ -28,13 +28,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from app.frame_slot import END, FrameSlot, SlotClosed
-from app.frames import Frame, OutputFrame
 from app.outputs import Output
-from app.pipeline_capture import capture_loop
-from app.pipeline_engine import engine_error_message, free_gpu_memory, gpu_loop, release_engine
-from app.pipeline_stats import PipelineStats, StatsCollector
-from app.sources import Source
+from app.pipeline.engine_policy import engine_error_message, frames_per_call, free_gpu_memory, release_engine
+from app.pipeline.frames import Frame, OutputFrame
+from app.pipeline.slots import END, FrameSlot, SlotClosed
+from app.pipeline.stats import PipelineStats, StatsCollector
+from app.sources import Source, SourceError, SourceLost
+from core.model_errors import is_out_of_memory
 
 __all__ = ["Engine", "Frame", "OutputFrame", "Pipeline", "PipelineConfig", "PipelineStats"]
 
@@ -118,7 +118,7 @@ class Pipeline:
             self._in_slot = FrameSlot(self.config.lossless)
             self._out_slot = FrameSlot(self.config.lossless)
             self._stats.reset()
-            loops = {"capture": capture_loop, "gpu": gpu_loop, "post": Pipeline._post_loop}
+            loops = {"capture": Pipeline._capture_loop, "gpu": Pipeline._gpu_loop, "post": Pipeline._post_loop}
             self._threads = [
                 threading.Thread(target=self._guard, args=(loop,), name=f"pipeline-{name}", daemon=True)
                 for name, loop in loops.items()
@@ -308,6 +308,159 @@ class Pipeline:
             release_engine(old)
             del old
             free_gpu_memory()
+
+    # ------------------------------------------------------------------------------ capture thread
+    # Reads the current source, follows set_source() switches, and rides out a lost device with
+    # back-off retries while the rest of the pipeline keeps running.
+
+    def _capture_loop(self) -> None:
+        cfg = self.config
+        _, source = self._take_source_change()
+        opened = False
+        lost = False
+        delay = cfg.retry_initial_s
+        index = 0
+        try:
+            while not self._stop.is_set():
+                changed, wanted = self._take_source_change()
+                if changed:
+                    if source is not None and source is not wanted:
+                        source.close()
+                    source, opened, lost, delay = wanted, False, False, cfg.retry_initial_s
+                if source is None:
+                    self._wake.wait(0.25)
+                    continue
+                if not opened:
+                    try:
+                        source.open()
+                        opened = True
+                    except SourceError as exc:
+                        if lost:  # still gone: keep trying quietly
+                            delay = self._back_off(source, delay)
+                            continue
+                        self.report_error(str(exc), exc)
+                        source = self._give_up(source)
+                        continue
+                try:
+                    image = source.read()
+                except SourceLost as exc:
+                    if not lost:
+                        self.report_status(f"{exc}; retrying until it is back")
+                        lost = True
+                    opened = False
+                    delay = self._back_off(source, delay)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - SourceError or a back-end bug: say why, keep the engine up
+                    message = str(exc) if isinstance(exc, SourceError) else f"{source.name} failed: {exc!r}"
+                    self.report_error(message, exc)
+                    source = self._give_up(source)
+                    continue
+                if lost:
+                    self.report_status(f"{source.name} is back")
+                    lost, delay = False, cfg.retry_initial_s
+                if image is None:
+                    self.report_status(f"{source.name} ended")
+                    source = self._give_up(source)
+                    self._in_slot.put(END)
+                    continue
+                now = time.perf_counter()
+                self._stats.record_input(now)
+                self._in_slot.put(Frame(image, index, now))
+                index += 1
+                # A source that never blocks (a file read flat out) would otherwise keep the GIL for a whole
+                # switch interval, starving the GPU thread so that lossy mode dropped nearly every frame.
+                time.sleep(0)
+        finally:
+            if source is not None:
+                source.close()
+
+    def _give_up(self, source: Source) -> None:
+        """Close a source that ended or failed and idle until set_source() brings another (or the same)."""
+        source.close()
+        with self._lock:
+            if self._source is source and not self._source_changed:
+                self._source = None
+        return None
+
+    def _back_off(self, source: Source, delay: float) -> float:
+        source.close()
+        self._wake.wait(delay)  # stop() or set_source() cut the wait short
+        return min(delay * 2, self.config.retry_max_s)
+
+    # ------------------------------------------------------------------------------ GPU thread
+    # Takes the newest captured frame, runs the engine on it between queued setting changes, and
+    # hands the result on.
+
+    def _gpu_loop(self) -> None:
+        in_slot, out_slot = self._in_slot, self._out_slot
+        batch: list[Frame] = []
+        while not self._stop.is_set():
+            if self._tasks:
+                self._run_pending_tasks()
+            item = in_slot.get(0.25)
+            if item is None:
+                continue
+            if item is END:
+                if batch:  # a finite source ended mid-batch: pad it, emit only the real frames
+                    self._emit(self._process_frames(batch))
+                    batch = []
+                out_slot.put(END)
+                continue
+            if batch and batch[-1].image.shape != item.image.shape:
+                # The source changed size mid-batch (a switch): the older frames cannot share a call.
+                self._extra_dropped += len(batch)
+                batch = []
+            batch.append(item)
+            if len(batch) >= frames_per_call(self._engine):
+                self._emit(self._process_frames(batch))
+                batch = []
+
+    def _emit(self, outputs: list[OutputFrame]) -> None:
+        # Frames of one engine call arrive together; waiting keeps the lossy slot from discarding all but one.
+        for i, out in enumerate(outputs):
+            self._out_slot.put(out, wait=i < len(outputs) - 1)
+
+    def _process_frames(self, frames: list[Frame]) -> list[OutputFrame]:
+        engine = self._engine
+        keep = self.config.keep_input
+
+        def passthrough() -> list[OutputFrame]:
+            return [OutputFrame(f.image, f.image if keep else None, f.index, f.capture_time, processed=False)
+                    for f in frames]
+
+        if engine is None:
+            return passthrough()
+        wanted = frames_per_call(engine)
+        try:
+            if wanted == 1 and len(frames) == 1:
+                images = [engine.process(frames[0].image)]
+            else:
+                stack = [f.image for f in frames[:wanted]]
+                stack += [stack[-1]] * (wanted - len(stack))
+                images = list(engine.process(np.stack(stack)))[: len(frames)]
+        except Exception as exc:  # noqa: BLE001 - the stream must survive a bad frame or an out-of-memory
+            self._engine_failed(engine, exc)
+            return passthrough()
+        self._engine_failures = 0
+        skipped = bool(getattr(engine, "last_frame_skipped", False))
+        self._skipped = int(getattr(engine, "skipped_frames", self._skipped + skipped))
+        gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0) / len(images)
+        return [
+            OutputFrame(image, f.image if keep else None, f.index, f.capture_time, True, skipped, gpu_ms)
+            for f, image in zip(frames, images)
+        ]
+
+    def _engine_failed(self, engine, exc: Exception) -> None:
+        self._engine_failures += 1
+        message = engine_error_message(exc, getattr(engine, "config", None))
+        # After an out-of-memory the engine's buffers may be half-allocated; only a fresh load is safe,
+        # and unloading gives the memory back for it. Other errors get a few chances first.
+        if is_out_of_memory(exc) or self._engine_failures >= self.config.max_engine_failures:
+            self._install_engine(None)
+            message += " The model was unloaded and frames pass through unchanged; load it again to continue."
+        self.report_error(message, exc)
+
+    # ------------------------------------------------------------------------------ postprocess thread
 
     def _post_loop(self) -> None:
         out_slot = self._out_slot

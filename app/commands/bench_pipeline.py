@@ -18,8 +18,8 @@ import numpy as np
 
 from app.outputs import Output
 from app.pipeline import OutputFrame, Pipeline, PipelineConfig
-from app.pipeline_stats import percentile
-from app.source_base import Source, _Pacer
+from app.pipeline.stats import percentile
+from app.sources.base import Source, Pacer
 
 
 class IdentityEngine:
@@ -40,7 +40,7 @@ class PoolSource(Source):
         self.pool, self.count = pool, count
         self.live = bool(fps)
         self.name = f"pool at {fps:g} fps" if fps else "pool, unpaced"
-        self._pacer = _Pacer(fps)
+        self._pacer = Pacer(fps)
         self._served = 0
 
     def read(self) -> np.ndarray | None:

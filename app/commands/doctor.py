@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -93,7 +94,7 @@ def _nvidia_smi(field: str) -> str | None:
 
 def check_window() -> Check:
     """Whether Qt can open a window: the libraries its platform plugin needs, then a real start."""
-    from app.qt_check import missing_libraries, qt_folder, window_problem, xcb_files
+    from app.commands.qt_check import missing_libraries, qt_folder, window_problem, xcb_files
 
     qt = qt_folder()
     if qt is None:
@@ -101,7 +102,7 @@ def check_window() -> Check:
     if sys.platform.startswith("linux"):
         missing = missing_libraries(xcb_files(qt))
         if missing:
-            from app.qt_check import install_hint
+            from app.commands.qt_check import install_hint
 
             return Check("Window (Qt)", MISSING, f"the X11 platform plugin cannot load: {', '.join(missing)} missing",
                          install_hint(missing).replace("\n", "; "))
@@ -114,6 +115,9 @@ def check_window() -> Check:
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         return Check("Window (Qt)", WARN, f"could not try Qt: {exc}")
+    if done.returncode != 0 and "could not connect to display" in done.stderr:
+        return Check("Window (Qt)", WARN, f"no X server answers at DISPLAY={os.environ.get('DISPLAY', '')}",
+                     "Start the app from a desktop session (or check DISPLAY); the headless commands work without one")
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return Check("Window (Qt)", MISSING, f"Qt could not start (exit {done.returncode}): "
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="main.py doctor", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     args = parser.parse_args(argv)
-    from app.camera import quiet_opencv
+    from app.sources.camera import quiet_opencv
 
     with quiet_opencv():
         results = run_checks()

@@ -1,4 +1,4 @@
-"""Renders the window for the README: ``python -m app.gui.screenshot docs/screenshot.png``.
+"""Renders the window for the README: ``python -m tools.screenshot docs/screenshot.png``.
 
 No trained weights can be loaded where this runs, so the output pane comes from a stand-in filter
 (OpenCV's edge-preserving stylization) rather than the diffusion model, fed by the app's own moving test
@@ -17,7 +17,7 @@ import time
 
 import cv2
 
-from app.gui.standin import StandInEngine
+from tools.standin import StandInEngine
 from app.sources import TestPattern
 
 
@@ -43,7 +43,7 @@ def render(path: str, seconds: float = 2.0) -> None:
     from app.gui.main_window import MainWindow
     from app.gui.notifier import RecordingNotifier
     from app.gui.theme import apply_theme
-    from app.settings import AppSettings, SettingsStore
+    from app.gui.settings import AppSettings, SettingsStore
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     apply_theme(app)

@@ -33,8 +33,8 @@ def _usage() -> str:
 
 
 def run_gui(argv: list[str]) -> int:
-    from app.qt_check import window_problem
-    from app.window_options import UsageError, parse_window_options
+    from app.commands.qt_check import window_problem
+    from app.commands.window_options import UsageError, parse_window_options
 
     try:
         options = parse_window_options(argv)  # --help prints and exits here, before Qt is touched
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rest = argv[1:]
     if command == "run":
-        from app.run_command import run
+        from app.commands.run import run
 
         return run(rest)
     if command == "bench":
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return int(bench_main(rest) or 0)
     if command == "bench-pipeline":
-        from app.pipeline_bench import main as pipeline_bench_main
+        from app.commands.bench_pipeline import main as pipeline_bench_main
 
         return pipeline_bench_main(rest)
     if command == "doctor":
-        from app.doctor import main as doctor_main
+        from app.commands.doctor import main as doctor_main
 
         return doctor_main(rest)
     if command == "gui":

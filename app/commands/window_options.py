@@ -15,7 +15,7 @@ from pathlib import Path
 from core.cli_options import add_engine_arguments, config_from_args, parse_index_list, parse_lora
 from core.config import ConfigError
 
-#: Engine option (argparse dest) -> the window setting it overrides (app.settings.AppSettings field).
+#: Engine option (argparse dest) -> the window setting it overrides (app.gui.settings.AppSettings field).
 SETTING_OPTIONS = {
     "model": "model", "width": "width", "height": "height", "steps": "steps", "strength": "strength",
     "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "cfg_type": "cfg_type",

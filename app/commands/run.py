@@ -16,12 +16,13 @@ from pathlib import Path
 
 from app.outputs import Output, OutputError, Recorder, VirtualCamera, video_path_problem
 from app.pipeline import OutputFrame, Pipeline, PipelineConfig
-from app.pipeline_engine import describe_engine
-from app.progress import Progress
+from app.pipeline.engine_policy import describe_engine
+from app.commands.progress import Progress
 from app.sources import LimitedSource, Source, SourceError, TestPattern, VideoFile, parse_source
 from core.cli_options import add_engine_arguments, config_from_args, positive_float, positive_int
 from core.config import ConfigError
 from core.logs import configure_logging
+from core.model_errors import OOM_ADVICE, is_out_of_memory
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -123,8 +124,8 @@ def load_engine(config, prompt: str, negative_prompt: str, say):
         engine = StreamEngine.from_config(config, progress=say)
         engine.prepare(prompt, negative_prompt)
     except Exception as exc:  # noqa: BLE001 - ModelLoadError carries the user-facing sentence
-        if type(exc).__name__ == "OutOfMemoryError":
-            return None, "The GPU ran out of memory while loading the model: try a smaller --width/--height or fewer --steps"
+        if is_out_of_memory(exc):
+            return None, f"The GPU ran out of memory while loading the model. {OOM_ADVICE}"
         if type(exc).__name__ in ("ModelLoadError", "ConfigError"):
             return None, str(exc)
         logging.getLogger(__name__).debug("engine load failed", exc_info=True)

@@ -57,7 +57,7 @@ class Source:
         self.close()
 
 
-class _Pacer:
+class Pacer:
     """Sleeps to hold a frame rate without drifting; a late frame does not cause a burst after it."""
 
     def __init__(self, fps: float | None):

@@ -11,7 +11,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from app.source_base import Source, SourceError, SourceLost
+from app.sources.base import Source, SourceError, SourceLost
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""How long the GUI thread stalls while frames flow: ``python -m app.gui.responsiveness [seconds]``.
+"""How long the GUI thread stalls while frames flow: ``python -m tools.responsiveness [seconds]``.
 
 A 1 ms heartbeat timer runs in the GUI thread of the real main window while a test pattern streams
 through the pipeline into a stand-in engine (it sleeps for a GPU-like time and returns a resized
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from app.gui.standin import StandInEngine
+from tools.standin import StandInEngine
 
 HEARTBEAT_MS = 1
 
@@ -66,7 +66,7 @@ def open_streaming_window(settings_dir: str, width: int = 512, height: int = 512
     from app.gui.main_window import MainWindow
     from app.gui.notifier import RecordingNotifier
     from app.gui.theme import apply_theme
-    from app.settings import AppSettings, SettingsStore
+    from app.gui.settings import AppSettings, SettingsStore
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     apply_theme(app)

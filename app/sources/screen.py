@@ -15,7 +15,7 @@ import cv2
 import mss
 import numpy as np
 
-from app.source_base import Source, SourceError, _Pacer
+from app.sources.base import Source, SourceError, Pacer
 
 
 def new_mss():
@@ -160,7 +160,7 @@ class Screen(Source):
         self._cursor = cursor or cursor_position
         self._grabber = None
         self._bounds: dict | None = None
-        self._pacer = _Pacer(fps)
+        self._pacer = Pacer(fps)
         where = f" ({region[0]},{region[1]} {region[2]}x{region[3]})" if region else ""
         self.name = f"Screen {monitor}{where}" + (" following the mouse" if follow_mouse else "")
 

@@ -1,0 +1,69 @@
+"""What the pipeline does with an engine, apart from running it: how many frames it takes per call,
+what a failure tells the user, how a swapped-out engine is released, and what to say about what runs."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+from core.model_errors import is_out_of_memory, out_of_memory_while_running
+
+ACCELERATION_NAMES = {"none": "eager PyTorch", "compile": "compiled", "tensorrt": "TensorRT"}
+
+
+def frames_per_call(engine) -> int:
+    config = getattr(engine, "config", None)
+    return int(getattr(config, "frame_buffer_size", 1) or 1) if engine is not None else 1
+
+
+def engine_error_message(exc: BaseException, config=None) -> str:
+    """A sentence for the user; out-of-memory gets the advice that actually helps."""
+    if is_out_of_memory(exc):
+        return out_of_memory_while_running(config)
+    text = str(exc).strip() or type(exc).__name__
+    return f"The model failed on a frame: {text}."
+
+
+def release_engine(engine) -> None:
+    """Let an engine free what it holds; the caller drops its last reference, then calls free_gpu_memory()."""
+    close = getattr(engine, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            pass
+
+
+def free_gpu_memory() -> None:
+    """Return cached GPU blocks of dropped engines to the driver, so the next model has room."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+
+
+def engine_device(engine) -> str:
+    """"GPU", "CPU" or "" (an engine that does not say), for labelling the engine's time."""
+    device = getattr(engine, "device", None)
+    kind = getattr(device, "type", None) or (str(device) if device else "")
+    return {"cuda": "GPU", "cpu": "CPU", "mps": "GPU"}.get(kind, kind.upper())
+
+
+def describe_engine(engine) -> str:
+    """What actually runs: the device, the acceleration in use, and why it differs from the request."""
+    if engine is None:
+        return "no model"
+    parts = []
+    device = getattr(engine, "device", None)
+    if device is not None:
+        parts.append(str(device))
+    acceleration = getattr(engine, "acceleration", None)
+    if acceleration is not None:
+        text = ACCELERATION_NAMES.get(acceleration, acceleration)
+        note = getattr(engine, "acceleration_note", "")
+        parts.append(f"{text} ({note})" if note else text)
+    return " · ".join(parts)
