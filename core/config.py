@@ -144,9 +144,16 @@ class StreamConfig:
             return torch.float16 if self.resolved_device().startswith("cuda") else torch.float32
         return getattr(torch, self.dtype)
 
-    def shape_key(self) -> tuple:
-        """What compiled graphs and engines depend on: a change here rebuilds them."""
-        return (self.width, self.height, self.denoising_steps, self.frame_buffer_size, self.cfg_type, self.mode)
+    #: Settings a running engine takes between frames (its setters); every other field needs a new engine.
+    LIVE_FIELDS = ("seed", "guidance_scale", "delta", "similarity_filter", "similarity_threshold", "max_skip_frames")
+
+    def needs_new_engine(self, other: "StreamConfig") -> bool:
+        """Whether going from this config to ``other`` takes a new engine (and, accelerated, new graphs):
+        anything but the live settings, and the schedule indices only when their count changes."""
+        live = {name: getattr(other, name) for name in self.LIVE_FIELDS}
+        if len(self.t_index_list) == len(other.t_index_list):
+            live.update(t_index_list=other.t_index_list, num_inference_steps=other.num_inference_steps)
+        return self.replace(**live) != other
 
 
 def _choice(name: str, value, allowed: tuple) -> None:

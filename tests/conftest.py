@@ -52,3 +52,30 @@ def make_frame():
         return (top * (1 - fy) + bottom * fy).astype(np.uint8)
 
     return make
+
+
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    """Opens windows on a temporary settings file with stand-in engines (see tests/gui_support.py)."""
+    from app.gui.main_window import MainWindow
+    from app.gui.notifier import RecordingNotifier
+    from app.gui.settings import SettingsStore
+    from tests.gui_support import FakeFactory, no_devices, until
+
+    def make(settings=None, factory=None, settings_file="settings.ini", wait_engine=True,
+             **window_options):
+        store = SettingsStore(str(tmp_path / settings_file))
+        if settings is not None:
+            store.save(settings)
+            store = SettingsStore(str(tmp_path / settings_file))
+        factory = factory or FakeFactory()
+        window = MainWindow(store, engine_factory=factory, notifier=RecordingNotifier(), discover=no_devices,
+                            **window_options)
+        window.factory = factory
+        qtbot.addWidget(window)
+        window.show()
+        if wait_engine:
+            until(qtbot, lambda: window.session.engine is not None)
+        return window
+
+    return make

@@ -16,72 +16,9 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QStandardPaths, Qt  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
 
-from app.gui.main_window import MainWindow  # noqa: E402
-from app.gui.notifier import RecordingNotifier  # noqa: E402
-from tools.standin import StandInEngine  # noqa: E402
-from app.gui.settings import AppSettings, SettingsStore  # noqa: E402
-
-QStandardPaths.setTestModeEnabled(True)
-WAIT_MS = 8000
-
-
-class FakeFactory:
-    """Builds stand-in engines that record their setter calls; a model in ``failures`` raises instead."""
-
-    def __init__(self, failures=None, gate: threading.Event | None = None):
-        self.failures = failures or {}
-        self.gate = gate
-        self.built: list[StandInEngine] = []
-
-    def __call__(self, config, progress=None):
-        if progress is not None:
-            progress(f"Loading {config.model}")
-        if self.gate is not None and config.model == "slow/model":
-            self.gate.wait(10)
-        if config.model in self.failures:
-            raise self.failures[config.model]
-        engine = StandInEngine(config)
-        self.built.append(engine)
-        return engine
-
-
-def until(qtbot, condition, timeout=WAIT_MS):
-    qtbot.waitUntil(lambda: bool(condition()), timeout=timeout)
-
-
-def no_devices():
-    return [], [], "not listed in tests"
-
-
-@pytest.fixture
-def open_window(qtbot, tmp_path):
-    def make(settings: AppSettings | None = None, factory=None, settings_file="settings.ini", wait_engine=True,
-             **window_options):
-        store = SettingsStore(str(tmp_path / settings_file))
-        if settings is not None:
-            store.save(settings)
-            store = SettingsStore(str(tmp_path / settings_file))
-        factory = factory or FakeFactory()
-        window = MainWindow(store, engine_factory=factory, notifier=RecordingNotifier(), discover=no_devices,
-                            **window_options)
-        window.factory = factory
-        qtbot.addWidget(window)
-        window.show()
-        if wait_engine:
-            until(qtbot, lambda: window.session.engine is not None)
-        return window
-
-    return make
-
-
-def small(**changes) -> AppSettings:
-    """Settings for a fast window: the test pattern and a small engine size."""
-    values = dict(source_kind="test", width=128, height=96, model="fake/model")
-    values.update(changes)
-    return AppSettings(**values)
-
+from tests.gui_support import FakeFactory, small, until  # noqa: E402
 
 def start_and_wait_frames(qtbot, window, count=3):
     shown = window.preview.frames_shown
@@ -101,7 +38,7 @@ def test_prompt_reaches_the_engine_after_the_debounce(qtbot, open_window):
     until(qtbot, lambda: engine.last("update_prompt") == ("update_prompt", "a marble statue", "color"), timeout=2000)
 
 
-def test_live_controls_reach_the_engine(qtbot, open_window):
+def test_live_controls_reach_the_engine(qtbot, open_window, monkeypatch):
     window = open_window(small())
     engine, panel = window.session.engine, window.style_panel
     panel.strength_slider.setValue(0.8)
@@ -113,10 +50,9 @@ def test_live_controls_reach_the_engine(qtbot, open_window):
     assert engine.last("set_similarity_filter") == ("set_similarity_filter", True, pytest.approx(0.95))
     panel.guidance_spin.setValue(2.5)
     assert engine.last("set_guidance") == ("set_guidance", pytest.approx(2.5), pytest.approx(1.0))
-    before = panel.seed_spin.value()
+    monkeypatch.setattr("app.gui.style_panel.random.randint", lambda low, high: 31337)
     window.actions.random_seed.trigger()
-    assert panel.seed_spin.value() != before or engine.last("set_seed")[1] == before
-    assert engine.last("set_seed") == ("set_seed", panel.seed_spin.value())
+    assert panel.seed_spin.value() == 31337 and engine.last("set_seed") == ("set_seed", 31337)
     assert len(window.factory.built) == 1  # none of these needed a new engine
 
 

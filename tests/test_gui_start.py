@@ -21,7 +21,7 @@ from app.pipeline.stats import StatsCollector
 from app.gui.settings import AppSettings, SettingsStore
 from app.commands.window_options import parse_window_options
 from core.models import ModelLoadError
-from tests.test_gui import FakeFactory, open_window, small, until  # noqa: F401 - open_window is a fixture
+from tests.gui_support import FakeFactory, small, until
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -166,7 +166,7 @@ def test_weight_fingerprint_sees_a_changed_weight(tiny_components):
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LIVEDIFFUSION_CACHE", str(tmp_path))
-    assert trt_backend.cache_root() == tmp_path / "tensorrt"
+    assert trt_backend.cache_dir() == tmp_path / "tensorrt"
 
 
 # ----- failures say what to do --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt  # noqa: E402
 
 from app.gui.presets import SHIPPED_DIR, StylePreset, load_presets, parse_preset, save_preset  # noqa: E402
 from app.gui.settings import AppSettings, SettingsStore, format_region, parse_region  # noqa: E402
-from tests.test_gui import WAIT_MS, open_window, small, until  # noqa: E402,F401 - open_window is a fixture
+from tests.gui_support import WAIT_MS, small, until  # noqa: E402
 
 
 def test_round_trip_keeps_every_value(tmp_path):

@@ -116,11 +116,17 @@ def test_output_is_uint8_at_model_size_for_any_input_size(tiny_components, tiny_
 
 
 def test_txt2img_generates_without_input(tiny_components, tiny_config):
-    engine = make_engine(tiny_components, tiny_config.replace(mode="txt2img", t_index_list=(0, 25)))
-    first = engine.process()
-    second = engine.process()
-    assert first.shape == (64, 64, 3) and first.dtype == np.uint8
-    assert second.shape == first.shape
+    def frames(seed):
+        engine = make_engine(tiny_components, tiny_config.replace(mode="txt2img", t_index_list=(0, 25), seed=seed))
+        return [engine.process() for _ in range(3)]
+
+    first, again, other = frames(1), frames(1), frames(2)
+    assert first[0].shape == (64, 64, 3) and first[0].dtype == np.uint8
+    for mine, same in zip(first, again):  # generated from the seed's noise, nothing else
+        assert_frames_close(mine, same)
+    # Once the stream batch is full the picture comes from that noise: another seed, another picture.
+    assert np.abs(first[-1].astype(int) - other[-1]).mean() > 0.5
+    assert first[-1].std() > 1.0, "a picture, not a blank frame"
 
 
 def test_prompt_change_reaches_the_very_next_frame(tiny_components, tiny_config, make_frame):

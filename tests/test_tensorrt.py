@@ -180,7 +180,7 @@ def test_a_corrupt_cached_plan_is_rebuilt(fake_trt, cuda_components, tiny_config
     for spec in onnx_export.engine_specs(engine).values():
         fake_trt.MODULES[tuple(spec.inputs)] = spec.module
     trt_backend.use_tensorrt(engine, lambda m: None)
-    for plan in trt_backend.cache_root().glob("*/engine.plan"):
+    for plan in trt_backend.cache_dir().glob("*/engine.plan"):
         plan.write_bytes(b"truncated")
     trt_backend.use_tensorrt(cuda_engine(components, tiny_config), lambda m: None)
     assert fake_trt.STATS["builds"] == 6

@@ -250,7 +250,7 @@ class MainWindow(QMainWindow):
             self.notifier.error("Invalid model settings", str(exc))
             return
         running = self.session.engine_config
-        if running is not None and _shape_key(running) == _shape_key(config) and self.session.engine is not None:
+        if running is not None and not running.needs_new_engine(config) and self.session.engine is not None:
             return
         self.session.load_engine(config)
         self.model_panel.set_busy(True, f"Loading {config.model}…")
@@ -398,10 +398,6 @@ class MainWindow(QMainWindow):
             log.exception("saving settings failed")
         self._stats_timer.stop()
         self.session.shutdown()
-
-
-def _shape_key(config: StreamConfig) -> tuple:
-    return (config.model, config.width, config.height, len(config.t_index_list), config.cfg_type, config.acceleration)
 
 
 def run_gui(options) -> int:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from core.cache import cache_root
+
 log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("LIVEDIFFUSION_CACHE", Path.home() / ".cache" / "livediffusion"))
-    return root / "inductor"
+    return cache_root() / "inductor"
 
 
 def configure_inductor() -> None:

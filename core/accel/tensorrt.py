@@ -29,6 +29,7 @@ import torch
 from core.accel import onnx_export
 from core.accel.trt_runtime import (EngineRunner, TensorRTBuildError, TensorRTUnavailable, build_plan,
                                     import_tensorrt, write_atomic)
+from core.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ CACHE_FORMAT = 1
 LABELS = {"unet": "UNet", "vae_encoder": "VAE encoder", "vae_decoder": "VAE decoder"}
 
 
-def cache_root() -> Path:
-    root = Path(os.environ.get("LIVEDIFFUSION_CACHE", Path.home() / ".cache" / "livediffusion"))
-    return root / "tensorrt"
+def cache_dir() -> Path:
+    return cache_root() / "tensorrt"
 
 
 # ----- cache keys --------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class _Builder:
         self.device = device
         self.say = say
         self.gpu_name = torch.cuda.get_device_name(device)
-        self.root = cache_root()
+        self.root = cache_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         tag = _digest([self.gpu_name, trt.__version__])[:12]
         self.timing_cache = self.root / f"timing-{tag}.cache"
