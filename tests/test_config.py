@@ -1,6 +1,8 @@
 """StreamConfig: which changes need a new engine, and the one cache folder."""
 
-from core.config import StreamConfig
+import pytest
+
+from core.config import ConfigError, StreamConfig
 
 
 def test_only_live_settings_keep_the_engine():
@@ -22,3 +24,25 @@ def test_every_cache_lives_under_one_root(monkeypatch, tmp_path):
     monkeypatch.setenv("LIVEDIFFUSION_CACHE", str(tmp_path))
     assert cache_root() == tmp_path
     assert compile_backend.cache_dir().parent == trt_backend.cache_dir().parent == tmp_path
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"width": 500}, "width"),
+        ({"t_index_list": (30, 20)}, "t_index_list"),
+        ({"t_index_list": (1, 2, 3, 4, 5)}, "t_index_list"),
+        ({"t_index_list": (60,)}, "t_index_list"),
+        ({"cfg_type": "double"}, "cfg_type"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"frame_buffer_size": 0}, "frame_buffer_size"),
+        ({"similarity_threshold": 1.5}, "similarity_threshold"),
+        ({"acceleration": "fast"}, "acceleration"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_invalid_config_names_the_field(changes, field):
+    with pytest.raises(ConfigError) as error:
+        StreamConfig(**changes)
+    assert error.value.field_name == field
+    assert field in str(error.value)

@@ -164,14 +164,6 @@ def test_weight_fingerprint_sees_a_changed_weight(tiny_components):
     assert trt_backend.config_digest(unet.config) != trt_backend.config_digest(tiny_components.tiny_vae.config)
 
 
-def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("LIVEDIFFUSION_CACHE", str(tmp_path))
-    assert trt_backend.cache_dir() == tmp_path / "tensorrt"
-
-
-# ----- failures say what to do --------------------------------------------------------------------------
-
-
 def test_missing_tensorrt_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes "import tensorrt" raise ImportError
     with pytest.raises(TensorRTUnavailable) as caught:
