@@ -2,7 +2,8 @@
 (pipeline.py), the records that travel (frames.py), the rolling statistics and the engine policy."""
 
 from app.pipeline.frames import Frame, OutputFrame
-from app.pipeline.pipeline import Engine, Pipeline, PipelineConfig
+from app.pipeline.config import Engine, PipelineConfig
+from app.pipeline.pipeline import Pipeline
 from app.pipeline.stats import PipelineStats
 
 __all__ = ["Engine", "Frame", "OutputFrame", "Pipeline", "PipelineConfig", "PipelineStats"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 import gc
 import sys
 
+import numpy as np
+
+from app.pipeline.frames import Frame, OutputFrame
 from core.model_errors import is_out_of_memory, out_of_memory_while_running
 
 ACCELERATION_NAMES = {"none": "eager PyTorch", "compile": "compiled", "tensorrt": "TensorRT"}
@@ -14,6 +17,28 @@ ACCELERATION_NAMES = {"none": "eager PyTorch", "compile": "compiled", "tensorrt"
 def frames_per_call(engine) -> int:
     config = getattr(engine, "config", None)
     return int(getattr(config, "frame_buffer_size", 1) or 1) if engine is not None else 1
+
+
+def passthrough(frames: list[Frame], keep_input: bool) -> list[OutputFrame]:
+    """No model: each frame leaves as it came, marked unprocessed."""
+    return [OutputFrame(f.image, f.image if keep_input else None, f.index, f.capture_time, processed=False)
+            for f in frames]
+
+
+def run_engine(engine, frames: list[Frame], keep_input: bool) -> list[OutputFrame]:
+    """One engine call on ``frames`` (padded to the engine's frame buffer with the last frame, whose
+    extra outputs are dropped). Raises whatever the engine raises."""
+    wanted = frames_per_call(engine)
+    if wanted == 1 and len(frames) == 1:
+        images = [engine.process(frames[0].image)]
+    else:
+        stack = [f.image for f in frames[:wanted]]
+        stack += [stack[-1]] * (wanted - len(stack))
+        images = list(engine.process(np.stack(stack)))[: len(frames)]
+    skipped = bool(getattr(engine, "last_frame_skipped", False))
+    gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0) / len(images)
+    return [OutputFrame(image, f.image if keep_input else None, f.index, f.capture_time, True, skipped, gpu_ms)
+            for f, image in zip(frames, images)]
 
 
 def engine_error_message(exc: BaseException, config=None) -> str:

@@ -23,45 +23,25 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Callable, Protocol
-
-import numpy as np
+from typing import Callable
 
 from app.outputs import Output
-from app.pipeline.engine_policy import engine_error_message, frames_per_call, free_gpu_memory, release_engine
+from app.pipeline.capture import SourceReader
+from app.pipeline.config import Engine, PipelineConfig
+from app.pipeline.engine_loader import BackgroundLoader
+from app.pipeline.engine_policy import (engine_error_message, frames_per_call, free_gpu_memory, passthrough,
+                                        release_engine, run_engine)
 from app.pipeline.frames import Frame, OutputFrame
+from app.pipeline.output_set import OutputSet
 from app.pipeline.slots import END, FrameSlot, SlotClosed
 from app.pipeline.stats import PipelineStats, StatsCollector
-from app.sources import Source, SourceError, SourceLost
+from app.pipeline.tasks import TaskQueue
+from app.sources import Source
 from core.model_errors import is_out_of_memory
 
 __all__ = ["Engine", "Frame", "OutputFrame", "Pipeline", "PipelineConfig", "PipelineStats"]
 
 log = logging.getLogger(__name__)
-
-
-class Engine(Protocol):
-    """What the pipeline needs from core.stream.StreamEngine (a fake with these members works too)."""
-
-    def process(self, frame: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass
-class PipelineConfig:
-    #: Blocking slots: drop nothing, keep order (file-to-file). Lossy (default) for live use.
-    lossless: bool = False
-    #: Back-off when a source is lost (camera unplugged): first wait, doubling up to the maximum.
-    retry_initial_s: float = 0.5
-    retry_max_s: float = 8.0
-    #: Window of the rolling statistics.
-    stats_window_s: float = 2.0
-    #: Attach the input image to each OutputFrame (side-by-side preview); costs nothing, it is a reference.
-    keep_input: bool = True
-    #: How long stop() waits for each thread.
-    join_timeout_s: float = 10.0
-    #: Consecutive engine failures after which the engine is released (an out-of-memory releases at once).
-    max_engine_failures: int = 3
 
 
 class Pipeline:
@@ -81,15 +61,12 @@ class Pipeline:
         self._engine = engine
         self._source = source
         self._source_changed = False
-        self._outputs: list[Output] = []
-        self._outputs_lock = threading.Lock()
-        self._tasks: list[tuple[Callable, Future]] = []
-        self._tasks_lock = threading.Lock()
+        self._outputs = OutputSet()
+        self._tasks = TaskQueue()
         self._lock = threading.RLock()  # short critical sections on shared state
         self._lifecycle = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._loaders: list[threading.Thread] = []
-        self._load_generation = 0
+        self._loader = BackgroundLoader(self)
         self._stop = threading.Event()
         self._wake = threading.Event()  # interrupts back-off waits in the capture thread
         self._finished = threading.Event()
@@ -134,7 +111,7 @@ class Pipeline:
         with self._lifecycle:
             with self._lock:
                 threads, self._threads = self._threads, []
-                loaders, self._loaders = self._loaders, []
+                loaders = self._loader.take_threads()
                 self._stop.set()
                 self._wake.set()
             self._in_slot.close()
@@ -148,8 +125,7 @@ class Pipeline:
             self._in_slot.dropped = self._out_slot.dropped = 0
         self._run_pending_tasks()  # whoever waits on call_in_gpu_thread gets an answer
         if close_outputs:
-            with self._outputs_lock:
-                outputs, self._outputs = self._outputs, []
+            outputs = self._outputs.take_all()
             for output in outputs:
                 output.close()
 
@@ -200,34 +176,11 @@ class Pipeline:
         and the current engine stays. A newer call supersedes a load still in progress. The factory
         returns a ready engine (StreamEngine.from_config(...) then prepare(prompt)). stop() waits for a
         load in progress (model loading cannot be interrupted)."""
-        with self._lock:
-            self._load_generation += 1
-            generation = self._load_generation
-
-        def load() -> None:
-            try:
-                engine = factory()
-            except BaseException as exc:  # noqa: BLE001 - reported, the old engine keeps running
-                self.report_error(f"Loading the model failed: {engine_error_message(exc)}", exc)
-                return
-            if generation != self._load_generation:
-                release_engine(engine)
-                return  # the dropped reference is freed with this thread's frame
-            self.set_engine(engine)
-            self.report_status("Model ready")
-            if on_ready is not None:
-                on_ready(engine)
-
-        loader = threading.Thread(target=load, name="pipeline-loader", daemon=True)
-        with self._lock:
-            self._loaders = [t for t in self._loaders if t.is_alive()] + [loader]
-        loader.start()
+        self._loader.load(factory, on_ready)
 
     def call_in_gpu_thread(self, fn: Callable[[], object]) -> Future:
         """Run ``fn`` on the GPU thread before the next frame (at once when not running)."""
-        future: Future = Future()
-        with self._tasks_lock:
-            self._tasks.append((fn, future))
+        future = self._tasks.add(fn)
         if self._threads:
             self._in_slot.poke()
         else:
@@ -235,13 +188,11 @@ class Pipeline:
         return future
 
     def add_output(self, output: Output) -> None:
-        with self._outputs_lock:
-            self._outputs = [*self._outputs, output]
+        self._outputs.add(output)
 
     def remove_output(self, output: Output, close: bool = True) -> None:
         """Detach ``output``; it is not being written to when this returns. Closes it unless told not to."""
-        with self._outputs_lock:
-            self._outputs = [o for o in self._outputs if o is not output]
+        self._outputs.remove(output)
         if close:
             output.close()
 
@@ -290,16 +241,7 @@ class Pipeline:
             return changed, self._source
 
     def _run_pending_tasks(self) -> None:
-        with self._tasks_lock:
-            tasks, self._tasks = self._tasks, []
-        for fn, future in tasks:
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller and the log
-                future.set_exception(exc)
-                self.report_error(f"A setting could not be applied: {exc}", exc)
+        self._tasks.run_pending(self.report_error)
 
     def _install_engine(self, engine: Engine | None) -> None:
         old, self._engine = self._engine, engine
@@ -310,57 +252,21 @@ class Pipeline:
             free_gpu_memory()
 
     # ------------------------------------------------------------------------------ capture thread
-    # Reads the current source, follows set_source() switches, and rides out a lost device with
-    # back-off retries while the rest of the pipeline keeps running.
+    # Follows set_source() switches; reading, retrying and giving up are the SourceReader's (capture.py).
 
     def _capture_loop(self) -> None:
-        cfg = self.config
-        _, source = self._take_source_change()
-        opened = False
-        lost = False
-        delay = cfg.retry_initial_s
+        reader = SourceReader(self.config, self.report_status, self.report_error, self._wake.wait, self._forget_source)
+        reader.switch(self._take_source_change()[1])
         index = 0
         try:
             while not self._stop.is_set():
                 changed, wanted = self._take_source_change()
                 if changed:
-                    if source is not None and source is not wanted:
-                        source.close()
-                    source, opened, lost, delay = wanted, False, False, cfg.retry_initial_s
-                if source is None:
-                    self._wake.wait(0.25)
-                    continue
-                if not opened:
-                    try:
-                        source.open()
-                        opened = True
-                    except SourceError as exc:
-                        if lost:  # still gone: keep trying quietly
-                            delay = self._back_off(source, delay)
-                            continue
-                        self.report_error(str(exc), exc)
-                        source = self._give_up(source)
-                        continue
-                try:
-                    image = source.read()
-                except SourceLost as exc:
-                    if not lost:
-                        self.report_status(f"{exc}; retrying until it is back")
-                        lost = True
-                    opened = False
-                    delay = self._back_off(source, delay)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - SourceError or a back-end bug: say why, keep the engine up
-                    message = str(exc) if isinstance(exc, SourceError) else f"{source.name} failed: {exc!r}"
-                    self.report_error(message, exc)
-                    source = self._give_up(source)
-                    continue
-                if lost:
-                    self.report_status(f"{source.name} is back")
-                    lost, delay = False, cfg.retry_initial_s
+                    reader.switch(wanted)
+                image = reader.read()
                 if image is None:
-                    self.report_status(f"{source.name} ended")
-                    source = self._give_up(source)
+                    continue
+                if image is END:
                     self._in_slot.put(END)
                     continue
                 now = time.perf_counter()
@@ -371,21 +277,12 @@ class Pipeline:
                 # switch interval, starving the GPU thread so that lossy mode dropped nearly every frame.
                 time.sleep(0)
         finally:
-            if source is not None:
-                source.close()
+            reader.close()
 
-    def _give_up(self, source: Source) -> None:
-        """Close a source that ended or failed and idle until set_source() brings another (or the same)."""
-        source.close()
+    def _forget_source(self, source: Source) -> None:
         with self._lock:
             if self._source is source and not self._source_changed:
                 self._source = None
-        return None
-
-    def _back_off(self, source: Source, delay: float) -> float:
-        source.close()
-        self._wake.wait(delay)  # stop() or set_source() cut the wait short
-        return min(delay * 2, self.config.retry_max_s)
 
     # ------------------------------------------------------------------------------ GPU thread
     # Takes the newest captured frame, runs the engine on it between queued setting changes, and
@@ -421,34 +318,17 @@ class Pipeline:
             self._out_slot.put(out, wait=i < len(outputs) - 1)
 
     def _process_frames(self, frames: list[Frame]) -> list[OutputFrame]:
-        engine = self._engine
-        keep = self.config.keep_input
-
-        def passthrough() -> list[OutputFrame]:
-            return [OutputFrame(f.image, f.image if keep else None, f.index, f.capture_time, processed=False)
-                    for f in frames]
-
+        engine, keep = self._engine, self.config.keep_input
         if engine is None:
-            return passthrough()
-        wanted = frames_per_call(engine)
+            return passthrough(frames, keep)
         try:
-            if wanted == 1 and len(frames) == 1:
-                images = [engine.process(frames[0].image)]
-            else:
-                stack = [f.image for f in frames[:wanted]]
-                stack += [stack[-1]] * (wanted - len(stack))
-                images = list(engine.process(np.stack(stack)))[: len(frames)]
+            outputs = run_engine(engine, frames, keep)
         except Exception as exc:  # noqa: BLE001 - the stream must survive a bad frame or an out-of-memory
             self._engine_failed(engine, exc)
-            return passthrough()
+            return passthrough(frames, keep)
         self._engine_failures = 0
-        skipped = bool(getattr(engine, "last_frame_skipped", False))
-        self._skipped = int(getattr(engine, "skipped_frames", self._skipped + skipped))
-        gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0) / len(images)
-        return [
-            OutputFrame(image, f.image if keep else None, f.index, f.capture_time, True, skipped, gpu_ms)
-            for f, image in zip(frames, images)
-        ]
+        self._skipped = int(getattr(engine, "skipped_frames", self._skipped + outputs[0].skipped))
+        return outputs
 
     def _engine_failed(self, engine, exc: Exception) -> None:
         self._engine_failures += 1
@@ -479,18 +359,8 @@ class Pipeline:
             self._deliver(item)
 
     def _deliver(self, item: OutputFrame) -> None:
-        with self._outputs_lock:
-            failed = []
-            for output in self._outputs:
-                try:
-                    # The capture time lets a recorder place the frame on the real time line.
-                    output.write(item.image, item.capture_time)
-                except Exception as exc:  # noqa: BLE001 - one broken output must not stop the others
-                    failed.append((output, exc))
-            if failed:
-                broken = {id(o) for o, _ in failed}
-                self._outputs = [o for o in self._outputs if id(o) not in broken]
-        for output, exc in failed:
+        # The capture time lets a recorder place the frame on the real time line.
+        for output, exc in self._outputs.write(item.image, item.capture_time):
             output.close()  # finalizes a recorder so what was written stays playable
             self.report_error(f"{getattr(output, 'name', 'Output')} stopped: {exc}", exc)
         item.output_time = time.perf_counter()
