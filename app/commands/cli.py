@@ -47,7 +47,7 @@ def run_gui(argv: list[str]) -> int:
         print(problem, file=sys.stderr)
         return 1
     try:
-        from app.gui.main_window import run_gui as gui_main
+        from app.gui.launch import run_gui as gui_main
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("PySide6"):
             print("The window needs PySide6: pip install PySide6-Essentials. Headless use: main.py run --help",

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
-import signal
-import statistics
 import sys
 import threading
 import time
@@ -15,74 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.outputs import Output, OutputError, Recorder, VirtualCamera, video_path_problem
-from app.pipeline import OutputFrame, Pipeline, PipelineConfig
+from app.pipeline import Pipeline, PipelineConfig
 from app.pipeline.engine_policy import describe_engine
 from app.commands.progress import Progress
+from app.commands.run_summary import RunSummary, summary_text
+from app.commands.stop_signals import StopSignals
 from app.sources import LimitedSource, Source, SourceError, TestPattern, VideoFile, parse_source
 from core.cli_options import add_engine_arguments, config_from_args, positive_float, positive_int
 from core.config import ConfigError
 from core.logs import configure_logging
 from core.model_errors import OOM_ADVICE, is_out_of_memory
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-#: Signals that end a run the way Ctrl+C does (outputs finalized, summary printed, exit 128 + signal).
-#: SIGHUP (a closed terminal or ssh session) does not exist on Windows, SIGBREAK (Ctrl+Break) only there.
-STOP_SIGNALS = tuple(sig for sig in (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"))
-                     if sig is not None)
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal arrived. A KeyboardInterrupt, so every place that copes with Ctrl+C copes with it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-class StopSignals:
-    """While entered, the first stop signal raises ``Interrupted`` in the main thread. Later signals,
-    and any signal once ``disarm()`` was called (the outputs are being finished), are only noted:
-    a second Ctrl+C or a repeated SIGTERM must not cut a recording off half-written."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.armed = True
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignals:
-        for signum in STOP_SIGNALS:
-            try:
-                previous = signal.getsignal(signum)
-                if previous is signal.SIG_IGN:
-                    continue  # ignored on purpose by whoever started us (nohup, a background job)
-                signal.signal(signum, self._handle)
-            except (ValueError, OSError):  # not the main thread (an embedding program), or not allowed here
-                continue
-            self._previous[signum] = signal.SIG_DFL if previous is None else previous
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
-
-    def _handle(self, signum, _frame) -> None:
-        first = self.signum is None
-        if first:
-            self.signum = signum
-        if first and self.armed:
-            raise Interrupted(signum)
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    def exit_code(self, interrupted: bool) -> int | None:
-        """128 + the signal that stopped the run (130 for Ctrl+C), or None when nothing stopped it."""
-        if self.signum is not None:
-            return 128 + int(self.signum)
-        return EXIT_INTERRUPTED if interrupted else None
-
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -131,64 +72,6 @@ def load_engine(config, prompt: str, negative_prompt: str, say):
         logging.getLogger(__name__).debug("engine load failed", exc_info=True)
         return None, f"Loading the model failed: {type(exc).__name__}: {exc}"
     return engine, None
-
-
-class RunSummary:
-    """What the end-of-run summary needs from the delivered frames, in bounded memory: a run may last
-    for hours, so no frame is kept, only counts, the first and last output times, and a fixed-size
-    uniform sample of the latencies and engine times (reservoir sampling), whose median and p95 stand
-    for the whole run."""
-
-    SAMPLE_SIZE = 4096
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first_output: float | None = None
-        self.last_output: float | None = None
-        self.latencies_ms: list[float] = []
-        self.engine_ms: list[float] = []
-        self._engine_count = 0
-        self._random = random.Random(0)
-
-    def add(self, frame: OutputFrame) -> None:
-        """The pipeline's on_frame listener (its postprocess thread; read only after the run)."""
-        self.count += 1
-        if self.first_output is None:
-            self.first_output = frame.output_time
-        self.last_output = frame.output_time
-        self._sample(self.latencies_ms, frame.latency_ms, self.count)
-        if frame.processed and frame.gpu_ms:
-            self._engine_count += 1
-            self._sample(self.engine_ms, frame.gpu_ms, self._engine_count)
-
-    def _sample(self, values: list[float], value: float, seen: int) -> None:
-        if len(values) < self.SAMPLE_SIZE:
-            values.append(value)
-            return
-        slot = self._random.randrange(seen)  # keeps each of the ``seen`` values with equal chance
-        if slot < self.SAMPLE_SIZE:
-            values[slot] = value
-
-    @property
-    def output_fps(self) -> float:
-        span = (self.last_output or 0.0) - (self.first_output or 0.0)
-        return (self.count - 1) / span if self.count > 1 and span > 0 else 0.0
-
-
-def _summary(delivered: RunSummary, elapsed: float, pipe: Pipeline) -> str:
-    stats = pipe.stats()
-    lines = [f"frames: {stats.frames_in} in, {stats.frames_out} out, {stats.dropped_frames} dropped, "
-             f"{stats.skipped_frames} skipped by the similarity filter"]
-    if delivered.count:
-        latencies = sorted(delivered.latencies_ms)
-        p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
-        lines.append(f"output: {delivered.output_fps:.1f} fps over {elapsed:.1f} s; latency capture to output median "
-                     f"{statistics.median(latencies):.1f} ms, p95 {p95:.1f} ms")
-        if delivered.engine_ms:
-            lines.append(f"engine: {statistics.median(delivered.engine_ms):.1f} ms per frame (median)")
-    if stats.gpu_memory_mb is not None:
-        lines.append(f"GPU memory held: {stats.gpu_memory_mb:.0f} MB")
-    return "\n".join(lines)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -376,7 +259,7 @@ def _stream(source, engine, outputs, lossless, total, progress: Progress, signal
     stats = pipe.stats()
     progress.update(stats.frames_out, f"{stats.output_fps:5.1f} fps", force=True)
     progress.close()
-    print(_summary(delivered, elapsed, pipe), file=sys.stderr)
+    print(summary_text(delivered, elapsed, pipe), file=sys.stderr)
     for output in outputs:
         if isinstance(output, Recorder):
             _report_recording(output, errors)

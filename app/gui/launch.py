@@ -11,6 +11,7 @@ import sys
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
+from app.commands.stop_signals import STOP_SIGNALS
 from app.gui import excepthook, icons
 from app.gui.theme import apply_theme
 from app.gui.settings import SettingsStore
@@ -19,13 +20,6 @@ from core.logs import configure_logging
 
 #: How long quitting waits for a model load still in progress before leaving without it.
 LOAD_WAIT_ON_EXIT_S = 5.0
-
-
-def _stop_signals() -> list:
-    """Signals that ask a program to end: Ctrl+C, kill/systemctl/docker stop, a closed terminal or
-    logout, and Ctrl+Break on Windows. Each one closes the window like its close button."""
-    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
-    return [getattr(signal, name) for name in names if hasattr(signal, name)]
 
 
 def run(options, window_class) -> int:
@@ -43,7 +37,8 @@ def run(options, window_class) -> int:
     # However the application ends, the settings are saved and a recording is finalized.
     app.aboutToQuit.connect(window.shutdown)
     previous = {}
-    for number in _stop_signals():
+    # The same signals end `run` cleanly (app/commands/stop_signals.py); here each closes the window.
+    for number in STOP_SIGNALS:
         try:
             previous[number] = signal.signal(number, lambda *_: window.close())
         except (OSError, ValueError):  # not settable here (e.g. not the main thread)
@@ -70,3 +65,18 @@ def run(options, window_class) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def run_gui(options) -> int:
+    """Open the window and run until it closes. ``options``: parsed WindowOptions, or the command line
+    (which may or may not start with the program name)."""
+    from app.commands.window_options import parse_window_options
+    from app.gui.main_window import MainWindow
+
+    if not hasattr(options, "qt_args"):
+        options = parse_window_options(list(options))
+    return run(options, MainWindow)
+
+
+if __name__ == "__main__":
+    sys.exit(run_gui(sys.argv))

@@ -2,14 +2,13 @@
 
 It wires panels to the session: live settings go straight to the running engine, settings that change
 shapes (model, size, steps, acceleration, cfg type) start a background load while the old engine keeps
-running. ``run_gui`` is the entry point main.py calls.
+running. The process around it (QApplication, signals, quitting) is app/gui/launch.py.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer
@@ -29,7 +28,7 @@ from app.gui.status import StatusBar
 from app.gui.style_panel import StylePanel
 from app.gui.widgets import guard_wheel
 from app.pipeline.engine_policy import describe_engine, engine_device
-from app.gui.settings import AppSettings, SettingsStore
+from app.gui.settings import AppSettings, SettingsStore, StartOverrides
 from core.config import ConfigError, StreamConfig
 from core.presets import stand_in_preset
 from core.schedule import strength_to_t_index_list
@@ -53,11 +52,8 @@ class MainWindow(QMainWindow):
         self.notifier.parent = self
         self._ask_text = ask_text or (lambda title, label: QInputDialog.getText(self, title, label))
         self.settings = store.load()
-        self.overrides = dict(overrides or {})
+        self.overrides = StartOverrides(overrides or {}, self.settings)
         self.engine_options = dict(engine_options or {})
-        self._saved_before_overrides = {name: getattr(self.settings, name) for name in self.overrides}
-        for name, value in self.overrides.items():
-            setattr(self.settings, name, value)
         self.session = Session(engine_factory, self)
         self._region_dialog: RegionPickerDialog | None = None
         self._shut_down = False
@@ -186,10 +182,7 @@ class MainWindow(QMainWindow):
             panel.store(settings)
         settings.geometry = self.saveGeometry()
         settings.splitter = self.splitter.saveState()
-        # A command-line override the user left alone is not saved: the next plain start is as before.
-        for name, value in self.overrides.items():
-            if getattr(settings, name) == value:
-                setattr(settings, name, self._saved_before_overrides[name])
+        self.overrides.keep_saved_values(settings)
         return settings
 
     def save_settings(self) -> None:
@@ -398,18 +391,3 @@ class MainWindow(QMainWindow):
             log.exception("saving settings failed")
         self._stats_timer.stop()
         self.session.shutdown()
-
-
-def run_gui(options) -> int:
-    """Open the window and run until it closes. ``options``: parsed WindowOptions, or the command line
-    (which may or may not start with the program name)."""
-    from app.gui.launch import run
-    from app.commands.window_options import parse_window_options
-
-    if not hasattr(options, "qt_args"):
-        options = parse_window_options(list(options))
-    return run(options, MainWindow)
-
-
-if __name__ == "__main__":
-    sys.exit(run_gui(sys.argv))

@@ -271,3 +271,19 @@ def _set_aside(path: str) -> None:
         os.replace(path, path + ".corrupt")
     except OSError as error:
         log.warning("could not move the unreadable settings file aside: %s", error)
+
+
+class StartOverrides:
+    """Settings given on the command line for one start: applied over the saved ones, and not saved
+    back unless the user changed them in the window (then the user's value is saved)."""
+
+    def __init__(self, overrides: dict, settings: AppSettings):
+        self.values = dict(overrides)
+        self._saved = {name: getattr(settings, name) for name in self.values}
+        for name, value in self.values.items():
+            setattr(settings, name, value)
+
+    def keep_saved_values(self, settings: AppSettings) -> None:
+        for name, value in self.values.items():
+            if getattr(settings, name) == value:
+                setattr(settings, name, self._saved[name])
