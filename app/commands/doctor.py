@@ -94,7 +94,7 @@ def _nvidia_smi(field: str) -> str | None:
 
 def check_window() -> Check:
     """Whether Qt can open a window: the libraries its platform plugin needs, then a real start."""
-    from app.commands.qt_check import missing_libraries, qt_folder, window_problem, xcb_files
+    from app.commands.qt_check import install_hint, missing_libraries, qt_folder, xcb_files
 
     qt = qt_folder()
     if qt is None:
@@ -102,22 +102,18 @@ def check_window() -> Check:
     if sys.platform.startswith("linux"):
         missing = missing_libraries(xcb_files(qt))
         if missing:
-            from app.commands.qt_check import install_hint
-
             return Check("Window (Qt)", MISSING, f"the X11 platform plugin cannot load: {', '.join(missing)} missing",
                          install_hint(missing).replace("\n", "; "))
-    problem = window_problem()
-    if problem:
-        return Check("Window (Qt)", WARN, problem.splitlines()[0].removeprefix("The window cannot open: "),
-                     "Start it from a desktop session; the headless commands work without one")
+    # A real start tells the rest: no display, a broken driver, a plugin that will not load.
     probe = "from PySide6.QtWidgets import QApplication; app = QApplication([]); print(app.platformName())"
     try:
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         return Check("Window (Qt)", WARN, f"could not try Qt: {exc}")
     if done.returncode != 0 and "could not connect to display" in done.stderr:
-        return Check("Window (Qt)", WARN, f"no X server answers at DISPLAY={os.environ.get('DISPLAY', '')}",
-                     "Start the app from a desktop session (or check DISPLAY); the headless commands work without one")
+        where = f"at DISPLAY={os.environ['DISPLAY']}" if os.environ.get("DISPLAY") else "(DISPLAY is not set)"
+        return Check("Window (Qt)", WARN, f"no X server answers {where}",
+                     "Start the app from a desktop session; the headless commands work without one")
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return Check("Window (Qt)", MISSING, f"Qt could not start (exit {done.returncode}): "

@@ -115,30 +115,24 @@ def _map_engine_options(given: dict, defaults: argparse.Namespace, options: Wind
 
 
 def source_settings(spec: str) -> dict:
-    """The window's source settings for a ``run``-style source spec. Raises UsageError."""
-    kind, _, rest = spec.partition(":")
-    kind = kind.lower()
+    """The window's source settings for a ``run``-style source spec (parsed by the same code as ``run``'s).
+    Raises UsageError."""
+    from app import sources
+
     try:
-        if kind == "camera":
-            index = rest.split(":", 1)[0] or "0"
-            if not index.isdigit():
-                raise UsageError(f"--source {spec}: a camera is given by its number, e.g. camera:0")
-            return {"source_kind": "camera", "camera_index": int(index)}
-        if kind == "screen":
-            monitor, _, region = rest.partition(":")
-            values = {"source_kind": "screen", "monitor": int(monitor or 1)}
-            if region:
-                parts = [int(p) for p in region.split(",")]
-                if len(parts) != 4 or parts[2] <= 0 or parts[3] <= 0:
-                    raise UsageError(f"--source {spec}: a region is x,y,w,h with a positive width and height")
-                values.update(source_kind="region", region=",".join(map(str, parts)))
-            return values
-        if kind == "test":
-            return {"source_kind": "test"}
-    except ValueError as exc:
-        if isinstance(exc, UsageError):
-            raise
-        raise UsageError(f"--source {spec}: {exc}") from exc
+        source = sources.parse_source(spec)
+    except sources.SourceError as exc:
+        raise UsageError(f"--source: {exc}") from exc
+    if isinstance(source, sources.Camera):
+        if not isinstance(source.device, int):
+            raise UsageError(f"--source {spec}: the window takes a camera by its number, e.g. camera:0")
+        return {"source_kind": "camera", "camera_index": source.device}
+    if isinstance(source, sources.Screen):
+        if source.region is None:
+            return {"source_kind": "screen", "monitor": source.monitor}
+        return {"source_kind": "region", "monitor": source.monitor, "region": ",".join(map(str, source.region))}
+    if isinstance(source, sources.TestPattern):
+        return {"source_kind": "test"}
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UsageError(f"--source {spec}: no such video file (sources: camera:N, screen:N, "
