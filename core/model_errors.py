@@ -98,6 +98,10 @@ def explain_hub_failure(what: str, repo_id: str, exc: BaseException, cache_dir: 
                f"reached{f' ({reason})' if reason else ''}.\n{howto}")
     else:
         msg = f"Could not load the {what} '{repo_id}'."
+    if kind in ("offline", "network"):
+        # The library's own sentence here ("set local_files_only to False") is not something a user of
+        # this program can do; the message above says what is. The chained exception keeps it for the log.
+        return ModelLoadError(msg)
     return ModelLoadError(f"{msg}\n(Details: {detail})")
 
 
