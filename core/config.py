@@ -11,12 +11,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from core.guidance import GUIDANCE_RULES
+
 CfgType = Literal["none", "full", "self", "initialize"]
 Mode = Literal["img2img", "txt2img"]
 Acceleration = Literal["none", "compile", "tensorrt"]
 ResizeMode = Literal["crop", "letterbox"]
 
-CFG_TYPES = ("none", "full", "self", "initialize")
+CFG_TYPES = tuple(GUIDANCE_RULES)
 MODES = ("img2img", "txt2img")
 ACCELERATIONS = ("none", "compile", "tensorrt")
 RESIZE_MODES = ("crop", "letterbox")
@@ -83,7 +85,7 @@ class StreamConfig:
 
     def _validate(self) -> None:
         _choice("mode", self.mode, MODES)
-        _choice("cfg_type", self.cfg_type, CFG_TYPES)
+        _choice("cfg_type", self.cfg_type, tuple(GUIDANCE_RULES))  # read live: a new row is a new choice
         _choice("acceleration", self.acceleration, ACCELERATIONS)
         _choice("resize_mode", self.resize_mode, RESIZE_MODES)
         if self.dtype != "auto":

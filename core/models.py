@@ -7,19 +7,17 @@ never trusted; pickle files load only after an explicit opt-in.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .config import StreamConfig
-from .hub import hub_reachable
 from .logs import route_library_logs
-from .model_errors import (ModelLoadError, explain_hub_failure, hub_error_kind, is_out_of_memory, out_of_memory,
+from .model_errors import (ModelLoadError, explain_hub_failure, is_out_of_memory, out_of_memory,
                            pickle_refused)
+from .loading import cached_first, family_from_unet_config, hub_file, pipeline_class, pipeline_kwargs, quiet_dtype_rename
 from .presets import PRESETS, build_preset, read_json
 from .single_file import SAFE_SUFFIXES, PICKLE_SUFFIXES, load_single_file
 
@@ -134,35 +132,6 @@ def _modules(pipe):
     return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
 
 
-def _pipeline_class(family: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-
-
-@contextlib.contextmanager
-def quiet_dtype_rename():
-    """Newer diffusers call ``torch_dtype`` ``dtype`` and warn on every component; the old name is the one
-    every supported version (0.30 on) understands, so we keep it and drop the warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-        yield
-
-
-def pipeline_kwargs(config: StreamConfig, family: str, dtype) -> dict:
-    """Arguments shared by every pipeline load: dtype, cache, no safety checker, safetensors unless opted out."""
-    kwargs = {"torch_dtype": dtype, "cache_dir": config.cache_dir, "feature_extractor": None, "image_encoder": None}
-    if not config.allow_pickle:
-        kwargs["use_safetensors"] = True
-    if family == "sd":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    return kwargs
-
-
-def family_from_unet_config(unet_config: dict) -> str:
-    return "sdxl" if unet_config.get("addition_embed_type") == "text_time" else "sd"
-
-
 def _read_index(kind: str, value: str, config: StreamConfig) -> tuple[dict, dict]:
     """model_index.json and unet/config.json of a folder or hub repo; explains what is missing."""
     if kind == "folder":
@@ -194,7 +163,7 @@ def _load_pretrained(kind: str, value: str, config: StreamConfig, dtype, say):
 
     index, unet_config = _read_index(kind, value, config)
     family = family_from_unet_config(unet_config)
-    cls = _pipeline_class(family)
+    cls = pipeline_class(family)
     kwargs = pipeline_kwargs(config, family, dtype)
     # Hub repos of the common models carry half-size fp16 files; fetch those when running in fp16.
     variants = ["fp16", None] if kind == "hub" and dtype == torch.float16 else [None]
@@ -223,31 +192,6 @@ def _load_pretrained(kind: str, value: str, config: StreamConfig, dtype, say):
             raise explain_hub_failure("model", value, exc, config.cache_dir) from exc
         raise
     return pipe, (f"hub {value}" if kind == "hub" else f"folder {value}")
-
-
-def cached_first(call):
-    """``call(local_files_only)`` from the local cache, then, if anything was missing, from the hub.
-
-    A cached model then starts without touching the network, which on a machine without internet
-    would otherwise cost a round of connection retries per file.
-    """
-    try:
-        return call(True)
-    except Exception as exc:
-        # Only a cache miss is worth a second, online try; any other failure would just repeat.
-        if hub_error_kind(exc) is None and not isinstance(exc, OSError):
-            raise
-        log.debug("not complete in the local cache (%s), asking the hub", exc)
-        if not hub_reachable():
-            raise  # the cache miss, explained by the caller as "not downloaded, hub unreachable"
-    return call(False)
-
-
-def hub_file(repo_id: str, filename: str, config: StreamConfig) -> str:
-    from huggingface_hub import hf_hub_download
-
-    return cached_first(lambda local_only: hf_hub_download(repo_id, filename, cache_dir=config.cache_dir,
-                                                           local_files_only=local_only))
 
 
 def _check_prediction_type(pipe, source: str) -> None:

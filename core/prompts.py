@@ -10,21 +10,15 @@ from dataclasses import dataclass
 
 import torch
 
+from core.guidance import GuidanceRule
+
 NEGATIVE, POSITIVE = 0, 1
 
 
-def conditioning_layout(cfg_type: str, denoising_steps: int, frame_buffer_size: int) -> list[int]:
-    """For each UNet input of one frame: NEGATIVE or POSITIVE.
-
-    none / self: one positive input per step and frame (n); full: a negative copy of every input
-    first (2n); initialize: a negative input for the first step's frames only (n + 1).
-    """
+def conditioning_layout(rule: GuidanceRule, denoising_steps: int, frame_buffer_size: int) -> list[int]:
+    """For each UNet input of one frame: NEGATIVE or POSITIVE (the rule's negative inputs come first)."""
     batch = denoising_steps * frame_buffer_size
-    if cfg_type == "full":
-        return [NEGATIVE] * batch + [POSITIVE] * batch
-    if cfg_type == "initialize":
-        return [NEGATIVE] * frame_buffer_size + [POSITIVE] * batch
-    return [POSITIVE] * batch
+    return [NEGATIVE] * rule.negative_count(batch, frame_buffer_size) + [POSITIVE] * batch
 
 
 @dataclass

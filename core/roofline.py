@@ -10,12 +10,13 @@ from torch.utils.flop_counter import FlopCounterMode
 def engine_unet_flops(engine) -> int:
     """FLOPs of one UNet call of the engine's stream batch, counted by torch's flop counter."""
     x_t = torch.randn((engine.config.batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
-    forward, engine.unet_forward = engine.unet_forward, engine.unet  # count the eager graph
+    accelerated = engine.accelerated
+    engine.restore_eager("unet")  # count the eager graph
     try:
         with FlopCounterMode(display=False) as counter:
             engine.predict_noise(x_t)
     finally:
-        engine.unet_forward = forward
+        engine.install(unet=accelerated.unet)
     return counter.get_total_flops()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .loading import cached_first, family_from_unet_config, hub_file, pipeline_class, pipeline_kwargs, quiet_dtype_rename
 from .model_errors import ModelLoadError, explain_hub_failure, hub_error_kind, pickle_refused
 from .presets import PRESETS, preset_dir, preset_family, preset_tokenizers, read_json
 
@@ -66,8 +67,6 @@ def match_preset(summary: dict) -> str | None:
 
 
 def _family_of_config(source: str, config) -> str:
-    from .models import family_from_unet_config, hub_file
-
     folder = Path(source).expanduser()
     if folder.is_dir():
         unet_path = folder / "unet" / "config.json"
@@ -83,8 +82,6 @@ def _family_of_config(source: str, config) -> str:
 
 def load_single_file(spec: str, config, dtype, sf_config: str | None, say):
     """``(pipe, source)`` for a local or hub-URL single-file checkpoint."""
-    from .models import _pipeline_class, cached_first, pipeline_kwargs, quiet_dtype_rename
-
     is_url = spec.startswith(("http://", "https://"))
     lower = spec.split("?")[0].lower()
     if lower.endswith(PICKLE_SUFFIXES):
@@ -127,7 +124,7 @@ def load_single_file(spec: str, config, dtype, sf_config: str | None, say):
     try:
         def load(local: bool):
             with quiet_dtype_rename():
-                return _pipeline_class(family).from_single_file(spec, config=cfg, local_files_only=local, **kwargs,
+                return pipeline_class(family).from_single_file(spec, config=cfg, local_files_only=local, **kwargs,
                                                                 **extra)
 
         pipe = load(True) if local_only and not is_url else cached_first(load)

@@ -15,14 +15,18 @@ import logging
 import threading
 import time
 import warnings
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
 from diffusers import LCMScheduler
 
 from core import imageops, schedule
+from core.accel.parts import AcceleratedParts, StreamSnapshot
 from core.config import StreamConfig
+from core.guidance import GUIDANCE_RULES
 from core.prompts import Conditioning, conditioning_layout, encode_conditioning
+from core.host_copies import PinnedCopies
 from core.similarity import SimilarityFilter
 
 log = logging.getLogger(__name__)
@@ -50,8 +54,10 @@ class StreamEngine:
         if self.scheduler.config.prediction_type != "epsilon":
             raise ValueError(f"only epsilon-prediction models are supported, got {self.scheduler.config.prediction_type}")
         self.timesteps = schedule.lcm_timesteps(self.scheduler, config.num_inference_steps)
-        self.layout = conditioning_layout(config.cfg_type, config.denoising_steps, config.frame_buffer_size)
-        self.unet_forward = self.unet  # the accelerators swap in a compiled callable
+        self.guidance = GUIDANCE_RULES[config.cfg_type]
+        self.layout = conditioning_layout(self.guidance, config.denoising_steps, config.frame_buffer_size)
+        self.negative_count = self.guidance.negative_count(config.batch_size, config.frame_buffer_size)
+        self.accelerated = AcceleratedParts()
         self.latent_shape = (4, config.height // 8, config.width // 8)
 
         self._lock = threading.Lock()
@@ -65,7 +71,7 @@ class StreamEngine:
         self.frames_processed = 0
         self.last_gpu_ms = 0.0
         self._last_output: torch.Tensor | None = None
-        self._pinned: dict[tuple, torch.Tensor] = {}
+        self._host = PinnedCopies(self.device)
         self.acceleration = "none"  # what actually runs; core.accel sets it
         self.acceleration_note = ""  # why it is not what the config asked for, when it is not
         self._allocate_state()
@@ -81,6 +87,33 @@ class StreamEngine:
             if accelerate(engine, progress) != "none":
                 engine.warm_up()
         return engine
+
+    # ----- the accelerator interface ---------------------------------------------------------------
+
+    def install(self, **parts) -> None:
+        """Run the given parts (fields of ``AcceleratedParts``) in place of the current ones."""
+        self.accelerated = replace(self.accelerated, **parts)
+
+    def restore_eager(self, *names: str) -> None:
+        """Back to eager PyTorch for the named parts (all of them when none is named)."""
+        names = names or tuple(f.name for f in fields(AcceleratedParts))
+        self.accelerated = replace(self.accelerated, **{name: None for name in names})
+
+    @property
+    def unet_forward(self):
+        return self.accelerated.unet or self.unet
+
+    @property
+    def unet_batch_size(self) -> int:
+        """Inputs per UNet call: the stream batch plus the cfg type's negative inputs."""
+        return self.negative_count + self.config.batch_size
+
+    def snapshot_stream(self) -> StreamSnapshot:
+        return StreamSnapshot(self._latent_buffer.clone(), self._anchor_buffer.clone())
+
+    def restore_stream(self, snapshot: StreamSnapshot) -> None:
+        self._latent_buffer.copy_(snapshot.latents)
+        self._anchor_buffer.copy_(snapshot.anchors)
 
     # ----- precomputation -------------------------------------------------------------------------
 
@@ -104,13 +137,7 @@ class StreamEngine:
         self.conditioning: Conditioning | None = None
 
     def _unet_rows(self) -> list[int]:
-        """Which stream-batch element each UNet input denoises (negative copies repeat rows)."""
-        batch, fb = self.config.batch_size, self.config.frame_buffer_size
-        if self.config.cfg_type == "full":
-            return list(range(batch)) * 2
-        if self.config.cfg_type == "initialize":
-            return list(range(fb)) + list(range(batch))
-        return list(range(batch))
+        return self.guidance.unet_rows(self.config.batch_size, self.config.frame_buffer_size)
 
     def _fill_noise(self, seed: int) -> None:
         # Drawn on the CPU so that a seed gives the same noise on every device.
@@ -224,25 +251,25 @@ class StreamEngine:
     # ----- the per-frame stages -------------------------------------------------------------------
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] to scaled latents in the engine dtype."""
+        if self.accelerated.encode_images is not None:
+            return self.accelerated.encode_images(images)
         latents = self.vae.encode(images.to(self.vae_dtype), return_dict=False)[0]
         if not isinstance(latents, torch.Tensor):  # the full VAE returns a distribution; the tiny one latents
             latents = latents.mode()
         return (latents * self.vae.config.scaling_factor).to(self.dtype)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents to images in [-1, 1]."""
+        if self.accelerated.decode_latents is not None:
+            return self.accelerated.decode_latents(latents)
         latents = (latents / self.vae.config.scaling_factor).to(self.vae_dtype)
         return self.vae.decode(latents, return_dict=False)[0]
 
     def predict_noise(self, x_t: torch.Tensor) -> torch.Tensor:
         """One UNet call over the whole stream batch (plus the negative inputs of the cfg type)."""
-        fb = self.config.frame_buffer_size
-        # Slices and cat only: an index tensor built from a list would be a host copy inside a graph.
-        if self.config.cfg_type == "full":
-            x_in = torch.cat([x_t, x_t])
-        elif self.config.cfg_type == "initialize":
-            x_in = torch.cat([x_t[:fb], x_t])
-        else:
-            x_in = x_t
+        # A slice and cat only: an index tensor built from a list would be a host copy inside a graph.
+        x_in = torch.cat([x_t[: self.negative_count], x_t]) if self.negative_count else x_t
         cond = self.conditioning
         return self.unet_forward(
             x_in,
@@ -269,22 +296,22 @@ class StreamEngine:
         anchors = torch.cat([x_new, self._anchor_buffer])
 
         eps = self.predict_noise(x_t)
-        batch = x_t.shape[0]
-        if cfg.cfg_type == "none":
+        k, rule = self.negative_count, self.guidance
+        eps_negative, eps = eps[:k], eps[k:]
+        if rule.unconditional == "none":
             guided = eps
-        elif cfg.cfg_type == "full":
-            guided = schedule.guided_noise(eps[batch:], eps[:batch], self._guidance)
+        elif rule.unconditional == "negative_inputs":
+            guided = schedule.guided_noise(eps, eps_negative, self._guidance)
         else:
-            if cfg.cfg_type == "initialize":
+            if rule.anchor_from_negative:
                 # The negative prompt's x0 at the first step anchors the residual of this frame.
-                negative_x0 = schedule.predict_x0(x_t_new, eps[:fb], a[:fb], b[:fb])
+                negative_x0 = schedule.predict_x0(x_t[:k], eps_negative, a[:k], b[:k])
                 anchors = torch.cat([negative_x0, self._anchor_buffer])
-                eps = eps[fb:]
             eps_uncond = self._delta * schedule.residual_noise(x_t, anchors, a, b)
             guided = schedule.guided_noise(eps, eps_uncond, self._guidance)
         denoised = schedule.lcm_denoise(x_t, guided, a, b, self._c_skip, self._c_out)
 
-        if batch > fb:
+        if x_t.shape[0] > fb:
             self._latent_buffer.copy_(schedule.add_noise(denoised[:-fb], self._noise[fb:], a[fb:], b[fb:]))
             self._anchor_buffer.copy_(anchors[:-fb])
         return denoised[-fb:]
@@ -310,30 +337,21 @@ class StreamEngine:
         """
         if self.conditioning is None:
             raise RuntimeError("call prepare(prompt) before the first frame")
-        self.apply_pending()
         fb = self.config.frame_buffer_size
         single = frame is None or getattr(frame, "ndim", 0) == 3
         to_host = frame is None or isinstance(frame, np.ndarray)
         frames = None
         if frame is not None:
-            frames = self._upload(imageops.as_uint8_tensor(frame))
+            frames = self._host.upload(imageops.as_uint8_tensor(frame))
             if frames.shape[0] != fb:
                 raise ValueError(f"expected {fb} frame(s) per call (frame_buffer_size), got {frames.shape[0]}")
         elif self.config.mode == "img2img":
             raise ValueError("img2img needs an input frame")
 
         started = time.perf_counter()
-        if self._should_skip(frames):
-            output = self._last_output
-            self.last_frame_skipped = True
-            self.skipped_frames += 1
-        else:
-            output = self.run_frame_step(frames)
-            self._last_output = output
-            self.last_frame_skipped = False
-            self.frames_processed += 1
+        output = self.step(frames)
         if to_host:
-            output = self._download(output)
+            output = self._host.download(output)
         else:
             output = output.clone()  # the accelerators reuse their output buffer every frame
             if self.device.type == "cuda":
@@ -341,29 +359,27 @@ class StreamEngine:
         self.last_gpu_ms = (time.perf_counter() - started) * 1000.0
         return output[0] if single else output
 
-    def _upload(self, frames: torch.Tensor) -> torch.Tensor:
-        if self.device.type != "cuda" or frames.is_cuda:
-            return frames.to(self.device)
-        # A pinned staging buffer makes the copy a DMA the GPU runs without the CPU in the loop.
-        pinned = self._pinned.get(("in", frames.shape))
-        if pinned is None:
-            pinned = self._pinned[("in", frames.shape)] = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
-        pinned.copy_(frames)
-        return pinned.to(self.device, non_blocking=True)
+    def step(self, frames_u8):
+        """One frame on the device, host copies left to the caller: pending changes applied, then the
+        similarity filter's decision, the frame step (or the last output again) and the counters.
 
-    def _download(self, output: torch.Tensor) -> np.ndarray:
-        if output.device.type != "cuda":
-            return output.numpy().copy()  # callers may keep or edit it; the engine keeps its own
-        pinned = self._pinned.get(("out", output.shape))
-        if pinned is None:
-            pinned = self._pinned[("out", output.shape)] = torch.empty(output.shape, dtype=torch.uint8, pin_memory=True)
-        pinned.copy_(output, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return pinned.numpy().copy()
+        The result may be an accelerator's reused buffer: copy it before the next call.
+        """
+        self.apply_pending()
+        if self._should_skip(frames_u8):
+            self.last_frame_skipped = True
+            self.skipped_frames += 1
+            return self._last_output
+        output = self.run_frame_step(frames_u8)
+        self._last_output = output
+        self.last_frame_skipped = False
+        self.frames_processed += 1
+        return output
 
     def run_frame_step(self, frames_u8):
-        """The hot path; the accelerators replace it with a compiled or graph-captured version."""
-        return self.frame_step(frames_u8)
+        """The hot path: an accelerator's frame runner (a captured graph) where one is installed."""
+        runner = self.accelerated.frame_runner or self.frame_step
+        return runner(frames_u8)
 
     def _should_skip(self, frames_u8) -> bool:
         if not self.similarity_enabled or frames_u8 is None:

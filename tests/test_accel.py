@@ -8,6 +8,7 @@ import torch
 
 from core.accel import accelerate
 from core.accel.compile import FrameGraph
+from core.accel.parts import AcceleratedParts
 from core.stream import StreamEngine
 from tests.conftest import assert_frames_close
 
@@ -18,7 +19,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compile_on_the_cpu_runs_eager(tiny_components, tiny_config, make_frame):
     engine = StreamEngine(tiny_components, tiny_config.replace(acceleration="compile"))
     assert accelerate(engine) == "none"
-    assert not isinstance(engine.run_frame_step, FrameGraph) and engine.unet_forward is engine.unet
+    assert engine.accelerated == AcceleratedParts() and engine.unet_forward is engine.unet
     engine.prepare("a cat")
     assert engine.process(make_frame()).shape == (64, 64, 3)
 
@@ -30,12 +31,12 @@ def test_a_failing_graph_capture_falls_back_to_eager_with_the_reason(tiny_compon
     engine = StreamEngine(tiny_components, tiny_config)
     engine.prepare("a cat")
     # On the CPU the capture itself fails (no CUDA streams): the same path as a compiler error.
-    engine.run_frame_step = FrameGraph(engine, messages.append)
+    engine.install(frame_runner=FrameGraph(engine, messages.append))
     frame = make_frame(4)
     with caplog.at_level(logging.WARNING, logger="core.accel.compile"):
         first = engine.process(frame)
     assert "running eager" in caplog.text and any("compilation failed" in m for m in messages)
-    assert engine.acceleration == "none" and engine.run_frame_step == engine.frame_step
+    assert engine.acceleration == "none" and engine.accelerated.frame_runner is None
     assert_frames_close(first, reference.process(frame))
     assert_frames_close(engine.process(frame), reference.process(frame))
 
@@ -63,4 +64,4 @@ def test_graph_replays_match_eager_and_follow_live_changes(tiny_config, make_fra
                 engine.set_strength(0.8)
                 engine.set_guidance(2.0, 0.5)
         np.testing.assert_allclose(graphed.process(frame), eager.process(frame), atol=2)
-    assert len(graphed.run_frame_step.graphs) == 1
+    assert len(graphed.accelerated.frame_runner.graphs) == 1

@@ -17,6 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from core.accel import onnx_export  # noqa: E402
 from core.accel import tensorrt as trt_backend  # noqa: E402
+from core.accel.parts import AcceleratedParts  # noqa: E402
 from core.accel.trt_runtime import INSTALL_HINT, TensorRTBuildError, TensorRTUnavailable, import_tensorrt  # noqa: E402
 
 
@@ -211,7 +212,7 @@ def test_installed_runners_reproduce_the_eager_engine(request, tiny_config, tmp_
         assert np.abs(want.astype(int) - got.astype(int)).max() <= 2
     assert all(runner.calls == 3 for runner in runners.values())
     trt_backend.uninstall(swapped)
-    assert swapped.unet_forward is swapped.unet and "encode_images" not in swapped.__dict__
+    assert swapped.unet_forward is swapped.unet and swapped.accelerated == AcceleratedParts()
 
 
 def test_a_failed_graph_capture_keeps_the_engines(tiny_components, tiny_config, tmp_path, make_frame):
@@ -225,5 +226,5 @@ def test_a_failed_graph_capture_keeps_the_engines(tiny_components, tiny_config, 
     for seed in range(2):  # on the CPU the capture itself fails: the frame must still come out right
         frame = make_frame(seed)
         assert np.abs(eager.process(frame).astype(int) - swapped.process(frame).astype(int)).max() <= 2
-    assert swapped.run_frame_step.failed and any("capture failed" in m for m in said)
+    assert swapped.accelerated.frame_runner.failed and any("capture failed" in m for m in said)
     assert isinstance(swapped.unet_forward, trt_backend.TensorRTUNet) and runners["unet"].calls == 2

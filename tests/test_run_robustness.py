@@ -320,7 +320,8 @@ def test_a_full_disk_is_refused_before_the_model_loads(tmp_path, monkeypatch, no
 
 
 def test_offline_hint_for_a_checkpoint_url_is_a_real_command(monkeypatch):
-    import core.models as models
+    import core.loading as loading
+    import core.single_file as single_file
     from core.config import StreamConfig
     from core.model_errors import ModelLoadError
     from core.single_file import load_single_file
@@ -330,8 +331,8 @@ def test_offline_hint_for_a_checkpoint_url_is_a_real_command(monkeypatch):
         def from_single_file(*args, **kwargs):
             raise OSError("offline: cannot find the requested files in the local cache")
 
-    monkeypatch.setattr(models, "_pipeline_class", lambda family: Offline)
-    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    monkeypatch.setattr(single_file, "pipeline_class", lambda family: Offline)
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
     with pytest.raises(ModelLoadError) as info:
         load_single_file("https://example.org/model.safetensors", StreamConfig(), None, None, lambda m: None)
     message = str(info.value)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.guidance import GUIDANCE_RULES, GuidanceRule
+from core.prompts import NEGATIVE, POSITIVE
 from core.stream import StreamEngine
 from tests.conftest import assert_frames_close
 
@@ -88,9 +90,26 @@ def test_unet_inputs_per_frame(tiny_components, tiny_config, make_frame, cfg_typ
         seen.append((x.shape[0], t.shape[0], kwargs["encoder_hidden_states"].shape[0]))
         return engine.unet(x, t, **kwargs)
 
-    engine.unet_forward = counting_unet
+    engine.install(unet=counting_unet)
     engine.process(make_frame())
     assert seen == [(expected, expected, expected)]
+
+
+def test_a_new_guidance_variant_is_one_row_of_the_table(tiny_components, tiny_config, monkeypatch):
+    # initialize's row under a new name: if the engine or the prompt layout still branched on the
+    # name, the new variant would run as "none" and its frames would differ.
+    monkeypatch.setitem(GUIDANCE_RULES, "new-frames-cfg", GuidanceRule("new_frames", "residual", anchor_from_negative=True))
+    config = tiny_config.replace(t_index_list=(10, 25, 40), guidance_scale=1.7, delta=0.8)
+    x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    outputs = {}
+    for cfg_type in ("initialize", "new-frames-cfg", "self"):
+        engine = make_engine(tiny_components, config.replace(cfg_type=cfg_type))
+        assert engine.layout == [NEGATIVE] * (cfg_type != "self") + [POSITIVE] * 3
+        with torch.no_grad():
+            for _ in range(3):
+                outputs[cfg_type] = engine.denoise(x0)
+    torch.testing.assert_close(outputs["new-frames-cfg"], outputs["initialize"])
+    assert not torch.allclose(outputs["new-frames-cfg"], outputs["self"], atol=1e-4)
 
 
 def test_guidance_changes_output_only_for_guided_cfg(tiny_components, tiny_config):

@@ -165,7 +165,7 @@ def test_backend_with_fake_engines_matches_eager(fake_trt, cuda_components, tiny
         frame = make_frame(seed)
         want, got = eager.process(frame), accelerated.process(frame)
         assert np.abs(want.astype(int) - got.astype(int)).max() <= 2
-    graph = accelerated.run_frame_step
+    graph = accelerated.accelerated.frame_runner
     assert not graph.failed and graph.graphs  # captured, and replayed for the later frames
     # A second engine with the same model and shapes loads the plans instead of building them.
     again = cuda_engine(components, tiny_config, **changes)
@@ -203,7 +203,7 @@ def test_vae_failure_keeps_the_unet_engine(fake_trt, cuda_components, tiny_confi
     said = []
     trt_backend.use_tensorrt(engine, said.append)
     assert isinstance(engine.unet_forward, trt_backend.TensorRTUNet)
-    assert "encode_images" not in engine.__dict__ and "decode_latents" not in engine.__dict__
+    assert engine.accelerated.encode_images is None and engine.accelerated.decode_latents is None
     assert any("TensorRT export of the VAE encoder failed" in m and "stays in PyTorch" in m for m in said)
 
 

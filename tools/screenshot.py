@@ -68,7 +68,7 @@ def render(path: str, seconds: float = 2.0) -> None:
         while time.perf_counter() < deadline:
             app.processEvents()
             time.sleep(0.005)
-        window._update_stats()
+        window.update_stats()
         app.processEvents()
         window.grab().save(path)
         window.close()

@@ -72,7 +72,7 @@ class MainWindow(QMainWindow):
         self._reload_timer = QTimer(self, singleShot=True, interval=RELOAD_DEBOUNCE_MS)
         self._reload_timer.timeout.connect(self.reload_engine)
         self._stats_timer = QTimer(self, interval=STATS_INTERVAL_MS)
-        self._stats_timer.timeout.connect(self._update_stats)
+        self._stats_timer.timeout.connect(self.update_stats)
         self._stats_timer.start()
 
         self._load_settings(self.settings)
@@ -288,11 +288,11 @@ class MainWindow(QMainWindow):
 
     def _on_stopping(self) -> None:
         set_stopping_look(self.actions)
-        self._update_stats()
+        self.update_stats()
 
     def _on_running_changed(self, running: bool) -> None:
         set_running_look(self.actions, running)
-        self._update_stats()
+        self.update_stats()
         if running and self._want_vcam and self.output_panel.vcam_check.isEnabled():
             self._want_vcam = False
             self.output_panel.vcam_check.setChecked(True)
@@ -343,7 +343,7 @@ class MainWindow(QMainWindow):
         self.status.show_error(message)
         self.notifier.error("Live Diffusion", message)
 
-    def _update_stats(self) -> None:
+    def update_stats(self) -> None:
         engine = self.session.engine
         device = None if engine is None else engine_device(engine)
         self.status.show_stats(self.session.pipeline.stats(), self.session.running, device, self.session.is_stopping)

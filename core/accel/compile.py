@@ -45,7 +45,7 @@ def use_compile(engine, say) -> None:
         except Exception as error:  # noqa: BLE001 - the graph alone still removes the launch cost
             log.warning("Inductor failed (%s: %s); capturing eager kernels instead", type(error).__name__, error)
             restore_eager(engine)
-    engine.run_frame_step = FrameGraph(engine, say)
+    engine.install(frame_runner=FrameGraph(engine, say))
 
 
 def compile_modules(engine, say) -> None:
@@ -56,7 +56,7 @@ def compile_modules(engine, say) -> None:
     engine.vae.to(memory_format=torch.channels_last)
     mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
     say("compiling the UNet and VAE (first start takes minutes; later starts use the cache)")
-    engine.unet_forward = torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False)
+    engine.install(unet=torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False))
     for name in ("encoder", "decoder"):
         part = getattr(engine.vae, name)
         if not hasattr(part, "_orig_mod"):  # engines sharing one model compile its VAE once
@@ -68,12 +68,11 @@ def restore_eager(engine) -> None:
         part = getattr(engine.vae, name)
         if hasattr(part, "_orig_mod"):
             setattr(engine.vae, name, part._orig_mod)
-    engine.unet_forward = engine.unet
-    engine.run_frame_step = engine.frame_step
+    engine.restore_eager("unet", "frame_runner")
 
 
 class FrameGraph:
-    """Replaces ``engine.run_frame_step`` with CUDA-graph replays, one graph per input shape."""
+    """The engine's frame runner: CUDA-graph replays of ``engine.frame_step``, one graph per input shape."""
 
     def __init__(self, engine, say, warmup_runs: int = 3):
         self.engine = engine
@@ -103,8 +102,7 @@ class FrameGraph:
         engine = self.engine
         log.warning("compiled frame step failed (%s: %s); running eager from now on", type(error).__name__, error)
         self.say(f"compilation failed ({type(error).__name__}); running eager")
-        engine._latent_buffer.copy_(self._saved[0])
-        engine._anchor_buffer.copy_(self._saved[1])
+        engine.restore_stream(self._saved)
         restore_eager(engine)
         engine.acceleration = "none"
         engine.acceleration_note = f"compilation failed: {type(error).__name__}"
@@ -113,7 +111,7 @@ class FrameGraph:
     def _capture(self, frames_u8):
         engine = self.engine
         # The stream buffer must not advance during warm-up and capture: save and restore it.
-        self._saved = saved = (engine._latent_buffer.clone(), engine._anchor_buffer.clone())
+        self._saved = saved = engine.snapshot_stream()
         self.say(f"capturing the frame graph for input {None if frames_u8 is None else tuple(frames_u8.shape)}")
         static_in = None if frames_u8 is None else frames_u8.clone()
         side = torch.cuda.Stream(engine.device)
@@ -129,6 +127,5 @@ class FrameGraph:
         with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
             static_out = engine.frame_step(static_in)
         self.pool = graph.pool()
-        engine._latent_buffer.copy_(saved[0])
-        engine._anchor_buffer.copy_(saved[1])
+        engine.restore_stream(saved)
         return graph, static_in, static_out

@@ -147,7 +147,7 @@ def engine_specs(engine) -> dict[str, ExportSpec]:
     cfg = engine.config
     specs = {
         "unet": unet_spec(
-            engine.unet, len(engine._unet_rows()), engine.latent_shape, prompt_length(engine.components),
+            engine.unet, engine.unet_batch_size, engine.latent_shape, prompt_length(engine.components),
             engine.dtype, engine.device,
         ),
         "vae_decoder": vae_decoder_spec(engine.vae, cfg.frame_buffer_size, engine.latent_shape, engine.device),

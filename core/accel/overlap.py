@@ -23,7 +23,6 @@ class _Slot:
         self.computed = torch.cuda.Event()
         self.downloaded = torch.cuda.Event()
         self.busy = False
-        self.skipped = False
 
 
 class OverlappedRunner:
@@ -40,7 +39,6 @@ class OverlappedRunner:
     def submit(self, frame: np.ndarray) -> np.ndarray | None:
         """Queue ``frame``; return the previous frame's output (None for the very first call)."""
         engine = self.engine
-        engine.apply_pending()
         slot = self.slots[self.index]
         previous = self.slots[1 - self.index]
         self.index = 1 - self.index
@@ -55,25 +53,17 @@ class OverlappedRunner:
             slot.device_in.copy_(slot.pinned_in, non_blocking=True)
             slot.uploaded.record(self.copy)
         self.compute.wait_event(slot.uploaded)
-        slot.skipped = engine._should_skip(slot.device_in)
-        if slot.skipped:
-            engine.last_frame_skipped = True
-            engine.skipped_frames += 1
-        else:
-            output = engine.run_frame_step(slot.device_in)
-            if slot.device_out is None or slot.device_out.shape != output.shape:
-                slot.device_out = torch.empty_like(output)
-                slot.pinned_out = torch.empty(output.shape, dtype=torch.uint8, pin_memory=True)
-            # A device copy frees the accelerator's output buffer for the next frame at once.
-            slot.device_out.copy_(output)
-            engine._last_output = slot.device_out
-            engine.last_frame_skipped = False
-            engine.frames_processed += 1
-            slot.computed.record(self.compute)
-            with torch.cuda.stream(self.copy):
-                self.copy.wait_event(slot.computed)
-                slot.pinned_out.copy_(slot.device_out, non_blocking=True)
-                slot.downloaded.record(self.copy)
+        output = engine.step(slot.device_in)  # a skipped frame gives the last output again
+        if slot.device_out is None or slot.device_out.shape != output.shape:
+            slot.device_out = torch.empty_like(output)
+            slot.pinned_out = torch.empty(output.shape, dtype=torch.uint8, pin_memory=True)
+        # A device copy frees the accelerator's output buffer for the next frame at once.
+        slot.device_out.copy_(output)
+        slot.computed.record(self.compute)
+        with torch.cuda.stream(self.copy):
+            self.copy.wait_event(slot.computed)
+            slot.pinned_out.copy_(slot.device_out, non_blocking=True)
+            slot.downloaded.record(self.copy)
         slot.busy = True
         return self._collect(previous) if previous.busy else None
 
@@ -84,8 +74,5 @@ class OverlappedRunner:
 
     def _collect(self, slot: _Slot) -> np.ndarray:
         slot.busy = False
-        if slot.skipped:
-            last = self.engine._last_output
-            return None if last is None else last.cpu().numpy()[0]
         slot.downloaded.synchronize()
         return slot.pinned_out.numpy()[0].copy()

@@ -4,9 +4,10 @@ Per network: export to ONNX at the engine's static shapes (core.accel.onnx_expor
 (core.accel.trt_runtime), keep the plan under ``~/.cache/livediffusion/tensorrt`` (or
 ``$LIVEDIFFUSION_CACHE/tensorrt``) keyed by everything the plan depends on, and swap in drop-in callables:
 
-- ``engine.unet_forward``: same signature and result as the diffusers UNet call the engine makes;
-- ``engine.encode_images`` / ``engine.decode_latents``: instance attributes shadowing the methods, so the
+- the UNet: same signature and result as the diffusers UNet call the engine makes;
+- ``encode_images`` / ``decode_latents``: what the engine's methods of those names compute, so the
   engine's ``frame_step`` calls the TensorRT engines without knowing (tiny or full VAE alike).
+All three go in through ``engine.install`` (core.accel.parts.AcceleratedParts).
 
 The UNet is the point of the exercise: if it fails, ``use_tensorrt`` raises and the caller falls back
 to ``compile``. A VAE engine that fails only leaves that half in PyTorch. Afterwards the whole frame step
@@ -28,7 +29,7 @@ import torch
 
 from core.accel import onnx_export
 from core.accel.trt_runtime import (EngineRunner, TensorRTBuildError, TensorRTUnavailable, build_plan,
-                                    import_tensorrt, write_atomic)
+                                    import_tensorrt)
 from core.cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ def _frame_graph_class():
             key = None if frames_u8 is None else tuple(frames_u8.shape)
             saved = None
             if key not in self.graphs:  # warm-up and capture advance the stream buffer; undo that on failure
-                saved = (self.engine._latent_buffer.clone(), self.engine._anchor_buffer.clone())
+                saved = self.engine.snapshot_stream()
             try:
                 return super().__call__(frames_u8)
             except torch.OutOfMemoryError:
@@ -266,8 +267,7 @@ def _frame_graph_class():
             self.failed = True
             saved = saved if saved is not None else getattr(self, "_saved", None)
             if saved is not None:
-                self.engine._latent_buffer.copy_(saved[0])
-                self.engine._anchor_buffer.copy_(saved[1])
+                self.engine.restore_stream(saved)
             log.warning("CUDA graph capture with TensorRT engines failed (%s: %s); running uncaptured",
                         type(error).__name__, error)
             self.say("CUDA graph capture failed; the TensorRT engines run without it")
@@ -279,21 +279,18 @@ def _frame_graph_class():
 def install(engine, runners: dict, say, graph: bool = True) -> None:
     """Swap the runners into ``engine``; ``runners`` maps unet / vae_encoder / vae_decoder to callables
     that take and return dicts of named tensors (EngineRunner, or a stand-in in tests)."""
-    engine.unet_forward = TensorRTUNet(runners["unet"])
-    if "vae_encoder" in runners:
-        engine.encode_images = TensorRTEncode(runners["vae_encoder"], engine.dtype)
-    if "vae_decoder" in runners:
-        engine.decode_latents = TensorRTDecode(runners["vae_decoder"])
-    engine.tensorrt_runners = runners  # the engines and contexts must live as long as the stream engine
-    if graph:
-        engine.run_frame_step = _frame_graph_class()(engine, say)
+    engine.install(
+        unet=TensorRTUNet(runners["unet"]),
+        encode_images=TensorRTEncode(runners["vae_encoder"], engine.dtype) if "vae_encoder" in runners else None,
+        decode_latents=TensorRTDecode(runners["vae_decoder"]) if "vae_decoder" in runners else None,
+        frame_runner=_frame_graph_class()(engine, say) if graph else None,
+        keep_alive=runners,  # the engines and contexts must live as long as the stream engine
+    )
 
 
 def uninstall(engine) -> None:
-    """Back to the PyTorch networks (the instance attributes go; the class methods show through again)."""
-    engine.unet_forward = engine.unet
-    for name in ("encode_images", "decode_latents", "tensorrt_runners", "run_frame_step"):
-        engine.__dict__.pop(name, None)
+    """Back to the PyTorch networks."""
+    engine.restore_eager()
 
 
 # ----- entry point -------------------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""The contract between the engine and its accelerators: what an accelerator may swap in, and the saved
+stream state that lets it undo a throwaway run. ``StreamEngine.install`` / ``snapshot_stream`` use these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class AcceleratedParts:
+    """What an accelerator runs in place of the engine's eager PyTorch; None keeps the eager part.
+
+    ``unet`` takes and returns what the diffusers UNet call in ``predict_noise`` does; ``encode_images``
+    and ``decode_latents`` what the engine's methods of those names do; ``frame_runner`` replaces the
+    whole ``frame_step`` (a captured graph); ``keep_alive`` holds what must live as long as the engine.
+    """
+
+    unet: Callable | None = None
+    encode_images: Callable | None = None
+    decode_latents: Callable | None = None
+    frame_runner: Callable | None = None
+    keep_alive: object = None
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    """The frames in flight (latents and RCFG anchors), saved so that a throwaway run can be undone."""
+
+    latents: torch.Tensor
+    anchors: torch.Tensor
