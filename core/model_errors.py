@@ -141,3 +141,26 @@ def out_of_memory(source: str, device: str, exc: BaseException) -> ModelLoadErro
         f"Not enough GPU memory to hold the model '{source}' on {device}. Close other programs that use the GPU "
         "(games, other AI tools, browsers with hardware acceleration), or pick a smaller model (sd-turbo "
         f"instead of an SDXL model), or keep the tiny VAE on.\n(Details: {str(exc)[:300]})")
+
+
+#: Exceptions whose message was written for users: shown as they are, logged without a traceback.
+EXPLAINED_ERRORS = ("ModelLoadError", "ConfigError", "SourceError", "OutputError")
+
+
+def is_explained(exc: BaseException) -> bool:
+    return type(exc).__name__ in EXPLAINED_ERRORS
+
+
+def user_message(exc: BaseException) -> str:
+    """A sentence for a dialog or a terminal: the message as written where it was written for users."""
+    if is_out_of_memory(exc):
+        return f"The GPU ran out of memory. {OOM_ADVICE}"
+    text = str(exc).strip() or type(exc).__name__
+    return text if is_explained(exc) else f"{type(exc).__name__}: {text}"
+
+
+def load_failure_message(exc: BaseException) -> str:
+    """What the window, ``run`` and the pipeline say when building an engine failed."""
+    if is_out_of_memory(exc):
+        return f"The GPU ran out of memory while loading the model. {OOM_ADVICE}"
+    return user_message(exc) if is_explained(exc) else f"Loading the model failed: {user_message(exc)}"

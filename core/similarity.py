@@ -6,6 +6,8 @@ import random
 
 import torch
 
+from core import imageops
+
 
 def skip_probability(similarity: float, threshold: float) -> float:
     """``max(0, 1 - (1 - s) / (1 - threshold))``; a threshold of 1 never skips."""
@@ -55,6 +57,10 @@ class SimilarityFilter:
             return True
         self._accept(frame)
         return False
+
+    def should_skip_frames(self, frames_u8: torch.Tensor) -> bool:
+        """``should_skip`` for uint8 frames of any size, judged on a small copy (far cheaper than the model)."""
+        return self.should_skip(imageops.to_model_input(frames_u8, 64, 64, torch.float32))
 
     def _accept(self, frame: torch.Tensor) -> None:
         if self._reference is None or self._reference.shape != frame.shape:

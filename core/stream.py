@@ -58,17 +58,17 @@ class StreamEngine:
         self.layout = conditioning_layout(self.guidance, config.denoising_steps, config.frame_buffer_size)
         self.negative_count = self.guidance.negative_count(config.batch_size, config.frame_buffer_size)
         self.accelerated = AcceleratedParts()
+        self.closed = False
         self.latent_shape = (4, config.height // 8, config.width // 8)
 
         self._lock = threading.Lock()
-        self._pending: dict[str, object] = {}
-        self.prompt = ""
-        self.negative_prompt = ""
+        self._pending_config: dict[str, object] = {}  # StreamConfig fields to change at the next frame
+        self._pending_prompt: tuple[str, str] | None = None
+        self.prompt = self.negative_prompt = ""
         self.filter = SimilarityFilter(config.similarity_threshold, config.max_skip_frames, seed=config.seed)
         self.similarity_enabled = config.similarity_filter
         self.last_frame_skipped = False
-        self.skipped_frames = 0
-        self.frames_processed = 0
+        self.skipped_frames = self.frames_processed = 0
         self.last_gpu_ms = 0.0
         self._last_output: torch.Tensor | None = None
         self._host = PinnedCopies(self.device)
@@ -115,6 +115,23 @@ class StreamEngine:
         self._latent_buffer.copy_(snapshot.latents)
         self._anchor_buffer.copy_(snapshot.anchors)
 
+    def close(self) -> None:
+        """Drop the networks, the accelerators' graphs and every device buffer, so their memory is freed
+        even while something still holds this engine (a model swap must not keep two models on the GPU).
+        A closed engine refuses frames; ``prepare`` cannot revive it."""
+        self.accelerated = AcceleratedParts()
+        self.components = self.unet = self.vae = None
+        self.conditioning = self._last_output = None
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, None)
+        self._host = PinnedCopies(self.device)
+        self.closed = True
+
+    def _require_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("this engine was closed (its model was swapped out)")
+
     # ----- precomputation -------------------------------------------------------------------------
 
     def _allocate_state(self) -> None:
@@ -122,9 +139,7 @@ class StreamEngine:
         batch, fb = cfg.batch_size, cfg.frame_buffer_size
         self._noise = torch.empty((batch, *self.latent_shape), device=dev, dtype=dt)
         self._fill_noise(cfg.seed)
-        coef = schedule.step_coefficients(
-            self.scheduler, schedule.sub_timesteps(self.timesteps, cfg.t_index_list), fb
-        )
+        coef = self._coefficients(cfg.t_index_list)
         self._alpha, self._beta, self._c_skip, self._c_out = (
             getattr(coef, name).to(dev, dt) for name in ("alpha", "beta", "c_skip", "c_out")
         )
@@ -136,6 +151,10 @@ class StreamEngine:
         self._anchor_buffer = torch.zeros_like(self._latent_buffer)
         self.conditioning: Conditioning | None = None
 
+    def _coefficients(self, t_index_list) -> schedule.StepCoefficients:
+        sub_timesteps = schedule.sub_timesteps(self.timesteps, t_index_list)
+        return schedule.step_coefficients(self.scheduler, sub_timesteps, self.config.frame_buffer_size)
+
     def _unet_rows(self) -> list[int]:
         return self.guidance.unet_rows(self.config.batch_size, self.config.frame_buffer_size)
 
@@ -146,6 +165,7 @@ class StreamEngine:
 
     def prepare(self, prompt: str, negative_prompt: str = "") -> None:
         """Encode the prompts and reset the stream buffer; call once before the first frame."""
+        self._require_open()
         self.prompt, self.negative_prompt = prompt, negative_prompt
         conditioning = self._encode(prompt, negative_prompt)
         if self.conditioning is None:
@@ -173,17 +193,18 @@ class StreamEngine:
 
     def _encode(self, prompt: str, negative_prompt: str) -> Conditioning:
         cfg = self.config
-        return encode_conditioning(
-            self.components, prompt, negative_prompt, self.layout, cfg.width, cfg.height, self.device, self.dtype
-        )
+        return encode_conditioning(self.components, prompt, negative_prompt, self.layout, cfg.width, cfg.height,
+                                   self.device, self.dtype)
 
     # ----- live parameter changes: queued, applied between frames ---------------------------------
 
     def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
-        self._queue("prompt", (prompt, self.negative_prompt if negative_prompt is None else negative_prompt))
+        with self._lock:
+            current = self._pending_prompt or (self.prompt, self.negative_prompt)
+            self._pending_prompt = (prompt, current[1] if negative_prompt is None else negative_prompt)
 
     def set_seed(self, seed: int) -> None:
-        self._queue("seed", int(seed))
+        self._queue(seed=int(seed))
 
     def set_strength(self, strength: float) -> None:
         steps = self.config.denoising_steps
@@ -192,60 +213,44 @@ class StreamEngine:
     def set_t_index_list(self, t_index_list) -> None:
         if len(t_index_list) != self.config.denoising_steps:
             raise ValueError("a new step count needs a new engine (the stream batch changes shape)")
-        self.config.replace(t_index_list=tuple(t_index_list))  # validates
-        self._queue("t_index_list", tuple(t_index_list))
+        self._queue(t_index_list=tuple(t_index_list))
 
     def set_guidance(self, guidance_scale: float | None = None, delta: float | None = None) -> None:
-        self.config.replace(
-            guidance_scale=self.config.guidance_scale if guidance_scale is None else guidance_scale,
-            delta=self.config.delta if delta is None else delta,
-        )
-        self._queue("guidance", (guidance_scale, delta))
+        self._queue(**_given(guidance_scale=guidance_scale, delta=delta))
 
     def set_similarity_filter(self, enabled: bool, threshold: float | None = None, max_skip_frames: int | None = None):
-        self._queue("filter", (enabled, threshold, max_skip_frames))
+        self._queue(**_given(similarity_filter=bool(enabled), similarity_threshold=threshold,
+                             max_skip_frames=max_skip_frames))
 
-    def _queue(self, key: str, value) -> None:
+    def _queue(self, **changes) -> None:
+        """Validate now, in the caller's thread (a bad value raises here, not later in the GPU thread),
+        then keep the change for the next frame. Changes queued before that frame add up."""
         with self._lock:
-            self._pending[key] = value
+            merged = {**self._pending_config, **changes}
+            self.config.replace(**merged)  # raises ConfigError naming the field
+            self._pending_config = merged
 
     def apply_pending(self) -> None:
         with self._lock:
-            pending, self._pending = self._pending, {}
-        if not pending:
-            return
-        cfg = self.config
-        if "prompt" in pending:
-            self.prompt, self.negative_prompt = pending["prompt"]
+            changes, self._pending_config = self._pending_config, {}
+            prompt, self._pending_prompt = self._pending_prompt, None
+        if prompt is not None:
+            self.prompt, self.negative_prompt = prompt
             self.conditioning.copy_(self._encode(self.prompt, self.negative_prompt))
-        if "seed" in pending:
-            cfg = cfg.replace(seed=pending["seed"])
+        if not changes:
+            return
+        cfg = self.config.replace(**changes)
+        if "seed" in changes:
             self._fill_noise(cfg.seed)
-        if "t_index_list" in pending:
-            cfg = cfg.replace(t_index_list=pending["t_index_list"])
-            coef = schedule.step_coefficients(
-                self.scheduler, schedule.sub_timesteps(self.timesteps, cfg.t_index_list), cfg.frame_buffer_size
-            )
+        if "t_index_list" in changes:
+            coef = self._coefficients(cfg.t_index_list)
             for name in ("alpha", "beta", "c_skip", "c_out"):
                 getattr(self, f"_{name}").copy_(getattr(coef, name))
             self._unet_timesteps.copy_(coef.timesteps[self._unet_rows()])
-        if "guidance" in pending:
-            guidance, delta = pending["guidance"]
-            cfg = cfg.replace(
-                guidance_scale=cfg.guidance_scale if guidance is None else guidance,
-                delta=cfg.delta if delta is None else delta,
-            )
-            self._guidance.fill_(cfg.guidance_scale)
-            self._delta.fill_(cfg.delta)
-        if "filter" in pending:
-            enabled, threshold, max_skips = pending["filter"]
-            cfg = cfg.replace(
-                similarity_filter=enabled,
-                similarity_threshold=cfg.similarity_threshold if threshold is None else threshold,
-                max_skip_frames=cfg.max_skip_frames if max_skips is None else max_skips,
-            )
-            self.similarity_enabled = enabled
-            self.filter.threshold, self.filter.max_skip_frames = cfg.similarity_threshold, cfg.max_skip_frames
+        self._guidance.fill_(cfg.guidance_scale)
+        self._delta.fill_(cfg.delta)
+        self.similarity_enabled = cfg.similarity_filter
+        self.filter.threshold, self.filter.max_skip_frames = cfg.similarity_threshold, cfg.max_skip_frames
         self.config = cfg
 
     # ----- the per-frame stages -------------------------------------------------------------------
@@ -335,6 +340,7 @@ class StreamEngine:
         numpy in gives numpy out (host); a torch tensor in gives a tensor on the engine's device.
         txt2img takes no frame.
         """
+        self._require_open()
         if self.conditioning is None:
             raise RuntimeError("call prepare(prompt) before the first frame")
         fb = self.config.frame_buffer_size
@@ -385,8 +391,9 @@ class StreamEngine:
         if not self.similarity_enabled or frames_u8 is None:
             return False
         # The filter is consulted even without an output yet, so that it learns its reference frame.
-        return self.filter.should_skip(self._filter_view(frames_u8)) and self._last_output is not None
+        return self.filter.should_skip_frames(frames_u8) and self._last_output is not None
 
-    def _filter_view(self, frames_u8: torch.Tensor) -> torch.Tensor:
-        # A small copy is enough to judge similarity and keeps the check far cheaper than the model.
-        return imageops.to_model_input(frames_u8, 64, 64, torch.float32)
+
+def _given(**values) -> dict:
+    """The arguments a caller actually passed (None means keep the current value)."""
+    return {name: value for name, value in values.items() if value is not None}

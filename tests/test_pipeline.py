@@ -300,3 +300,56 @@ def test_real_tiny_engine_in_the_pipeline(tiny_components, tiny_config):
     assert got.errors == [] and [f.index for f in got.frames] == list(range(6))
     assert all(f.processed and f.image.shape == (64, 64, 3) and f.image.dtype == np.uint8 for f in got.frames)
     assert pipe.stats().gpu_ms > 0
+
+
+@pytest.mark.filterwarnings("ignore:running on the CPU")
+def test_a_swapped_out_engine_frees_its_model_even_while_something_still_holds_it(tiny_config, make_frame):
+    import gc
+    import weakref
+
+    from core.models import load_components
+    from core.stream import StreamEngine
+
+    got = Collector()
+    old = StreamEngine(load_components(tiny_config), tiny_config)  # its own model: the shared fixture stays alive
+    old.prepare("a cat")
+    unet, vae = weakref.ref(old.unet), weakref.ref(old.vae)
+    pipe = Pipeline(old, TestPattern(64, 64, fps=100), **got.wire())
+    pipe.start()
+    assert got.wait_for(lambda: any(f.processed for f in got.frames))
+    pipe.set_engine(FakeEngine(width=16, height=16))
+    assert got.wait_for(lambda: got.frames[-1].image.shape == (16, 16, 3))
+    pipe.stop()
+    gc.collect()
+    # `old` is still referenced right here, as a stray reference elsewhere in the app would hold it.
+    assert old.closed and unet() is None and vae() is None
+    with pytest.raises(RuntimeError, match="closed"):
+        old.process(make_frame())
+
+
+def test_background_loader_hands_over_only_the_newest_load_and_releases_the_rest():
+    from app.pipeline.engine_loader import BackgroundLoader
+
+    loader = BackgroundLoader()
+    ready, failures, progress = [], [], []
+    gate = threading.Event()
+    slow, fast = FakeEngine(), FakeEngine()
+
+    def slow_build(say):
+        say("slow started")
+        gate.wait(5)
+        say("slow finished")  # superseded by now: must not be shown
+        return slow
+
+    def failing_build(say):
+        gate.wait(5)
+        raise SourceError("superseded failure")
+
+    loader.load(slow_build, ready.append, failures.append, progress.append)
+    loader.load(failing_build, ready.append, failures.append, progress.append)
+    loader.load(lambda say: fast, ready.append, failures.append, progress.append)
+    assert loader.wait(0.5) is False  # two loads still run
+    gate.set()
+    assert loader.wait(5)
+    assert ready == [fast] and failures == [] and slow.closed and not fast.closed
+    assert "slow finished" not in progress

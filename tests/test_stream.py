@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import ConfigError
 from core.guidance import GUIDANCE_RULES, GuidanceRule
 from core.prompts import NEGATIVE, POSITIVE
 from core.stream import StreamEngine
@@ -223,3 +224,34 @@ def test_warm_up_leaves_no_trace_and_prepare_keeps_the_conditioning_tensors(tiny
     assert warmed.frames_processed == 0
     for _ in range(3):
         assert_frames_close(warmed.process(frame), fresh.process(frame))
+
+
+@pytest.mark.parametrize("call", [
+    lambda e: e.set_similarity_filter(True, threshold=1.5),
+    lambda e: e.set_similarity_filter(True, max_skip_frames=-1),
+    lambda e: e.set_guidance(guidance_scale=50.0),
+    lambda e: e.set_guidance(delta=-1.0),
+    lambda e: e.set_t_index_list((10, 99)),
+    lambda e: e.set_seed(-5),
+])
+def test_every_setter_refuses_a_bad_value_in_the_callers_thread(tiny_components, tiny_config, make_frame, call):
+    engine = make_engine(tiny_components, tiny_config.replace(t_index_list=(10, 30)))
+    before = engine.config
+    with pytest.raises(ConfigError):
+        call(engine)
+    engine.process(make_frame())  # nothing bad was queued for the frame step to trip over
+    assert engine.config == before
+
+
+def test_changes_queued_before_a_frame_add_up(tiny_components, tiny_config, make_frame):
+    engine = make_engine(tiny_components, tiny_config.replace(cfg_type="self"))
+    engine.set_guidance(guidance_scale=2.5)
+    engine.set_guidance(delta=0.4)  # must not put the guidance scale back
+    engine.set_similarity_filter(True, threshold=0.9)
+    engine.set_similarity_filter(True, max_skip_frames=3)
+    assert engine.config.guidance_scale == tiny_config.guidance_scale  # applied between frames, not at once
+    engine.process(make_frame())
+    cfg = engine.config
+    assert (cfg.guidance_scale, cfg.delta, cfg.similarity_threshold, cfg.max_skip_frames) == (2.5, 0.4, 0.9, 3)
+    assert (engine._guidance.item(), engine.filter.threshold, engine.filter.max_skip_frames) == (2.5, 0.9, 3)
+    assert abs(engine._delta.item() - 0.4) < 1e-6

@@ -14,8 +14,10 @@ import torch
 
 from core.accel import onnx_export, trt_runtime
 from core.accel import tensorrt as trt_backend
-from core.accel.trt_runtime import TensorRTBuildError
+from core.accel.parts import AcceleratedParts
+from core.accel.trt_runtime import INSTALL_HINT, TensorRTBuildError, TensorRTUnavailable, import_tensorrt
 from tests import fake_tensorrt
+from tests.onnx_support import OrtRunner, quiet_engine as make_engine
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -241,3 +243,116 @@ def test_real_engines_in_the_stream_engine(cuda_components, tiny_config, tmp_pat
         frame = make_frame(seed)
         want, got = eager.process(frame), accelerated.process(frame)
         assert np.abs(want.astype(int) - got.astype(int)).mean() < 2.0
+
+
+# ----- the engine cache, the install hint, the export stage --------------------------------------------------
+
+
+BASE_KEY = dict(kind="unet", model="stabilityai/sd-turbo", module_config="abc", weights="def",
+                inputs={"sample": (2, 4, 64, 64), "timestep": (2,), "encoder_hidden_states": (2, 77, 1024)},
+                batch=2, gpu_name="NVIDIA H100 80GB HBM3", trt_version="10.13.0", dtype="torch.float16")
+
+
+def test_cache_key_is_stable_for_identical_inputs():
+    assert trt_backend.engine_cache_key(**BASE_KEY) == trt_backend.engine_cache_key(**dict(BASE_KEY))
+
+
+@pytest.mark.parametrize("change", [
+    {"inputs": {**BASE_KEY["inputs"], "sample": (2, 4, 96, 96)}},
+    {"batch": 4},
+    {"gpu_name": "NVIDIA GeForce RTX 4090"},
+    {"trt_version": "10.14.1"},
+    {"model": "stabilityai/sdxl-turbo"},
+    {"weights": "fed"},
+    {"module_config": "abd"},
+    {"dtype": "torch.float32"},
+    {"kind": "vae_decoder"},
+])
+def test_cache_key_changes_with_what_the_engine_depends_on(change):
+    assert trt_backend.engine_cache_key(**{**BASE_KEY, **change}) != trt_backend.engine_cache_key(**BASE_KEY)
+
+
+def test_weight_fingerprint_sees_a_changed_weight(tiny_components):
+    unet = tiny_components.pipe.unet
+    before = trt_backend.weight_fingerprint(unet)
+    assert trt_backend.weight_fingerprint(unet) == before
+    weight = unet.conv_in.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.mul_(1.01)  # as a fused LoRA would
+    try:
+        assert trt_backend.weight_fingerprint(unet) != before
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert trt_backend.config_digest(unet.config) != trt_backend.config_digest(tiny_components.tiny_vae.config)
+
+
+def test_missing_tensorrt_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes "import tensorrt" raise ImportError
+    with pytest.raises(TensorRTUnavailable) as caught:
+        import_tensorrt()
+    assert "TensorRT is not installed" in str(caught.value)
+    assert 'pip install -e ".[tensorrt]"' in str(caught.value) and "CUDA GPU" in INSTALL_HINT
+
+
+def test_export_failure_names_the_stage_and_the_log(tmp_path):
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            raise RuntimeError("unsupported operator in forward")
+
+    spec = onnx_export.ExportSpec("unet", Broken(), {"sample": torch.ones(1)}, ("noise",))
+    log_path = tmp_path / "unet" / "build.log"
+    with pytest.raises(TensorRTBuildError) as caught:
+        trt_backend.export_stage(spec, tmp_path / "unet" / "onnx", "UNet", log_path, lambda message: None)
+    assert caught.value.stage == "export"
+    assert "TensorRT export of the UNet failed" in str(caught.value) and str(log_path) in str(caught.value)
+    assert "unsupported operator in forward" in log_path.read_text()
+
+
+@pytest.fixture
+def onnxruntime():
+    return pytest.importorskip("onnxruntime")
+
+
+# ----- the drop-in callables inside a real engine (onnxruntime standing in for TensorRT, on the CPU) -------
+
+
+@pytest.mark.parametrize("preset, cfg_type", [("tiny", "full"), ("tiny-sdxl", "initialize")])
+def test_installed_runners_reproduce_the_eager_engine(onnxruntime, request, tiny_config, tmp_path, make_frame, preset, cfg_type):
+    components = request.getfixturevalue("tiny_components" if preset == "tiny" else "tiny_sdxl_components")
+    config = dict(model=f"preset:{preset}", cfg_type=cfg_type)
+    eager = make_engine(components, tiny_config, **config)
+    swapped = make_engine(components, tiny_config, **config)
+    runners = {}
+    for kind, spec in onnx_export.engine_specs(swapped).items():
+        runners[kind] = OrtRunner(onnx_export.export_onnx(spec, tmp_path / kind / "model.onnx"))
+    trt_backend.install(swapped, runners, say=lambda message: None, graph=False)
+    for engine in (eager, swapped):
+        engine.prepare("a watercolor fox", "blurry")
+    for seed in range(3):  # past the stream batch's latency, so the buffered latents matter too
+        frame = make_frame(seed)
+        want, got = eager.process(frame), swapped.process(frame)
+        assert np.abs(want.astype(int) - got.astype(int)).max() <= 2
+    assert all(runner.calls == 3 for runner in runners.values())
+    trt_backend.uninstall(swapped)
+    assert swapped.unet_forward is swapped.unet and swapped.accelerated == AcceleratedParts()
+
+
+def test_a_failed_graph_capture_keeps_the_engines(onnxruntime, tiny_components, tiny_config, tmp_path, make_frame):
+    eager, swapped = make_engine(tiny_components, tiny_config), make_engine(tiny_components, tiny_config)
+    runners = {kind: OrtRunner(onnx_export.export_onnx(spec, tmp_path / kind / "model.onnx"))
+               for kind, spec in onnx_export.engine_specs(swapped).items()}
+    said = []
+    trt_backend.install(swapped, runners, say=said.append, graph=True)
+    for engine in (eager, swapped):
+        engine.prepare("a watercolor fox")
+    for seed in range(2):  # on the CPU the capture itself fails: the frame must still come out right
+        frame = make_frame(seed)
+        assert np.abs(eager.process(frame).astype(int) - swapped.process(frame).astype(int)).max() <= 2
+    assert swapped.accelerated.frame_runner.failed and any("capture failed" in m for m in said)
+    assert isinstance(swapped.unet_forward, trt_backend.TensorRTUNet) and runners["unet"].calls == 2

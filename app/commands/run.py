@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.outputs import Output, OutputError, Recorder, VirtualCamera, video_path_problem
 from app.pipeline import Pipeline, PipelineConfig
+from app.pipeline.engine_loader import build_engine
 from app.pipeline.engine_policy import describe_engine
 from app.commands.progress import Progress
 from app.commands.run_summary import RunSummary, summary_text
@@ -21,7 +22,7 @@ from app.sources import LimitedSource, Source, SourceError, TestPattern, VideoFi
 from core.cli_options import add_engine_arguments, config_from_args, positive_float, positive_int
 from core.config import ConfigError
 from core.logs import configure_logging
-from core.model_errors import OOM_ADVICE, is_out_of_memory
+from core.model_errors import is_explained, load_failure_message
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -56,22 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_engine(config, prompt: str, negative_prompt: str, say):
-    """Build and prepare the engine; returns (engine, None) or (None, message for the user)."""
+    """Build and prepare the engine (the loader the window shares); returns (engine, None) or (None, message)."""
     try:
-        from core.stream import StreamEngine
-    except ImportError as exc:
-        return None, f"The engine is not available: {exc}"
-    try:
-        engine = StreamEngine.from_config(config, progress=say)
-        engine.prepare(prompt, negative_prompt)
+        return build_engine(config, prompt, negative_prompt, say), None
     except Exception as exc:  # noqa: BLE001 - ModelLoadError carries the user-facing sentence
-        if is_out_of_memory(exc):
-            return None, f"The GPU ran out of memory while loading the model. {OOM_ADVICE}"
-        if type(exc).__name__ in ("ModelLoadError", "ConfigError"):
-            return None, str(exc)
-        logging.getLogger(__name__).debug("engine load failed", exc_info=True)
-        return None, f"Loading the model failed: {type(exc).__name__}: {exc}"
-    return engine, None
+        if not is_explained(exc):
+            logging.getLogger(__name__).debug("engine load failed", exc_info=True)
+        return None, load_failure_message(exc)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from PySide6.QtCore import QObject, Signal
 
 from app.gui.bridge import FrameBridge
-from app.gui.loader import EngineLoader, user_message
+from app.gui.loader import EngineLoader
 from app.outputs import Recorder, VirtualCamera, snapshot, virtualcam_available
 from app.pipeline import OutputFrame, Pipeline, PipelineConfig
 from core.config import StreamConfig
+from core.model_errors import user_message
 
 log = logging.getLogger(__name__)
 

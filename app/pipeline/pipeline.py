@@ -37,7 +37,7 @@ from app.pipeline.slots import END, FrameSlot, SlotClosed
 from app.pipeline.stats import PipelineStats, StatsCollector
 from app.pipeline.tasks import TaskQueue
 from app.sources import Source
-from core.model_errors import is_out_of_memory
+from core.model_errors import is_out_of_memory, load_failure_message
 
 __all__ = ["Engine", "Frame", "OutputFrame", "Pipeline", "PipelineConfig", "PipelineStats"]
 
@@ -66,7 +66,7 @@ class Pipeline:
         self._lock = threading.RLock()  # short critical sections on shared state
         self._lifecycle = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._loader = BackgroundLoader(self)
+        self._loader = BackgroundLoader("pipeline-loader")
         self._stop = threading.Event()
         self._wake = threading.Event()  # interrupts back-off waits in the capture thread
         self._finished = threading.Event()
@@ -176,7 +176,16 @@ class Pipeline:
         and the current engine stays. A newer call supersedes a load still in progress. The factory
         returns a ready engine (StreamEngine.from_config(...) then prepare(prompt)). stop() waits for a
         load in progress (model loading cannot be interrupted)."""
-        self._loader.load(factory, on_ready)
+        def ready(engine: Engine) -> None:
+            self.set_engine(engine)
+            self.report_status("Model ready")
+            if on_ready is not None:
+                on_ready(engine)
+
+        def failed(exc: BaseException) -> None:
+            self.report_error(load_failure_message(exc), exc)
+
+        self._loader.load(lambda progress: factory(), ready, failed)
 
     def call_in_gpu_thread(self, fn: Callable[[], object]) -> Future:
         """Run ``fn`` on the GPU thread before the next frame (at once when not running)."""
