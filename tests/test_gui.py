@@ -29,6 +29,14 @@ def start_and_wait_frames(qtbot, window, count=3):
 # ------------------------------------------------------------------------------------ controls
 
 
+def record_frames(qtbot, window, count):
+    """Start the window, start recording, and wait until ``count`` recorded frames were shown."""
+    start_and_wait_frames(qtbot, window)
+    window.set_recording(True)
+    shown = window.preview.frames_shown
+    until(qtbot, lambda: window.preview.frames_shown >= shown + count)
+
+
 def test_prompt_reaches_the_engine_after_the_debounce(qtbot, open_window):
     window = open_window(small())
     engine = window.session.engine
@@ -149,10 +157,7 @@ def test_record_and_snapshot(qtbot, open_window, tmp_path):
 
 def test_a_recording_is_finalized_on_quit(qtbot, open_window, tmp_path):
     window = open_window(small(output_dir=str(tmp_path / "out")))
-    start_and_wait_frames(qtbot, window)
-    window.set_recording(True)
-    shown = window.preview.frames_shown
-    until(qtbot, lambda: window.preview.frames_shown >= shown + 5)
+    record_frames(qtbot, window, 5)
     window.close()
     files = list((tmp_path / "out").glob("*.mp4"))
     assert len(files) == 1 and ".partial" not in files[0].name
@@ -181,10 +186,7 @@ def test_a_failing_recording_is_finalized_and_reported(qtbot, open_window, tmp_p
 
 def test_stop_finalizes_the_recording(qtbot, open_window, tmp_path):
     window = open_window(small(output_dir=str(tmp_path / "out")))
-    start_and_wait_frames(qtbot, window)
-    window.set_recording(True)
-    shown = window.preview.frames_shown
-    until(qtbot, lambda: window.preview.frames_shown >= shown + 3)
+    record_frames(qtbot, window, 3)
     window.actions.start.trigger()  # stop
     until(qtbot, lambda: "frames)" in window.output_panel.saved_label.text())
     assert not window.output_panel.record_button.isChecked()
