@@ -159,8 +159,14 @@ def user_message(exc: BaseException) -> str:
     return text if is_explained(exc) else f"{type(exc).__name__}: {text}"
 
 
-def load_failure_message(exc: BaseException) -> str:
-    """What the window, ``run`` and the pipeline say when building an engine failed."""
+def load_failure_reason(exc: BaseException) -> str:
+    """Why building an engine failed, for a place that already says it failed (the window's dialog)."""
     if is_out_of_memory(exc):
         return f"The GPU ran out of memory while loading the model. {OOM_ADVICE}"
-    return user_message(exc) if is_explained(exc) else f"Loading the model failed: {user_message(exc)}"
+    return user_message(exc)
+
+
+def load_failure_message(exc: BaseException) -> str:
+    """The same as a sentence of its own, for ``run`` and the pipeline's error callback."""
+    reason = load_failure_reason(exc)
+    return reason if is_explained(exc) or is_out_of_memory(exc) else f"Loading the model failed: {reason}"

@@ -101,7 +101,8 @@ class StreamEngine:
 
     @property
     def unet_forward(self):
-        return self.accelerated.unet or self.unet
+        # "is None", never truthiness: a torch.compile'd module raises on len(), and so on bool().
+        return self.unet if self.accelerated.unet is None else self.accelerated.unet
 
     @property
     def unet_batch_size(self) -> int:
@@ -116,9 +117,8 @@ class StreamEngine:
         self._anchor_buffer.copy_(snapshot.anchors)
 
     def close(self) -> None:
-        """Drop the networks, the accelerators' graphs and every device buffer, so their memory is freed
-        even while something still holds this engine (a model swap must not keep two models on the GPU).
-        A closed engine refuses frames; ``prepare`` cannot revive it."""
+        """Drop the networks, the accelerators' graphs and every device buffer, so their memory is freed even
+        while something still holds this engine (a model swap must not keep two models on the GPU)."""
         self.accelerated = AcceleratedParts()
         self.components = self.unet = self.vae = None
         self.conditioning = self._last_output = None
@@ -234,8 +234,9 @@ class StreamEngine:
         with self._lock:
             changes, self._pending_config = self._pending_config, {}
             prompt, self._pending_prompt = self._pending_prompt, None
+            if prompt is not None:
+                self.prompt, self.negative_prompt = prompt
         if prompt is not None:
-            self.prompt, self.negative_prompt = prompt
             self.conditioning.copy_(self._encode(self.prompt, self.negative_prompt))
         if not changes:
             return
@@ -384,8 +385,8 @@ class StreamEngine:
 
     def run_frame_step(self, frames_u8):
         """The hot path: an accelerator's frame runner (a captured graph) where one is installed."""
-        runner = self.accelerated.frame_runner or self.frame_step
-        return runner(frames_u8)
+        runner = self.accelerated.frame_runner
+        return self.frame_step(frames_u8) if runner is None else runner(frames_u8)
 
     def _should_skip(self, frames_u8) -> bool:
         if not self.similarity_enabled or frames_u8 is None:

@@ -23,6 +23,7 @@ class FakeEngine:
         self.skipped_frames = 0
         self.last_gpu_ms = 0.0
         self.fail_with: BaseException | None = None
+        self.closed_mid_frame = False
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         self.in_process = True
@@ -41,6 +42,7 @@ class FakeEngine:
             self.in_process = False
 
     def close(self) -> None:
+        self.closed_mid_frame = self.closed_mid_frame or self.in_process
         self.closed = True
 
 

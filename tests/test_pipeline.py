@@ -353,3 +353,17 @@ def test_background_loader_hands_over_only_the_newest_load_and_releases_the_rest
     assert loader.wait(5)
     assert ready == [fast] and failures == [] and slow.closed and not fast.closed
     assert "slow finished" not in progress
+
+
+def test_an_engine_swap_during_stop_waits_for_the_frame_in_flight():
+    got = Collector()
+    old, new = FakeEngine(delay_s=0.5), FakeEngine()
+    pipe = Pipeline(old, TestPattern(32, 24, fps=100), **got.wire())
+    pipe.start()
+    assert got.wait_for(lambda: old.in_process)
+    stopping = threading.Thread(target=pipe.stop)
+    stopping.start()
+    assert got.wait_for(lambda: not pipe.running)  # stop() has taken the threads and is joining them
+    pipe.set_engine(new)  # as the window does when a load finishes while Stop runs on a worker
+    stopping.join(10)
+    assert pipe.engine is new and old.closed and not old.closed_mid_frame and got.errors == []

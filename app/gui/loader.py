@@ -5,13 +5,16 @@ window. Cancel abandons a load (see the shared loader for why it cannot be inter
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, Signal
 
 from app.pipeline.engine_loader import BackgroundLoader, EngineFactory, build_engine, default_engine_factory
 from core.config import StreamConfig
-from core.model_errors import load_failure_message
+
+log = logging.getLogger(__name__)
+from core.model_errors import is_explained, load_failure_reason
 
 
 def describe_progress(*args, **kwargs) -> tuple[str, float | None]:
@@ -48,6 +51,7 @@ class EngineLoader(QObject):
         self.factory = factory or default_engine_factory
         self._background = BackgroundLoader("engine-load")
         self._busy = False
+        self._generation = 0  # which load() the busy flag belongs to
 
     def is_busy(self) -> bool:
         return self._busy
@@ -55,6 +59,8 @@ class EngineLoader(QObject):
     def load(self, config: StreamConfig, prompt: str, negative_prompt: str, setup: Callable[[Any], None] | None = None) -> None:
         """Build an engine for ``config`` and prepare it with the prompt; ``setup`` (run in the worker)
         applies the live settings (strength, seed, guidance, filter) before the engine is handed over."""
+        self._generation += 1
+        generation = self._generation
         self._set_busy(True)
 
         def report(*args, **kwargs) -> None:
@@ -66,12 +72,16 @@ class EngineLoader(QObject):
             return build_engine(config, prompt, negative_prompt, progress, setup, self.factory)
 
         def ready(engine) -> None:
-            self._set_busy(False)
+            self._done(generation)
             self.loaded.emit(engine, config)
 
         def failed(exc: BaseException) -> None:
-            self._set_busy(False)
-            self.failed.emit(load_failure_message(exc), exc)
+            if is_explained(exc):
+                log.debug("loading %s failed: %s", config.model, exc)  # the window shows and logs the message
+            else:
+                log.exception("loading %s failed", config.model, exc_info=exc)
+            self._done(generation)
+            self.failed.emit(load_failure_reason(exc), exc)
 
         self._background.load(build, ready, failed, report)
 
@@ -80,8 +90,13 @@ class EngineLoader(QObject):
         return self._background.wait(timeout_s)
 
     def cancel(self) -> None:
+        self._generation += 1
         self._background.cancel()
         self._set_busy(False)
+
+    def _done(self, generation: int) -> None:
+        if generation == self._generation:  # an older load finishing must not clear a newer one's flag
+            self._set_busy(False)
 
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:

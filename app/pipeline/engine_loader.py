@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable
 
 from app.pipeline.engine_policy import release_engine
-from core.model_errors import is_explained
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +100,7 @@ class BackgroundLoader:
             engine = build(progress)
         except BaseException as exc:  # noqa: BLE001 - everything must reach the user, even SystemExit from a library
             if self.is_current(job):
-                if is_explained(exc):
-                    log.debug("loading the model failed: %s", exc)  # the user sees it once, from on_failed
-                else:
-                    log.exception("loading the model failed")
-                on_failed(exc)
+                on_failed(exc)  # which logs it: once, with the caller's wording
             return
         if not self.is_current(job):
             log.info("discarding an engine whose load was superseded")

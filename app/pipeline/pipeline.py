@@ -66,6 +66,8 @@ class Pipeline:
         self._lock = threading.RLock()  # short critical sections on shared state
         self._lifecycle = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._gpu_thread: threading.Thread | None = None  # kept past stop(): a join can time out
+        self._stopping = False
         self._loader = BackgroundLoader("pipeline-loader")
         self._stop = threading.Event()
         self._wake = threading.Event()  # interrupts back-off waits in the capture thread
@@ -100,6 +102,7 @@ class Pipeline:
                 threading.Thread(target=self._guard, args=(loop,), name=f"pipeline-{name}", daemon=True)
                 for name, loop in loops.items()
             ]
+            self._gpu_thread = self._threads[1]
             for thread in self._threads:
                 thread.start()
 
@@ -111,6 +114,7 @@ class Pipeline:
         with self._lifecycle:
             with self._lock:
                 threads, self._threads = self._threads, []
+                self._stopping = True
                 loaders = self._loader.take_threads()
                 self._stop.set()
                 self._wake.set()
@@ -123,7 +127,10 @@ class Pipeline:
                         log.warning("thread %s did not stop within %.0f s", thread.name, self.config.join_timeout_s)
             self._dropped_before += self._in_slot.dropped + self._out_slot.dropped
             self._in_slot.dropped = self._out_slot.dropped = 0
-        self._run_pending_tasks()  # whoever waits on call_in_gpu_thread gets an answer
+        with self._lock:
+            self._stopping = False
+        if not self._gpu_busy():
+            self._run_pending_tasks()  # whoever waits on call_in_gpu_thread gets an answer
         if close_outputs:
             outputs = self._outputs.take_all()
             for output in outputs:
@@ -190,11 +197,18 @@ class Pipeline:
     def call_in_gpu_thread(self, fn: Callable[[], object]) -> Future:
         """Run ``fn`` on the GPU thread before the next frame (at once when not running)."""
         future = self._tasks.add(fn)
-        if self._threads:
-            self._in_slot.poke()
+        if self._gpu_busy():
+            self._in_slot.poke()  # a stop in progress, or a GPU thread past its join, runs them later
         else:
             self._run_pending_tasks()
         return future
+
+    def _gpu_busy(self) -> bool:
+        """Whether the GPU thread may still touch the engine: then engine swaps must wait for it."""
+        with self._lock:
+            gpu = self._gpu_thread
+            gpu_alive = gpu is not None and gpu.is_alive() and gpu is not threading.current_thread()
+            return bool(self._threads) or self._stopping or gpu_alive
 
     def add_output(self, output: Output) -> None:
         self._outputs.add(output)
