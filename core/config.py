@@ -24,6 +24,7 @@ ACCELERATIONS = ("none", "compile", "tensorrt")
 RESIZE_MODES = ("crop", "letterbox")
 DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_MODEL = "stabilityai/sd-turbo"
+MAX_SMOOTHING = 0.95  # at 1.0 the output would stop following the camera
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,12 @@ class StreamConfig:
     dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu
     # compile on CUDA by default; on the CPU every choice runs eager (core.accel says so in the log).
     acceleration: Acceleration = "compile"
-    resize_mode: ResizeMode = "crop"
+    resize_mode: ResizeMode = "crop"  # how the source fits the generated size, and that the output size
+    # The size of the frames the engine hands out (upscaled on the device); 0x0: the generated size.
+    output_width: int = 0
+    output_height: int = 0
+    smoothing: float = 0.0  # latent feedback: how much of the last output leans into the next input
+    transition_frames: int = 0  # prompt and seed changes blend in over this many frames (0: at once)
     allow_pickle: bool = False  # load .ckpt / .bin pickles only when the user opts in
     cache_dir: str | None = None
     single_file_config: str | None = None  # diffusers config folder or hub id for a single-file model
@@ -114,6 +120,15 @@ class StreamConfig:
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError("seed", f"must be an integer from 0 to 2**63-1, got {self.seed!r}")
         _float_range("similarity_threshold", self.similarity_threshold, 0.0, 1.0)
+        if (self.output_width == 0) != (self.output_height == 0):
+            raise ConfigError("output_width", "give both output width and height, or neither (0x0)")
+        for name in ("output_width", "output_height"):
+            value = getattr(self, name)
+            # Even: H.264 and most virtual cameras take 4:2:0 frames.
+            if value and (not isinstance(value, int) or not 64 <= value <= 4096 or value % 2):
+                raise ConfigError(name, f"must be an even number from 64 to 4096 (or 0: the generated size), got {value!r}")
+        _float_range("smoothing", self.smoothing, 0.0, MAX_SMOOTHING)
+        _int_range("transition_frames", self.transition_frames, 0, 600)
         _int_range("max_skip_frames", self.max_skip_frames, 0, 10_000)
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -128,6 +143,11 @@ class StreamConfig:
     def batch_size(self) -> int:
         """Latents in one UNet call before guidance adds any: one per step and buffered frame."""
         return self.denoising_steps * self.frame_buffer_size
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the frames the engine hands out."""
+        return (self.output_height, self.output_width) if self.output_width else (self.height, self.width)
 
     def replace(self, **changes) -> "StreamConfig":
         return dataclasses.replace(self, **changes)
@@ -147,7 +167,8 @@ class StreamConfig:
         return getattr(torch, self.dtype)
 
     #: Settings a running engine takes between frames (its setters); every other field needs a new engine.
-    LIVE_FIELDS = ("seed", "guidance_scale", "delta", "similarity_filter", "similarity_threshold", "max_skip_frames")
+    LIVE_FIELDS = ("seed", "guidance_scale", "delta", "similarity_filter", "similarity_threshold", "max_skip_frames",
+                   "output_width", "output_height", "smoothing", "transition_frames")
 
     def needs_new_engine(self, other: "StreamConfig") -> bool:
         """Whether going from this config to ``other`` takes a new engine (and, accelerated, new graphs):

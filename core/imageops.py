@@ -42,19 +42,34 @@ def letterbox_box(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, 
     return (dst_h - h) // 2, (dst_w - w) // 2, h, w
 
 
-def to_model_input(frames_u8: torch.Tensor, height: int, width: int, dtype: torch.dtype, letterbox: bool = False):
-    """NxHxWx3 uint8 -> Nx3xheightxwidth in [-1, 1], centre-cropped (or letterboxed) and resized."""
-    x = frames_u8.permute(0, 3, 1, 2).to(torch.float32)
+def fit(x: torch.Tensor, height: int, width: int, letterbox: bool, fill: float = 0.0) -> torch.Tensor:
+    """Nx3xHxW float -> Nx3xheightxwidth: centre-cropped to the target's shape and resized, or scaled
+    whole into it with ``fill`` bars (letterbox)."""
     src_h, src_w = x.shape[-2:]
+    if (src_h, src_w) == (height, width):
+        return x
     if letterbox:
         top, left, h, w = letterbox_box(src_h, src_w, height, width)
-        inner = _resize(x, h, w)
-        x = torch.zeros((x.shape[0], 3, height, width), dtype=x.dtype, device=x.device)
-        x[:, :, top : top + h, left : left + w] = inner
-    else:
-        top, left, h, w = crop_box(src_h, src_w, height, width)
-        x = _resize(x[:, :, top : top + h, left : left + w], height, width)
+        out = torch.full((x.shape[0], x.shape[1], height, width), fill, dtype=x.dtype, device=x.device)
+        out[:, :, top : top + h, left : left + w] = _resize(x, h, w)
+        return out
+    top, left, h, w = crop_box(src_h, src_w, height, width)
+    return _resize(x[:, :, top : top + h, left : left + w], height, width)
+
+
+def to_model_input(frames_u8: torch.Tensor, height: int, width: int, dtype: torch.dtype, letterbox: bool = False):
+    """NxHxWx3 uint8 -> Nx3xheightxwidth in [-1, 1], centre-cropped (or letterboxed) and resized."""
+    x = fit(frames_u8.permute(0, 3, 1, 2).to(torch.float32), height, width, letterbox)
     return (x / 127.5 - 1.0).to(dtype)
+
+
+def to_output_frames(images: torch.Tensor, height: int, width: int, letterbox: bool = False) -> torch.Tensor:
+    """Decoded Nx3xhxw in [-1, 1] -> NxheightxwidthX3 uint8 at the output size (black bars when letterboxed).
+
+    Runs on the engine's device inside the frame step, so the frame that leaves the GPU already has the
+    camera's size: upscaling there costs a fraction of a millisecond, on the CPU several per frame.
+    """
+    return to_uint8_frames(fit(images.float(), height, width, letterbox, fill=-1.0))
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

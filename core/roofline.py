@@ -9,12 +9,12 @@ from torch.utils.flop_counter import FlopCounterMode
 @torch.no_grad()
 def engine_unet_flops(engine) -> int:
     """FLOPs of one UNet call of the engine's stream batch, counted by torch's flop counter."""
-    x_t = torch.randn((engine.config.batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
+    x_in = torch.randn((engine.unet_batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
     accelerated = engine.accelerated
     engine.restore_eager("unet")  # count the eager graph
     try:
         with FlopCounterMode(display=False) as counter:
-            engine.predict_noise(x_t)
+            engine.predict_noise(x_in, engine.batch.unet_timesteps)
     finally:
         engine.install(unet=accelerated.unet)
     return counter.get_total_flops()

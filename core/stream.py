@@ -25,9 +25,11 @@ from core import imageops, schedule
 from core.accel.parts import AcceleratedParts, StreamSnapshot
 from core.config import StreamConfig
 from core.guidance import GUIDANCE_RULES
-from core.prompts import Conditioning, conditioning_layout, encode_conditioning
 from core.host_copies import PinnedCopies
+from core.prompts import Conditioning, conditioning_layout, encode_conditioning
 from core.similarity import SimilarityFilter
+from core.stream_batch import StreamBatch
+from core.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,6 @@ class StreamEngine:
         self.timesteps = schedule.lcm_timesteps(self.scheduler, config.num_inference_steps)
         self.guidance = GUIDANCE_RULES[config.cfg_type]
         self.layout = conditioning_layout(self.guidance, config.denoising_steps, config.frame_buffer_size)
-        self.negative_count = self.guidance.negative_count(config.batch_size, config.frame_buffer_size)
         self.accelerated = AcceleratedParts()
         self.closed = False
         self.latent_shape = (4, config.height // 8, config.width // 8)
@@ -74,7 +75,10 @@ class StreamEngine:
         self._host = PinnedCopies(self.device)
         self.acceleration = "none"  # what actually runs; core.accel sets it
         self.acceleration_note = ""  # why it is not what the config asked for, when it is not
-        self._allocate_state()
+        self.batch = StreamBatch(self.scheduler, self.timesteps, config, self.guidance, self.latent_shape, self.device,
+                                 self.dtype)
+        self.transitions = Transitions()
+        self.conditioning: Conditioning | None = None
 
     @classmethod
     def from_config(cls, config: StreamConfig, progress=None) -> "StreamEngine":
@@ -107,24 +111,21 @@ class StreamEngine:
     @property
     def unet_batch_size(self) -> int:
         """Inputs per UNet call: the stream batch plus the cfg type's negative inputs."""
-        return self.negative_count + self.config.batch_size
+        return len(self.batch.unet_rows)
 
     def snapshot_stream(self) -> StreamSnapshot:
-        return StreamSnapshot(self._latent_buffer.clone(), self._anchor_buffer.clone())
+        return self.batch.snapshot()
 
     def restore_stream(self, snapshot: StreamSnapshot) -> None:
-        self._latent_buffer.copy_(snapshot.latents)
-        self._anchor_buffer.copy_(snapshot.anchors)
+        self.batch.restore(snapshot)
 
     def close(self) -> None:
         """Drop the networks, the accelerators' graphs and every device buffer, so their memory is freed even
         while something still holds this engine (a model swap must not keep two models on the GPU)."""
         self.accelerated = AcceleratedParts()
         self.components = self.unet = self.vae = None
-        self.conditioning = self._last_output = None
-        for name, value in list(vars(self).items()):
-            if isinstance(value, torch.Tensor):
-                setattr(self, name, None)
+        self.conditioning = self._last_output = self.batch = None
+        self.transitions.clear()
         self._host = PinnedCopies(self.device)
         self.closed = True
 
@@ -133,35 +134,6 @@ class StreamEngine:
             raise RuntimeError("this engine was closed (its model was swapped out)")
 
     # ----- precomputation -------------------------------------------------------------------------
-
-    def _allocate_state(self) -> None:
-        cfg, dev, dt = self.config, self.device, self.dtype
-        batch, fb = cfg.batch_size, cfg.frame_buffer_size
-        self._noise = torch.empty((batch, *self.latent_shape), device=dev, dtype=dt)
-        self._fill_noise(cfg.seed)
-        coef = self._coefficients(cfg.t_index_list)
-        self._alpha, self._beta, self._c_skip, self._c_out = (
-            getattr(coef, name).to(dev, dt) for name in ("alpha", "beta", "c_skip", "c_out")
-        )
-        self._unet_timesteps = coef.timesteps[self._unet_rows()].to(dev)
-        self._guidance = torch.tensor(float(cfg.guidance_scale), device=dev, dtype=dt)
-        self._delta = torch.tensor(float(cfg.delta), device=dev, dtype=dt)
-        # Latents and RCFG anchors of the frames still in flight (steps 1..n-1).
-        self._latent_buffer = torch.zeros((batch - fb, *self.latent_shape), device=dev, dtype=dt)
-        self._anchor_buffer = torch.zeros_like(self._latent_buffer)
-        self.conditioning: Conditioning | None = None
-
-    def _coefficients(self, t_index_list) -> schedule.StepCoefficients:
-        sub_timesteps = schedule.sub_timesteps(self.timesteps, t_index_list)
-        return schedule.step_coefficients(self.scheduler, sub_timesteps, self.config.frame_buffer_size)
-
-    def _unet_rows(self) -> list[int]:
-        return self.guidance.unet_rows(self.config.batch_size, self.config.frame_buffer_size)
-
-    def _fill_noise(self, seed: int) -> None:
-        # Drawn on the CPU so that a seed gives the same noise on every device.
-        generator = torch.Generator("cpu").manual_seed(seed)
-        self._noise.copy_(torch.randn(self._noise.shape, generator=generator, dtype=torch.float32))
 
     def prepare(self, prompt: str, negative_prompt: str = "") -> None:
         """Encode the prompts and reset the stream buffer; call once before the first frame."""
@@ -172,8 +144,8 @@ class StreamEngine:
             self.conditioning = conditioning
         else:
             self.conditioning.copy_(conditioning)  # captured graphs keep reading the same tensors
-        self._latent_buffer.zero_()
-        self._anchor_buffer.zero_()
+        self.transitions.clear()
+        self.batch.reset()
         self.filter.reset()
         self._last_output = None
 
@@ -222,6 +194,19 @@ class StreamEngine:
         self._queue(**_given(similarity_filter=bool(enabled), similarity_threshold=threshold,
                              max_skip_frames=max_skip_frames))
 
+    def set_smoothing(self, smoothing: float) -> None:
+        """Latent feedback, 0 (off) to 0.95: steadier frames on a still scene, slower to follow motion."""
+        self._queue(smoothing=float(smoothing))
+
+    def set_transition_frames(self, frames: int) -> None:
+        """Prompt and seed changes blend in over ``frames`` frames (0: at once)."""
+        self._queue(transition_frames=int(frames))
+
+    def set_output_size(self, width: int, height: int) -> None:
+        """The size of the frames handed out (0, 0: the generated size); an accelerated engine captures a
+        graph for the new size at the next frame, the model stays."""
+        self._queue(output_width=int(width), output_height=int(height))
+
     def _queue(self, **changes) -> None:
         """Validate now, in the caller's thread (a bad value raises here, not later in the GPU thread),
         then keep the change for the next frame. Changes queued before that frame add up."""
@@ -236,20 +221,19 @@ class StreamEngine:
             prompt, self._pending_prompt = self._pending_prompt, None
             if prompt is not None:
                 self.prompt, self.negative_prompt = prompt
+        cfg = self.config.replace(**changes) if changes else self.config
+        frames = cfg.transition_frames if self._last_output is not None else 0  # no blend before the first frame
         if prompt is not None:
-            self.conditioning.copy_(self._encode(self.prompt, self.negative_prompt))
+            target = self._encode(self.prompt, self.negative_prompt)
+            self.transitions.start("prompt", self.conditioning.pairs_with(target), frames)
+        if "seed" in changes:
+            self.transitions.start("seed", [(self.batch.noise, self.batch.noise_for(cfg.seed))], frames, spherical=True)
+        self.transitions.advance()
         if not changes:
             return
-        cfg = self.config.replace(**changes)
-        if "seed" in changes:
-            self._fill_noise(cfg.seed)
         if "t_index_list" in changes:
-            coef = self._coefficients(cfg.t_index_list)
-            for name in ("alpha", "beta", "c_skip", "c_out"):
-                getattr(self, f"_{name}").copy_(getattr(coef, name))
-            self._unet_timesteps.copy_(coef.timesteps[self._unet_rows()])
-        self._guidance.fill_(cfg.guidance_scale)
-        self._delta.fill_(cfg.delta)
+            self.batch.set_schedule(cfg.t_index_list)
+        self.batch.set_scalars(cfg)
         self.similarity_enabled = cfg.similarity_filter
         self.filter.threshold, self.filter.max_skip_frames = cfg.similarity_threshold, cfg.max_skip_frames
         self.config = cfg
@@ -272,55 +256,16 @@ class StreamEngine:
         latents = (latents / self.vae.config.scaling_factor).to(self.vae_dtype)
         return self.vae.decode(latents, return_dict=False)[0]
 
-    def predict_noise(self, x_t: torch.Tensor) -> torch.Tensor:
-        """One UNet call over the whole stream batch (plus the negative inputs of the cfg type)."""
-        # A slice and cat only: an index tensor built from a list would be a host copy inside a graph.
-        x_in = torch.cat([x_t[: self.negative_count], x_t]) if self.negative_count else x_t
+    def predict_noise(self, x_in: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """One UNet call over the stream batch's inputs (the cfg type's negative inputs included)."""
         cond = self.conditioning
-        return self.unet_forward(
-            x_in,
-            self._unet_timesteps,
-            encoder_hidden_states=cond.encoder_hidden_states,
-            added_cond_kwargs=cond.added_cond_kwargs,
-            return_dict=False,
-        )[0]
+        return self.unet_forward(x_in, timesteps, encoder_hidden_states=cond.encoder_hidden_states,
+                                 added_cond_kwargs=cond.added_cond_kwargs, return_dict=False)[0]
 
     def denoise(self, x_new: torch.Tensor) -> torch.Tensor:
-        """Stream Batch step: new frames' latents (fb) in, the fully denoised latents (fb) out.
-
-        ``x_new`` is the clean latent of the new frames (img2img) or zeros (txt2img). The batch holds
-        the new frames at step 0 and the buffered frames at steps 1..n-1; after the call every element
-        but the last frames is re-noised to its next timestep and kept for the next frame.
-        """
-        cfg, fb = self.config, self.config.frame_buffer_size
-        a, b = self._alpha, self._beta
-        if cfg.mode == "txt2img":
-            x_t_new = self._noise[:fb]
-        else:
-            x_t_new = schedule.add_noise(x_new, self._noise[:fb], a[:fb], b[:fb])
-        x_t = torch.cat([x_t_new, self._latent_buffer])
-        anchors = torch.cat([x_new, self._anchor_buffer])
-
-        eps = self.predict_noise(x_t)
-        k, rule = self.negative_count, self.guidance
-        eps_negative, eps = eps[:k], eps[k:]
-        if rule.unconditional == "none":
-            guided = eps
-        elif rule.unconditional == "negative_inputs":
-            guided = schedule.guided_noise(eps, eps_negative, self._guidance)
-        else:
-            if rule.anchor_from_negative:
-                # The negative prompt's x0 at the first step anchors the residual of this frame.
-                negative_x0 = schedule.predict_x0(x_t[:k], eps_negative, a[:k], b[:k])
-                anchors = torch.cat([negative_x0, self._anchor_buffer])
-            eps_uncond = self._delta * schedule.residual_noise(x_t, anchors, a, b)
-            guided = schedule.guided_noise(eps, eps_uncond, self._guidance)
-        denoised = schedule.lcm_denoise(x_t, guided, a, b, self._c_skip, self._c_out)
-
-        if x_t.shape[0] > fb:
-            self._latent_buffer.copy_(schedule.add_noise(denoised[:-fb], self._noise[fb:], a[fb:], b[fb:]))
-            self._anchor_buffer.copy_(anchors[:-fb])
-        return denoised[-fb:]
+        """Stream Batch step (core.stream_batch): the new frames' clean latents (zeros for txt2img) in,
+        the fully denoised latents of the frames leaving the batch out."""
+        return self.batch.step(x_new, self.predict_noise, txt2img=self.config.mode == "txt2img")
 
     def frame_step(self, frames_u8: torch.Tensor) -> torch.Tensor:
         """Device uint8 NxHxWx3 in (any size), device uint8 N x height x width x 3 out."""
@@ -330,7 +275,9 @@ class StreamEngine:
         else:
             images = imageops.to_model_input(frames_u8, cfg.height, cfg.width, self.dtype, cfg.resize_mode == "letterbox")
             x_new = self.encode_images(images)
-        return imageops.to_uint8_frames(self.decode_latents(self.denoise(x_new)))
+        out_h, out_w = cfg.output_size
+        return imageops.to_output_frames(self.decode_latents(self.denoise(x_new)), out_h, out_w,
+                                         cfg.resize_mode == "letterbox")
 
     # ----- the public per-frame call --------------------------------------------------------------
 

@@ -33,7 +33,7 @@ def sequential_reference(engine, x0, frame, cfg_type, guidance, delta):
     acp = engine.scheduler.alphas_cumprod.to(torch.float64)
     ts = [engine.timesteps[i] for i in cfg.t_index_list]
     pos, neg = engine.components.pipe.encode_prompt(engine.prompt, "cpu", 1, True, negative_prompt=engine.negative_prompt)
-    noise = [engine._noise[i * fb + frame : i * fb + frame + 1] for i in range(len(ts))]
+    noise = [engine.batch.noise[i * fb + frame : i * fb + frame + 1] for i in range(len(ts))]
     x_t = anchor = None
     for i, t in enumerate(ts):
         a, b = math.sqrt(acp[t]), math.sqrt(1 - acp[t])
@@ -184,12 +184,12 @@ def test_seed_controls_the_output(tiny_components, tiny_config, make_frame):
 
 def test_strength_sets_a_new_schedule_at_the_next_frame(tiny_components, tiny_config, make_frame):
     engine = make_engine(tiny_components, tiny_config.replace(t_index_list=(20, 35)))
-    old = engine._unet_timesteps.clone()
+    old = engine.batch.unet_timesteps.clone()
     engine.set_strength(0.9)
-    torch.testing.assert_close(engine._unet_timesteps, old)
+    torch.testing.assert_close(engine.batch.unet_timesteps, old)
     engine.process(make_frame())
     assert engine.config.t_index_list[0] < 20
-    assert engine._unet_timesteps[0] > old[0]  # a stronger change starts from a noisier timestep
+    assert engine.batch.unet_timesteps[0] > old[0]  # a stronger change starts from a noisier timestep
 
 
 def test_sdxl_family_runs_with_pooled_embeddings_and_time_ids(tiny_sdxl_components, tiny_config, make_frame):
@@ -253,5 +253,5 @@ def test_changes_queued_before_a_frame_add_up(tiny_components, tiny_config, make
     engine.process(make_frame())
     cfg = engine.config
     assert (cfg.guidance_scale, cfg.delta, cfg.similarity_threshold, cfg.max_skip_frames) == (2.5, 0.4, 0.9, 3)
-    assert (engine._guidance.item(), engine.filter.threshold, engine.filter.max_skip_frames) == (2.5, 0.9, 3)
-    assert abs(engine._delta.item() - 0.4) < 1e-6
+    assert (engine.batch.guidance.item(), engine.filter.threshold, engine.filter.max_skip_frames) == (2.5, 0.9, 3)
+    assert abs(engine.batch.delta.item() - 0.4) < 1e-6

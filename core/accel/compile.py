@@ -4,7 +4,7 @@ On the lent machines eager PyTorch is bound by kernel launches (DESIGN.md), so t
 places: Inductor fuses the UNet's and VAE's small ops, and one captured CUDA graph replays every
 kernel of a frame (preprocess, encode, noise, UNet, step math, decode, uint8) with a single launch.
 Parameter changes reach the graph because the engine only ever overwrites its state tensors in place.
-Host frames go through pinned buffers; one graph is captured per input frame size.
+Host frames go through pinned buffers; one graph is captured per input frame size and output size.
 """
 
 from __future__ import annotations
@@ -81,8 +81,12 @@ class FrameGraph:
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
 
+    def key(self, frames_u8) -> tuple:
+        """One graph per input shape and output size: both are baked into a capture."""
+        return (None if frames_u8 is None else tuple(frames_u8.shape), self.engine.config.output_size)
+
     def __call__(self, frames_u8):
-        key = None if frames_u8 is None else tuple(frames_u8.shape)
+        key = self.key(frames_u8)
         entry = self.graphs.get(key)
         if entry is None:
             try:

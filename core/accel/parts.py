@@ -27,7 +27,10 @@ class AcceleratedParts:
 
 @dataclass(frozen=True)
 class StreamSnapshot:
-    """The frames in flight (latents and RCFG anchors), saved so that a throwaway run can be undone."""
+    """The frames in flight (latents and RCFG anchors) and the latent feedback, saved so that a throwaway
+    run (warm-up, graph capture) can be undone."""
 
     latents: torch.Tensor
     anchors: torch.Tensor
+    feedback: torch.Tensor
+    has_feedback: torch.Tensor

@@ -252,9 +252,8 @@ def _frame_graph_class():
         def __call__(self, frames_u8):
             if self.failed:
                 return self.engine.frame_step(frames_u8)
-            key = None if frames_u8 is None else tuple(frames_u8.shape)
             saved = None
-            if key not in self.graphs:  # warm-up and capture advance the stream buffer; undo that on failure
+            if self.key(frames_u8) not in self.graphs:  # warm-up and capture advance the stream buffer; undo that on failure
                 saved = self.engine.snapshot_stream()
             try:
                 return super().__call__(frames_u8)
