@@ -95,7 +95,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
     g.add_argument("--frame-buffer", type=int, default=d.frame_buffer_size,
                    help="frames per engine call: more throughput, more latency (default: %(default)s)")
     g.add_argument("--resize", choices=RESIZE_MODES, default=d.resize_mode,
-                   help="fit the input to the output size by centre crop or letterbox (default: %(default)s)")
+                   help="fit the input to the generated size, and that to the output size, by centre crop or "
+                        "letterbox (default: %(default)s)")
+    g.add_argument("--output-size", type=_output_size, default=(d.output_width, d.output_height), metavar="WxH",
+                   help="size of the frames handed out (preview, file, virtual camera), upscaled on the GPU, "
+                        "e.g. 1280x720 (default: the generated size)")
+    g.add_argument("--smoothing", type=float, default=d.smoothing,
+                   help="0 to 0.95: blend the last output into the next input for steadier frames (default: off)")
 
     g = parser.add_argument_group("similarity filter")
     g.add_argument("--similarity-filter", action="store_true", help="skip frames nearly identical to the last one")
@@ -171,7 +177,21 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         dtype=args.dtype,
         acceleration=args.acceleration,
         resize_mode=args.resize,
+        output_width=args.output_size[0],
+        output_height=args.output_size[1],
+        smoothing=args.smoothing,
         allow_pickle=args.allow_pickle,
         cache_dir=args.cache_dir,
         single_file_config=args.model_config,
     )
+
+
+def _output_size(text: str) -> tuple[int, int]:
+    from core.sizes import parse_size
+
+    if text.strip().lower() in ("0", "0x0", "generated"):
+        return 0, 0
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -43,7 +43,9 @@ def test_engine_options_map_onto_the_config():
         "--guidance", "1.5", "--delta", "0.8", "--seed", "7", "--no-tiny-vae", "--lora", "a/b:0.5", "--lora", "c.safetensors",
         "--similarity-filter", "--similarity-threshold", "0.9", "--max-skip", "4", "--device", "cpu", "--dtype", "float32",
         "--acceleration", "compile", "--resize", "letterbox", "--allow-pickle", "--frame-buffer", "2",
+        "--output-size", "1280x720", "--smoothing", "0.4",
     ))
+    assert (config.output_width, config.output_height, config.smoothing) == (1280, 720, 0.4)
     assert (config.width, config.height, config.t_index_list) == (256, 320, (20, 35))
     assert (config.cfg_type, config.guidance_scale, config.delta, config.seed) == ("self", 1.5, 0.8, 7)
     assert config.loras == (LoraSpec("a/b", 0.5), LoraSpec("c.safetensors", 1.0))
