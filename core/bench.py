@@ -21,6 +21,7 @@ import torch
 from core.config import StreamConfig
 from core.logs import configure_logging
 from core.schedule import strength_to_t_index_list
+from core.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,11 @@ def time_overlapped(engine, frames, warmup: int) -> tuple[list[float], float]:
 
 
 def bench_engine(
-    components, config: StreamConfig, frames, warmup, name=None, progress=None, overlap=False, roofline=False
+    components, config: StreamConfig, frames, warmup, name=None, progress=None, overlap=False, roofline=False,
+    change_every: int = 0,
 ) -> BenchResult:
+    """``change_every`` > 0: a new prompt and seed every that many frames, so a transition is always under way
+    when ``config.transition_frames`` is as long."""
     from core.stream import StreamEngine
 
     _reset_peak(config.resolved_device())
@@ -131,10 +135,9 @@ def bench_engine(
     if overlap and engine.device.type == "cuda":
         latencies, wall = time_overlapped(engine, frames, warmup)
     else:
-        latencies, wall = time_calls(engine.process, frames, warmup, config.resolved_device())
+        latencies, wall = time_calls(_with_changes(engine, change_every), frames, warmup, config.resolved_device())
     label = name or f"ours {config.denoising_steps} step, cfg {config.cfg_type}, {engine.acceleration}" + (
-        ", overlapped" if overlap else ""
-    )
+        ", overlapped" if overlap else "") + _variant(config, frames[0], change_every)
     result = summarize(
         label,
         config.denoising_steps,
@@ -152,6 +155,37 @@ def bench_engine(
         result.extra["achieved_tflops"] = round(extra["unet_gflop_per_frame"] / result.median_ms, 1)
     del engine
     return result
+
+
+def _with_changes(engine, every: int):
+    if every <= 0:
+        return engine.process
+    prompts = ("oil painting of a person in a room, cinematic light", "anime portrait, soft colours")
+    count = 0
+
+    def process(frame):
+        nonlocal count
+        count += 1
+        if count % every == 0:
+            engine.update_prompt(prompts[(count // every) % 2])
+            engine.set_seed(count)
+        return engine.process(frame)
+
+    return process
+
+
+def _variant(config: StreamConfig, frame, change_every: int) -> str:
+    """What a row does beyond the plain setting: input and output sizes, smoothing, transitions."""
+    parts = []
+    in_h, in_w = frame.shape[-3:-1]
+    if (in_h, in_w) != (config.height, config.width) or config.output_width:
+        out_h, out_w = config.output_size
+        parts.append(f"{in_w}x{in_h} -> {config.width}x{config.height} -> {out_w}x{out_h}")
+    if config.smoothing:
+        parts.append(f"smoothing {config.smoothing}")
+    if change_every:
+        parts.append(f"prompt+seed change every {change_every} frames, {config.transition_frames}-frame transitions")
+    return "".join(", " + part for part in parts)
 
 
 def bench_diffusers(components, config: StreamConfig, steps: int, tiny_vae: bool, frames, warmup) -> BenchResult:
@@ -212,6 +246,11 @@ def parse_args(argv):
         default="1:none,2:none,4:self",
         help="comma-separated STEPS:CFG_TYPE pairs to time (default: 1:none,2:none,4:self)",
     )
+    parser.add_argument("--input-size", metavar="WxH", help="size of the source frames (default: the generated size)")
+    parser.add_argument("--output-size", metavar="WxH", help="size of the frames handed out (default: the generated size)")
+    parser.add_argument("--smoothing", type=float, default=0.0, help="also time with this latent-feedback smoothing")
+    parser.add_argument("--transition", type=int, default=0, metavar="N",
+                        help="also time with a prompt and seed change every N frames, each blended over N frames")
     parser.add_argument("--frame-buffer", type=int, default=1)
     parser.add_argument("--acceleration", default="compile", choices=("none", "compile", "tensorrt"))
     parser.add_argument("--no-tiny-vae", action="store_true", help="use the full VAE in our engine")
@@ -237,8 +276,12 @@ def main(argv=None) -> int:
         model=args.model, width=args.width, height=args.height, frame_buffer_size=args.frame_buffer,
         acceleration=args.acceleration, use_tiny_vae=True, device=args.device, dtype=args.dtype,
     )
+    if args.output_size:
+        out_w, out_h = parse_size(args.output_size)
+        base = base.replace(output_width=out_w, output_height=out_h)
+    in_w, in_h = parse_size(args.input_size) if args.input_size else (args.width, args.height)
     components = load_components(base, progress=lambda msg: print(msg, file=sys.stderr))
-    single_frames = synthetic_frames(args.frames + args.warmup, args.height, args.width)
+    single_frames = synthetic_frames(args.frames + args.warmup, in_h, in_w)
     frames = single_frames
     if args.frame_buffer > 1:
         frames = [np.stack(single_frames[i : i + args.frame_buffer]) for i in range(0, len(single_frames), args.frame_buffer)]
@@ -252,6 +295,13 @@ def main(argv=None) -> int:
         if args.overlap and args.frame_buffer == 1:
             results.append(bench_engine(components, config, frames, args.warmup, overlap=True))
             print_table(results[-1:], {}, file=sys.stderr)
+        if args.smoothing:
+            results.append(bench_engine(components, config.replace(smoothing=args.smoothing), frames, args.warmup))
+            print_table(results[-1:], {}, file=sys.stderr)
+        if args.transition:
+            config_t = config.replace(transition_frames=args.transition)
+            results.append(bench_engine(components, config_t, frames, args.warmup, change_every=args.transition))
+            print_table(results[-1:], {}, file=sys.stderr)
     if args.similarity:
         static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
         config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)
@@ -259,18 +309,22 @@ def main(argv=None) -> int:
         config = config.replace(similarity_filter=False)
         results.append(bench_engine(components, config, static, args.warmup, name="ours 1 step, filter off, static scene"))
     diffusers_runs = [] if args.diffusers == "none" else args.diffusers.split(",")
+    model_sized = single_frames  # diffusers' pipeline runs at the size of the image it gets
+    if diffusers_runs and (in_w, in_h) != (args.width, args.height):
+        model_sized = synthetic_frames(args.frames + args.warmup, args.height, args.width)
     for steps in sorted({s for s, _ in settings}):
         for kind in diffusers_runs:
             if kind == "tiny" and components.tiny_vae is None:
                 continue
-            result = bench_diffusers(components, base, steps, kind == "tiny", single_frames, args.warmup)
+            result = bench_diffusers(components, base, steps, kind == "tiny", model_sized, args.warmup)
             baselines[(steps, kind == "tiny")] = result
             results.append(result)
             print_table(results[-1:], {}, file=sys.stderr)
     device = torch.device(base.resolved_device())
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\nmodel {args.model} (random weights: speed only)" if args.model.startswith("preset:") else f"\nmodel {args.model}")
-    print(f"device {gpu}, torch {torch.__version__}, {args.width}x{args.height}, {args.frames} frames after {args.warmup} warm-up")
+    print(f"device {gpu}, torch {torch.__version__}, generated {args.width}x{args.height}, input {in_w}x{in_h}, "
+          f"{args.frames} frames after {args.warmup} warm-up")
     print_table(results, baselines)
     if args.roofline and device.type == "cuda":
         from core.roofline import matmul_peak_tflops
