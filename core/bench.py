@@ -298,10 +298,11 @@ def main(argv=None) -> int:
         if args.smoothing:
             results.append(bench_engine(components, config.replace(smoothing=args.smoothing), frames, args.warmup))
             print_table(results[-1:], {}, file=sys.stderr)
-        if args.transition:
-            config_t = config.replace(transition_frames=args.transition)
-            results.append(bench_engine(components, config_t, frames, args.warmup, change_every=args.transition))
-            print_table(results[-1:], {}, file=sys.stderr)
+        if args.transition:  # the same changes at once and blended: the difference is the transitions' cost
+            for frames_each in (0, args.transition):
+                config_t = config.replace(transition_frames=frames_each)
+                results.append(bench_engine(components, config_t, frames, args.warmup, change_every=args.transition))
+                print_table(results[-1:], {}, file=sys.stderr)
     if args.similarity:
         static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
         config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)

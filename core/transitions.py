@@ -9,24 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import torch
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-6) -> torch.Tensor:
-    """Spherical interpolation per sample (first dimension): ``sin((1-t)θ)/sin θ · a + sin(tθ)/sin θ · b``.
+def angle_between(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> float:
+    """The angle θ between two tensors taken as vectors (one device sync)."""
+    a32, b32 = a.float().flatten(), b.float().flatten()
+    cos = float((a32 @ b32) / (a32.norm() * b32.norm()).clamp_min(eps))
+    return math.acos(max(-1.0, min(1.0, cos)))
 
-    Nearly parallel samples fall back to the straight line, where the formula divides by ~0.
-    """
-    a32, b32 = a.float().flatten(1), b.float().flatten(1)
-    cos = (a32 * b32).sum(1) / (a32.norm(dim=1) * b32.norm(dim=1)).clamp_min(eps)
-    theta = torch.acos(cos.clamp(-1.0, 1.0))
-    sin = torch.sin(theta)
-    parallel = sin.abs() < eps
-    safe = torch.where(parallel, torch.ones_like(sin), sin)
-    wa = torch.where(parallel, 1.0 - t, torch.sin((1.0 - t) * theta) / safe)
-    wb = torch.where(parallel, torch.full_like(sin, t), torch.sin(t * theta) / safe)
-    shape = (-1,) + (1,) * (a.dim() - 1)
-    return (wa.view(shape) * a.float() + wb.view(shape) * b.float()).to(a.dtype)
+
+def slerp_weights(theta: float, t: float, eps: float = 1e-6) -> tuple[float, float]:
+    """(wa, wb) with ``slerp = wa * a + wb * b``: ``sin((1-t)θ)/sin θ`` and ``sin(tθ)/sin θ``; nearly
+    parallel tensors (sin θ ~ 0) take the straight line."""
+    if math.sin(theta) < eps:
+        return 1.0 - t, t
+    return math.sin((1.0 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between two tensors (as vectors)."""
+    wa, wb = slerp_weights(angle_between(a, b), t)
+    return (a.float() * wa + b.float() * wb).to(a.dtype)
 
 
 @dataclass
@@ -39,20 +45,25 @@ class Blend:
     done: int = 0
     starts: list[torch.Tensor] = field(default_factory=list)
 
+    thetas: list[float] = field(default_factory=list)
+
     def __post_init__(self) -> None:
         self.starts = [destination.clone() for destination, _ in self.targets]
+        if self.spherical:  # measured once, at the change; each frame is then two kernels, no sync
+            self.thetas = [angle_between(start, target) for start, (_, target) in zip(self.starts, self.targets)]
 
     def advance(self) -> bool:
         """Write the next frame's values; True once the targets are reached (exactly, on the last frame)."""
         self.done += 1
         t = self.done / self.frames
-        for (destination, target), start in zip(self.targets, self.starts):
+        for i, ((destination, target), start) in enumerate(zip(self.targets, self.starts)):
             if self.done >= self.frames:
                 destination.copy_(target)
             elif self.spherical:
-                destination.copy_(slerp(start, target, t))
+                wa, wb = slerp_weights(self.thetas[i], t)
+                torch.mul(start, wa, out=destination).add_(target, alpha=wb)
             else:
-                destination.copy_(torch.lerp(start.float(), target.float(), t))
+                torch.lerp(start, target.to(start.dtype), t, out=destination)
         return self.done >= self.frames
 
 
