@@ -151,3 +151,15 @@ def test_run_with_the_tiny_engine_writes_the_same_frames(tmp_path):
     assert result.returncode == 0, result.stderr
     assert _clip_info(tmp_path / "out.mp4") == (6, (64, 64))
     assert "6 in, 6 out, 0 dropped" in result.stderr
+
+
+def test_the_window_takes_every_engine_option_run_takes():
+    from app.commands.window_options import ENGINE_OPTIONS, SETTING_OPTIONS, parse_window_options
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    dests = {action.dest for action in parser._actions if action.dest != "help"}
+    special = {"lora", "output_size", "t_index_list"}  # mapped by hand: one option, several fields
+    assert dests - set(SETTING_OPTIONS) - set(ENGINE_OPTIONS) == special
+    options = parse_window_options(["--output-size", "1280x720", "--smoothing", "0.3"])
+    assert options.engine == {"output_width": 1280, "output_height": 720, "smoothing": 0.3}

@@ -27,7 +27,7 @@ ENGINE_OPTIONS = {
     "device": "device", "dtype": "dtype", "tiny_vae": "use_tiny_vae", "allow_pickle": "allow_pickle",
     "cache_dir": "cache_dir", "model_config": "single_file_config", "resize": "resize_mode",
     "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
-    "num_inference_steps": "num_inference_steps",
+    "num_inference_steps": "num_inference_steps", "smoothing": "smoothing",
 }
 
 
@@ -104,6 +104,8 @@ def _map_engine_options(given: dict, defaults: argparse.Namespace, options: Wind
         steps = given.get("num_inference_steps", defaults.num_inference_steps)
         options.settings["steps"] = len(indices)
         options.settings["strength"] = round(t_index_list_to_strength(indices, steps), 3)
+    if "output_size" in given:
+        options.engine["output_width"], options.engine["output_height"] = given.pop("output_size")
     loras = given.pop("lora", None)
     if loras:
         options.engine["loras"] = tuple(parse_lora(spec) for spec in loras)
