@@ -234,7 +234,7 @@ def test_outputs_get_the_capture_time():
 
 
 def test_preflight_refuses_bad_targets_without_leaving_files(tmp_path, monkeypatch):
-    for name, message in (("o.webm", ".mp4, .avi, .mkv, .mov"), ("o.txt", ".mp4, .avi, .mkv, .mov"),
+    for name, message in (("o.webm", ".mp4, .mov, .mkv, .avi"), ("o.txt", ".mp4, .mov, .mkv, .avi"),
                           ("missing/o.mp4", "does not exist")):
         with pytest.raises(OutputError, match=re.escape(message)):
             Recorder(tmp_path / name).preflight()

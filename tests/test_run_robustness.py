@@ -268,8 +268,8 @@ def _refusal_cases(tmp_path):
     out = str(tmp_path / "out.mp4")
     return {
         "directory output": (["--source", "test:64x48", "--output", str(tmp_path)], 2, "is a folder"),
-        "txt output": (["--source", "test:64x48", "--output", str(tmp_path / "o.txt")], 2, ".mp4, .avi, .mkv, .mov"),
-        "webm output": (["--source", "test:64x48", "--output", str(tmp_path / "o.webm")], 2, ".mp4, .avi, .mkv, .mov"),
+        "txt output": (["--source", "test:64x48", "--output", str(tmp_path / "o.txt")], 2, ".mp4, .mov, .mkv, .avi"),
+        "webm output": (["--source", "test:64x48", "--output", str(tmp_path / "o.webm")], 2, ".mp4, .mov, .mkv, .avi"),
         "camera name": (["--source", "camera:abc", "--output", out], 2, "a camera is an index"),
         "huge test": (["--source", "test:100000x100000", "--output", out], 2, "larger than the largest size"),
         "fps nan": (["--source", "test:64x48", "--fps", "nan"], 2, "--fps"),

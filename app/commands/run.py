@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--source", required=True,
                     help="camera:N[:WxH], screen:N, screen:N:x,y,w,h, test[:WxH] or a video file")
     io.add_argument("--output", default="none",
-                    help="a video file (.mp4, .avi, .mkv, .mov), virtualcam, or none (default: none)")
+                    help="a video file (.mp4, .mov, .mkv, .avi), virtualcam, or none (default: none)")
     io.add_argument("--frames", type=positive_int, default=None, help="stop after N input frames")
     io.add_argument("--seconds", type=positive_float, default=None, help="stop after S seconds")
     io.add_argument("--fps", type=positive_float, default=None,

@@ -2,7 +2,8 @@
 Each output is a small class with ``write`` and ``close`` (base.py); everything is imported from here."""
 
 from app.outputs.base import Output, OutputError, fit_frame
-from app.outputs.recorder import MIN_FREE_BYTES, VIDEO_EXTENSIONS, Recorder, VideoInfo, probe_video, video_path_problem
+from app.outputs.h264 import VIDEO_EXTENSIONS, VideoInfo, probe_video
+from app.outputs.recorder import MIN_FREE_BYTES, Recorder, video_path_problem
 from app.outputs.snapshot import snapshot
 from app.outputs.virtual_camera import VirtualCamera, virtualcam_available, virtualcam_setup_hint
 

@@ -8,25 +8,22 @@ import secrets
 import shutil
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from app.outputs.base import Output, OutputError, fit_frame
+from app.outputs.h264 import VIDEO_EXTENSIONS, EncoderError, H264Writer, VideoInfo, probe_video
 
 MIN_FREE_BYTES = 64 * 1024 * 1024
 _DISK_CHECK_EVERY = 30  # frames
 
-#: Containers OpenCV's FFmpeg back end writes with the mp4v codec (.webm, for one, needs VP8/VP9).
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
 TIMINGS = ("clock", "frames")
 
 
 def video_path_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot name a recording judging by the name alone (a folder, an extension OpenCV
-    cannot write), or None. Such a problem is the caller's choice of name, not the disk's."""
+    """Why ``path`` cannot name a recording judging by the name alone (a folder, an extension that
+    cannot hold H.264), or None. Such a problem is the caller's choice of name, not the disk's."""
     target = Path(path)
     if target.is_dir():
         return f"Cannot record to {target}: it is a folder; give a file name such as {target / 'out.mp4'}"
@@ -37,34 +34,8 @@ def video_path_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a video file holds, as read back from the file itself."""
-
-    frames: int
-    width: int
-    height: int
-    fps: float
-
-    @property
-    def duration_s(self) -> float:
-        return self.frames / self.fps if self.fps > 0 else 0.0
-
-
-def probe_video(path: str | os.PathLike) -> VideoInfo | None:
-    """Frame count, size and rate from the container's header; None when OpenCV cannot open it."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            return None
-        return VideoInfo(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                         int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), float(cap.get(cv2.CAP_PROP_FPS) or 0.0))
-    finally:
-        cap.release()
-
-
 class Recorder(Output):
-    """Records frames to a video file with cv2.VideoWriter (mp4v by default), at a constant ``fps``.
+    """Records frames to an H.264 video file (``app.outputs.h264``: NVENC or x264) at a constant ``fps``.
 
     ``timing`` says how frames map onto the file's time line:
 
@@ -87,19 +58,19 @@ class Recorder(Output):
 
     name = "Recorder"
 
-    def __init__(self, path: str | os.PathLike, fps: float = 30.0, fourcc: str = "mp4v",
-                 size: tuple[int, int] | None = None, timing: str = "clock"):
+    def __init__(self, path: str | os.PathLike, fps: float = 30.0, size: tuple[int, int] | None = None,
+                 timing: str = "clock", encoder: str | None = None):
         if timing not in TIMINGS:
             raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
         self.path = Path(path)
         self.fps = fps if fps and fps > 0 else 30.0
-        self.fourcc = fourcc
+        self.encoder = encoder  # None: the fastest one that opens here; the chosen one once recording
         self.size = size
         self.timing = timing
         self.partial_path: Path | None = None  # reserved when the first frame arrives
         self._writer = None
         self._first_time: float | None = None
-        self._last_frame: np.ndarray | None = None  # BGR, repeated to fill gaps in clock timing
+        self._last_frame: np.ndarray | None = None  # repeated to fill gaps in clock timing
         self.frames_written = 0  # frames in the file, repeats included
         self.frames_repeated = 0
         self.frames_dropped = 0
@@ -150,15 +121,12 @@ class Recorder(Output):
         self._check_folder()
         self._check_space()
         self.partial_path = self._reserve_partial()
-        writer = cv2.VideoWriter(str(self.partial_path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (width, height))
-        if not writer.isOpened():
-            writer.release()
+        try:
+            self._writer = H264Writer(self.partial_path, width, height, self.fps, self.encoder)
+        except (EncoderError, OSError, ValueError) as exc:  # PyAV's errors subclass OSError / ValueError
             self.partial_path.unlink(missing_ok=True)
-            raise OutputError(
-                f"Cannot record to {self.path}: the encoder {self.fourcc!r} refused it "
-                f"(use one of {', '.join(VIDEO_EXTENSIONS)})"
-            )
-        self._writer = writer
+            raise OutputError(f"Cannot record to {self.path}: {exc}") from exc
+        self.encoder = self._writer.encoder
         self.size = (width, height)
 
     def _check_space(self) -> None:
@@ -181,13 +149,13 @@ class Recorder(Output):
             raise OutputError(f"Recording {self.path} is already finished")
         if self._writer is None:
             width, height = self.size or (image.shape[1], image.shape[0])
-            self._open(width, height)
+            self._open(width - width % 2, height - height % 2)  # 4:2:0 pixels come in 2x2 blocks
         slot = self._slot(timestamp)
         if slot < self.frames_written:
             self.frames_dropped += 1  # faster than the file's rate: this moment is already in the file
             return
         width, height = self.size
-        frame = cv2.cvtColor(fit_frame(image, width, height), cv2.COLOR_RGB2BGR)
+        frame = np.ascontiguousarray(fit_frame(image, width, height))
         while self.frames_written < slot:  # slower than the file's rate: hold the last picture meanwhile
             self._append(self._last_frame)
             self.frames_repeated += 1
@@ -206,7 +174,9 @@ class Recorder(Output):
             self._check_space()
         try:
             self._writer.write(frame)
-        except cv2.error as exc:
+        except OSError as exc:
+            raise OutputError(_disk_message(exc, self.path, "Recording to")) from exc
+        except Exception as exc:  # noqa: BLE001 - any encoder failure ends this recording with a message
             raise OutputError(f"Recording to {self.path} failed: {exc}") from exc
         self.frames_written += 1
         self._last_frame = frame
@@ -221,7 +191,7 @@ class Recorder(Output):
         if writer is None:
             return
         try:
-            writer.release()
+            writer.close()
             if self.frames_written:
                 os.replace(self.partial_path, self.path)
                 self.finalized_path = self.path
@@ -236,7 +206,7 @@ class Recorder(Output):
     close_error: str | None = None
 
 
-def _disk_message(exc: OSError, path: Path) -> str:
+def _disk_message(exc: OSError, path: Path, doing: str = "Finishing") -> str:
     if exc.errno == errno.ENOSPC:
         return f"The disk is full: {path} could not be finished; free some space"
-    return f"Finishing {path} failed: {exc.strerror or exc}"
+    return f"{doing} {path} failed: {exc.strerror or exc}"
