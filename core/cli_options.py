@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from core.sizes import QUALITIES, generation_size
 from core.config import (
     ACCELERATIONS,
     CFG_TYPES,
@@ -78,8 +79,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
     g.add_argument("--prompt", default="", action=TextOption, help="what the output should look like")
     g.add_argument("--negative-prompt", default="", action=TextOption,
                    help="what to steer away from (cfg types full / initialize / self)")
-    g.add_argument("--width", type=int, default=d.width, help="output width, multiple of 8 (default: %(default)s)")
-    g.add_argument("--height", type=int, default=d.height, help="output height, multiple of 8 (default: %(default)s)")
+    g.add_argument("--width", type=int, default=None,
+                   help="generated width, multiple of 8 (default: from the source's shape and --quality)")
+    g.add_argument("--height", type=int, default=None,
+                   help="generated height, multiple of 8 (default: from the source's shape and --quality)")
+    g.add_argument("--quality", choices=QUALITIES, default=None,
+                   help="pick the generated size from the source's shape: fast (16:9 640x360), balanced "
+                        "(768x432) or high (1024x576); default: balanced unless --width/--height are given")
     g.add_argument("--steps", type=int, default=None, choices=(1, 2, 3, 4),
                    help="denoising steps per frame (default: 1, or the length of --t-index-list)")
     g.add_argument("--strength", type=float, default=None,
@@ -102,6 +108,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
                         "e.g. 1280x720 (default: the generated size)")
     g.add_argument("--smoothing", type=float, default=d.smoothing,
                    help="0 to 0.95: blend the last output into the next input for steadier frames (default: off)")
+    g.add_argument("--transition", type=float, default=None, metavar="SECONDS",
+                   help="prompt and seed changes blend in over this time (default: at once)")
 
     g = parser.add_argument_group("similarity filter")
     g.add_argument("--similarity-filter", action="store_true", help="skip frames nearly identical to the last one")
@@ -135,9 +143,34 @@ def parse_index_list(text: str) -> tuple[int, ...]:
         raise ConfigError("t_index_list", f"give comma-separated integers such as 32,45; got {text!r}") from None
 
 
-def config_from_args(args: argparse.Namespace) -> StreamConfig:
-    """A validated StreamConfig from parsed engine options. Raises ConfigError naming the bad option."""
+def generated_size(args: argparse.Namespace, source_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) to generate at: --width/--height as given (one alone keeps the default other side),
+    else picked from the source's shape and --quality (balanced by default); without a known source
+    shape, the default square."""
+    if args.width is not None or args.height is not None:
+        if args.quality is not None:
+            raise ConfigError("quality", "give --quality or --width/--height, not both")
+        return args.width or _DEFAULTS.width, args.height or _DEFAULTS.height
+    if source_size is None:
+        return _DEFAULTS.width, _DEFAULTS.height
+    return generation_size(*source_size, args.quality or "balanced")
+
+
+def transition_frames(seconds: float | None, fps: float | None) -> int:
+    """--transition SECONDS as a frame count at the source's rate (30 fps when it is unknown)."""
+    if seconds is None:
+        return _DEFAULTS.transition_frames
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError("transition", f"must be 0 or more seconds, got {seconds}")
+    return round(seconds * (fps if fps and fps > 0 else 30.0))
+
+
+def config_from_args(args: argparse.Namespace, source_size: tuple[int, int] | None = None,
+                     source_fps: float | None = None) -> StreamConfig:
+    """A validated StreamConfig from parsed engine options and, where known, the source's (width,
+    height) and frame rate. Raises ConfigError naming the bad option."""
     nis = args.num_inference_steps
+    width, height = generated_size(args, source_size)
     if args.t_index_list is not None and args.strength is not None:
         raise ConfigError("t_index_list", "give either --t-index-list or --strength, not both")
     if args.t_index_list is not None:
@@ -159,8 +192,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     return StreamConfig(
         model=args.model,
         mode=args.mode,
-        width=args.width,
-        height=args.height,
+        width=width,
+        height=height,
         t_index_list=t_index_list,
         num_inference_steps=nis,
         frame_buffer_size=args.frame_buffer,
@@ -180,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         output_width=args.output_size[0],
         output_height=args.output_size[1],
         smoothing=args.smoothing,
+        transition_frames=transition_frames(args.transition, source_fps),
         allow_pickle=args.allow_pickle,
         cache_dir=args.cache_dir,
         single_file_config=args.model_config,

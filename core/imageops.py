@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.sizes import crop_box, letterbox_box
+
 
 def as_uint8_tensor(frame) -> torch.Tensor:
     """Accept numpy or torch, HxWx3 or NxHxWx3 uint8 RGB; return a torch uint8 tensor NxHxWx3."""
@@ -24,22 +26,6 @@ def as_uint8_tensor(frame) -> torch.Tensor:
     if frame.ndim != 4 or frame.shape[-1] != 3:
         raise ValueError(f"frames must be HxWx3 or NxHxWx3 RGB, got shape {tuple(frame.shape)}")
     return frame
-
-
-def crop_box(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
-    """The centred (top, left, height, width) of the source that has the target's aspect ratio."""
-    if src_w * dst_h > dst_w * src_h:  # source is wider: cut the sides
-        w = max(1, round(src_h * dst_w / dst_h))
-        return 0, (src_w - w) // 2, src_h, w
-    h = max(1, round(src_w * dst_h / dst_w))
-    return (src_h - h) // 2, 0, h, src_w
-
-
-def letterbox_box(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
-    """The centred (top, left, height, width) in the target that the whole source scales into."""
-    scale = min(dst_h / src_h, dst_w / src_w)
-    h, w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
-    return (dst_h - h) // 2, (dst_w - w) // 2, h, w
 
 
 def fit(x: torch.Tensor, height: int, width: int, letterbox: bool, fill: float = 0.0) -> torch.Tensor:

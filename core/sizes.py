@@ -64,3 +64,19 @@ def parse_size(text: str) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise ValueError(f"a size needs a positive width and height, got {text!r}")
     return width, height
+
+
+def crop_box(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
+    """The centred (top, left, height, width) of the source that has the target's aspect ratio."""
+    if src_w * dst_h > dst_w * src_h:  # source is wider: cut the sides
+        w = max(1, round(src_h * dst_w / dst_h))
+        return 0, (src_w - w) // 2, src_h, w
+    h = max(1, round(src_w * dst_h / dst_w))
+    return (src_h - h) // 2, 0, h, src_w
+
+
+def letterbox_box(src_h: int, src_w: int, dst_h: int, dst_w: int) -> tuple[int, int, int, int]:
+    """The centred (top, left, height, width) in the target that the whole source scales into."""
+    scale = min(dst_h / src_h, dst_w / src_w)
+    h, w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
+    return (dst_h - h) // 2, (dst_w - w) // 2, h, w

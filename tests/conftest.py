@@ -79,3 +79,40 @@ def open_window(qtbot, tmp_path):
         return window
 
     return make
+
+
+class FakeVirtualCamera:
+    """Stands in for pyvirtualcam.Camera: records every device opened (size, fps) and every frame sent."""
+
+    opened: list = []
+    sent: list = []
+    fail: str | None = None
+
+    def __init__(self, width, height, fps, fmt=None, device=None, backend=None):
+        if FakeVirtualCamera.fail:
+            raise RuntimeError(FakeVirtualCamera.fail)
+        self.width, self.height, self.fps, self.device = width, height, fps, device or "/dev/video7"
+        FakeVirtualCamera.opened.append((width, height, fps))
+
+    def send(self, frame):
+        FakeVirtualCamera.sent.append(frame.copy())
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture
+def fake_pyvirtualcam(monkeypatch):
+    import sys
+    import types
+
+    module = types.SimpleNamespace(Camera=FakeVirtualCamera, PixelFormat=types.SimpleNamespace(RGB="RGB"))
+    monkeypatch.setitem(sys.modules, "pyvirtualcam", module)
+    FakeVirtualCamera.opened, FakeVirtualCamera.sent, FakeVirtualCamera.fail = [], [], None
+    return FakeVirtualCamera

@@ -49,6 +49,6 @@ def no_devices():
 
 def small(**changes) -> AppSettings:
     """Settings for a fast window: the test pattern and a small engine size."""
-    values = dict(source_kind="test", width=128, height=96, model="fake/model")
+    values = dict(source_kind="test", width=128, height=96, model="fake/model", quality="custom", output_size="generated")
     values.update(changes)
     return AppSettings(**values)

@@ -161,5 +161,9 @@ def test_the_window_takes_every_engine_option_run_takes():
     dests = {action.dest for action in parser._actions if action.dest != "help"}
     special = {"lora", "output_size", "t_index_list"}  # mapped by hand: one option, several fields
     assert dests - set(SETTING_OPTIONS) - set(ENGINE_OPTIONS) == special
-    options = parse_window_options(["--output-size", "1280x720", "--smoothing", "0.3"])
-    assert options.engine == {"output_width": 1280, "output_height": 720, "smoothing": 0.3}
+    options = parse_window_options(["--output-size", "1920x1080", "--smoothing", "0.3", "--transition", "1.5",
+                                    "--resize", "letterbox", "--width", "640", "--height", "360"])
+    assert options.settings == {"output_size": "1920x1080", "smoothing": 0.3, "transition_s": 1.5,
+                                "resize_mode": "letterbox", "width": 640, "height": 360, "quality": "custom"}
+    assert parse_window_options(["--output-size", "generated", "--quality", "high"]).settings == {
+        "output_size": "generated", "quality": "high"}

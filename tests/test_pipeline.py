@@ -86,7 +86,8 @@ def test_stop_and_restart_leave_no_thread_behind():
     for _ in range(3):
         pipe.start()
         time.sleep(0.05)
-        pipe.restart()
+        pipe.stop(close_outputs=False)
+        pipe.start()
         time.sleep(0.05)
         pipe.stop()
         assert pipeline_threads() == []

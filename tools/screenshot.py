@@ -33,7 +33,7 @@ class PaintedLook(StandInEngine):
         painted = cv2.stylization(half, sigma_s=30, sigma_r=0.3)
         out = cv2.resize(painted, (self.config.width, self.config.height), interpolation=cv2.INTER_CUBIC)
         self.last_gpu_ms = (time.perf_counter() - started) * 1000.0
-        return cv2.convertScaleAbs(out, alpha=1.08, beta=4)
+        return self.to_output(cv2.convertScaleAbs(out, alpha=1.08, beta=4))
 
 
 def render(path: str, seconds: float = 2.0) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 import time
 
-import cv2
 import numpy as np
+
+from app.outputs.base import fit_frame
 
 
 class StandInEngine:
@@ -53,23 +54,30 @@ class StandInEngine:
     def set_similarity_filter(self, enabled, threshold=None, max_skip_frames=None):
         self._record("set_similarity_filter", enabled, threshold)
 
+    def set_smoothing(self, smoothing):
+        self._record("set_smoothing", smoothing)
+
+    def set_transition_frames(self, frames):
+        self._record("set_transition_frames", frames)
+
+    def set_output_size(self, width, height):
+        self._record("set_output_size", width, height)
+        self.config = self.config.replace(output_width=width, output_height=height)
+
     def fit(self, frame: np.ndarray) -> np.ndarray:
-        """Centre-crop to the engine's aspect ratio and resize, as the real engine's "crop" mode does."""
-        height, width = frame.shape[:2]
-        want = self.config.width / self.config.height
-        if width / height > want:
-            keep = int(round(height * want))
-            frame = frame[:, (width - keep) // 2:(width - keep) // 2 + keep]
-        else:
-            keep = int(round(width / want))
-            frame = frame[(height - keep) // 2:(height - keep) // 2 + keep]
-        return cv2.resize(frame, (self.config.width, self.config.height), interpolation=cv2.INTER_AREA)
+        """The source fitted to the generated size, as the real engine does (crop or letterbox)."""
+        return fit_frame(frame, self.config.width, self.config.height, self.config.resize_mode == "letterbox")
+
+    def to_output(self, image: np.ndarray) -> np.ndarray:
+        """A generated-size image at the output size, as the real engine upscales on the GPU."""
+        out_h, out_w = self.config.output_size
+        return fit_frame(image, out_w, out_h, self.config.resize_mode == "letterbox")
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         if self.fail_with is not None:
             raise self.fail_with
         started = time.perf_counter()
-        out = 255 - self.fit(frame)
+        out = self.to_output(255 - self.fit(frame))
         left = self.gpu_ms / 1000.0 - (time.perf_counter() - started)
         if left > 0:
             time.sleep(left)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.outputs import Output, OutputError, Recorder, VirtualCamera, video_path_problem
-from app.pipeline import Pipeline, PipelineConfig
+from app.pipeline import OutputShape, Pipeline, PipelineConfig
 from app.pipeline.engine_loader import build_engine
 from app.pipeline.engine_policy import describe_engine
 from app.commands.progress import Progress
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="process every input frame in order instead of dropping stale ones "
                     "(default: on for a video file source not sent to the virtual camera; "
                     "with a test source it also turns off its real-time pacing)")
+    io.add_argument("--mirror", action="store_true", help="flip the output left to right, like a mirror")
     io.add_argument("--no-engine", action="store_true",
                     help="pass frames through unchanged: checks sources and outputs without loading a model")
     io.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -151,6 +152,29 @@ def _open_source(args, plan: _Plan) -> tuple[Source, int | None]:
     return source, total
 
 
+def _source_size(source: Source) -> tuple[int, int] | None:
+    """(width, height) of the source's frames, read from its first frame (the pipeline opens it again)."""
+    inner = source.inner if isinstance(source, LimitedSource) else source
+    if isinstance(inner, TestPattern):
+        return inner.width, inner.height
+    try:
+        with inner:
+            frame = inner.read()
+    except SourceError as exc:
+        raise Refused(str(exc)) from exc
+    return None if frame is None else (frame.shape[1], frame.shape[0])
+
+
+def _engine_config(args, source: Source):
+    """The engine config for this source: the generated size follows its shape unless --width/--height
+    were given, and --transition counts in its frames."""
+    size = _source_size(source) if args.width is None and args.height is None else None
+    try:
+        return config_from_args(args, size, source.fps or args.fps)
+    except (ConfigError, ValueError) as exc:
+        raise Refused(str(exc), EXIT_USAGE) from exc
+
+
 def _recording_timing(source: Source, lossless: bool, fps: float | None) -> tuple[str, float]:
     """The recorder's timing mode and frame rate for this run."""
     if lossless and not source.live:
@@ -181,6 +205,8 @@ def _run(args, progress: Progress, signals: StopSignals) -> int:
     try:
         config = _check_usage(args, plan)
         source, total = _open_source(args, plan)
+        if config is not None:
+            config = _engine_config(args, source)
         if plan.to_file:
             outputs.append(_prepare_recorder(args, plan, source, say))
     except Refused as exc:
@@ -193,18 +219,20 @@ def _run(args, progress: Progress, signals: StopSignals) -> int:
     inner = source.inner if isinstance(source, LimitedSource) else source
     # Unknown for cameras and screens until the first frame.
     width, height = (inner.width, inner.height) if isinstance(inner, TestPattern) else (None, None)
+    letterbox = config is not None and config.resize_mode == "letterbox"
     if config is not None:
         say(f"loading {config.model} ...")
         engine, problem = load_engine(config, args.prompt, args.negative_prompt, say)
         if engine is None:
             say(f"error: {problem}")
             return EXIT_ERROR
-        width, height = config.width, config.height
-        say(f"running on {describe_engine(engine)}")
+        height, width = config.output_size
+        say(f"running on {describe_engine(engine)} at {config.width}x{config.height}"
+            + (f", output {width}x{height}" if (height, width) != (config.height, config.width) else ""))
 
     if plan.to_virtualcam:
         out_fps = args.fps or source.fps or 30.0
-        camera = VirtualCamera(width, height, fps=out_fps)
+        camera = VirtualCamera(width, height, fps=out_fps, letterbox=letterbox)
         try:
             if width and height:
                 say(f"virtual camera: {camera.open()} ({width}x{height} at {out_fps:g} fps)")
@@ -213,10 +241,14 @@ def _run(args, progress: Progress, signals: StopSignals) -> int:
             return EXIT_ERROR
         outputs.append(camera)
 
-    return _stream(source, engine, outputs, plan.lossless, total, progress, signals)
+    pipe = Pipeline(engine, source, PipelineConfig(lossless=plan.lossless, keep_input=False))
+    pipe.set_output_mirror(args.mirror)
+    if config is not None:  # frames that miss the engine (a failed frame) keep the outputs' size
+        pipe.set_output_shape(OutputShape(width, height, letterbox))
+    return _stream(pipe, outputs, total, progress, signals)
 
 
-def _stream(source, engine, outputs, lossless, total, progress: Progress, signals: StopSignals) -> int:
+def _stream(pipe: Pipeline, outputs, total, progress: Progress, signals: StopSignals) -> int:
     say = progress.message
     progress.total = total
     failure = threading.Event()
@@ -228,8 +260,7 @@ def _stream(source, engine, outputs, lossless, total, progress: Progress, signal
         say(f"error: {message}")
         failure.set()  # headless: any error ends the run; the outputs are still finalized
 
-    pipe = Pipeline(engine, source, PipelineConfig(lossless=lossless, keep_input=False),
-                    on_frame=delivered.add, on_error=on_error, on_status=lambda m: say(f"note: {m}"))
+    pipe.on_frame, pipe.on_error, pipe.on_status = delivered.add, on_error, lambda m: say(f"note: {m}")
     for output in outputs:
         pipe.add_output(output)
     started = time.perf_counter()

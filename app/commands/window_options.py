@@ -20,14 +20,15 @@ SETTING_OPTIONS = {
     "model": "model", "width": "width", "height": "height", "steps": "steps", "strength": "strength",
     "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "cfg_type": "cfg_type",
     "guidance": "guidance", "delta": "delta", "similarity_filter": "similarity_filter",
-    "similarity_threshold": "similarity_threshold", "acceleration": "acceleration",
+    "similarity_threshold": "similarity_threshold", "acceleration": "acceleration", "quality": "quality",
+    "smoothing": "smoothing", "transition": "transition_s", "resize": "resize_mode",
 }
 #: Engine options the window has no control for: they go into every engine it loads in this start.
 ENGINE_OPTIONS = {
     "device": "device", "dtype": "dtype", "tiny_vae": "use_tiny_vae", "allow_pickle": "allow_pickle",
-    "cache_dir": "cache_dir", "model_config": "single_file_config", "resize": "resize_mode",
+    "cache_dir": "cache_dir", "model_config": "single_file_config",
     "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
-    "num_inference_steps": "num_inference_steps", "smoothing": "smoothing",
+    "num_inference_steps": "num_inference_steps",
 }
 
 
@@ -105,7 +106,10 @@ def _map_engine_options(given: dict, defaults: argparse.Namespace, options: Wind
         options.settings["steps"] = len(indices)
         options.settings["strength"] = round(t_index_list_to_strength(indices, steps), 3)
     if "output_size" in given:
-        options.engine["output_width"], options.engine["output_height"] = given.pop("output_size")
+        width, height = given.pop("output_size")
+        options.settings["output_size"] = f"{width}x{height}" if width else "generated"
+    if ("width" in given or "height" in given) and "quality" not in given:
+        options.settings["quality"] = "custom"  # a size typed on the command line is meant as it is
     loras = given.pop("lora", None)
     if loras:
         options.engine["loras"] = tuple(parse_lora(spec) for spec in loras)

@@ -19,6 +19,7 @@ from core.model_errors import OOM_ADVICE, is_out_of_memory
 from app.gui.model_panel import ModelPanel
 from app.gui.notifier import Notifier
 from app.gui.output_panel import OutputPanel
+from app.gui.picture import PictureControls
 from app.gui.presets import load_presets, save_preset
 from app.gui.preview import PreviewWidget
 from app.gui.region_picker import RegionPickerDialog, grab_monitor
@@ -75,10 +76,12 @@ class MainWindow(QMainWindow):
         self._stats_timer.timeout.connect(self.update_stats)
         self._stats_timer.start()
 
+        self.picture = PictureControls(self)
         self._load_settings(self.settings)
         self._connect()
         set_running_look(self.actions, False)
         self.session.set_source(build_source(self.source_panel.choice()))
+        self.picture.show_generated_size()  # the source may declare its size before its first frame
         self.session.probe_virtual_camera()
         for warning in store.warnings:
             self.notifier.warning("Settings were reset", warning)
@@ -126,8 +129,9 @@ class MainWindow(QMainWindow):
         session.engine_failed.connect(self._on_engine_failed)
         session.loader.progress.connect(self.model_panel.show_progress)
         session.recording_changed.connect(self._on_recording_changed)
-        session.virtual_camera_probed.connect(self._on_vcam_probed)
-        session.virtual_camera_changed.connect(self._on_vcam_changed)
+        session.virtual_camera_probed.connect(self.output_panel.show_virtual_camera_probe)
+        session.virtual_camera_changed.connect(self.output_panel.show_virtual_camera)
+        session.virtual_camera_changed.connect(lambda _on, text: text and self.status.show_note(text))
         session.snapshot_saved.connect(self._on_snapshot_saved)
 
         style.prompt_changed.connect(session.set_prompt)
@@ -170,6 +174,7 @@ class MainWindow(QMainWindow):
             settings.prompt.strip(), settings.negative_prompt.strip(), settings.strength, settings.seed,
             settings.guidance, settings.delta, settings.similarity_filter, settings.similarity_threshold,
         )
+        self.picture.apply_settings(settings)
         self._want_vcam = settings.virtual_camera
         if not settings.geometry.isEmpty():
             self.restoreGeometry(settings.geometry)
@@ -219,7 +224,8 @@ class MainWindow(QMainWindow):
 
     def requested_config(self) -> StreamConfig:
         """The engine configuration the controls describe; raises ConfigError for a bad combination."""
-        width, height = self.model_panel.size()
+        width, height = self.picture.generated_size()
+        params = self.session.params
         return StreamConfig(
             model=self.model_panel.model(),
             width=width,
@@ -232,8 +238,17 @@ class MainWindow(QMainWindow):
             similarity_filter=self.style_panel.filter_check.isChecked(),
             similarity_threshold=self.style_panel.threshold_spin.value(),
             acceleration=self.model_panel.acceleration(),
+            resize_mode="letterbox" if self.output_panel.letterbox() else "crop",
+            output_width=params.output_width,
+            output_height=params.output_height,
+            smoothing=params.smoothing,
+            transition_frames=params.transition_frames,
             **self.engine_options,
         )
+
+    def request_reload(self) -> None:
+        """Reload after a short pause (settings that change together cost one load)."""
+        self._reload_timer.start()
 
     def reload_engine(self) -> None:
         self._reload_timer.stop()
@@ -260,6 +275,9 @@ class MainWindow(QMainWindow):
         gc.freeze()
         steps = len(config.t_index_list)
         text = f"Ready: {config.model} at {config.width}×{config.height}, {steps} step{'s' * (steps > 1)}"
+        out_h, out_w = config.output_size
+        if (out_w, out_h) != (config.width, config.height):
+            text += f", output {out_w}×{out_h}"
         runs = describe_engine(engine)
         self.model_panel.show_loaded(f"{text}\n{runs}" if runs else text)
         self.status.show_note(f"{text} ({runs})" if runs else text)
@@ -324,18 +342,6 @@ class MainWindow(QMainWindow):
     def _on_snapshot_saved(self, message: str) -> None:
         self.output_panel.show_saved(message)
         self.status.show_note(message)
-
-    def _on_vcam_probed(self, available: bool, text: str) -> None:
-        self._vcam_probe_text = f"Device: {text}" if available else text
-        self.output_panel.set_virtual_camera_state(available, self._vcam_probe_text)
-
-    def _on_vcam_changed(self, on: bool, text: str) -> None:
-        self.output_panel.set_virtual_camera_checked(on)
-        if text:
-            self.output_panel.vcam_label.setText(text)
-            self.status.show_note(text)
-        elif not on:
-            self.output_panel.vcam_label.setText(getattr(self, "_vcam_probe_text", ""))
 
     def _on_pipeline_error(self, message: str, exc) -> None:
         if is_out_of_memory(exc) and "smaller" not in message:

@@ -42,13 +42,23 @@ ACCELERATION_TIPS = {
 }
 
 
+QUALITY_LABELS = (
+    ("fast", "Fast", "Smallest size for the source's shape (16:9: 640×360): most frames per second"),
+    ("balanced", "Balanced", "16:9: 768×432, 4:3: 640×480, square: 512×512"),
+    ("high", "High", "Largest size for the source's shape (16:9: 1024×576): most detail"),
+    ("custom", "Custom size", "Generate at the resolution chosen below, whatever the source's shape"),
+)
+
+
 class ModelPanel(QGroupBox):
     reload_requested = Signal()  # the model, the size or the acceleration changed
+    quality_changed = Signal(str)  # fast / balanced / high (the size follows the source), or custom
     cancel_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__("Model", parent)
         self._loading_values = False
+        self._custom_size = (512, 512)
         form = QFormLayout()
 
         self.model_combo = QComboBox(editable=True)
@@ -74,6 +84,15 @@ class ModelPanel(QGroupBox):
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.browse_button)
         form.addRow("Model", row)
+
+        self.quality_combo = QComboBox()
+        for key, label, tip in QUALITY_LABELS:
+            self.quality_combo.addItem(label, key)
+            self.quality_combo.setItemData(self.quality_combo.count() - 1, tip, role=3)
+        self.quality_combo.setToolTip("The generated size follows the source's shape at this quality; "
+                                      "Custom size uses the resolution below")
+        self.quality_combo.currentIndexChanged.connect(self._on_quality)
+        form.addRow("Quality", self.quality_combo)
 
         self.size_combo = QComboBox()
         for width, height in RESOLUTIONS:
@@ -118,6 +137,17 @@ class ModelPanel(QGroupBox):
     def size(self) -> tuple[int, int]:
         return self.size_combo.currentData()
 
+    def quality(self) -> str:
+        return self.quality_combo.currentData()
+
+    def show_picked_size(self, width: int, height: int) -> None:
+        """Show the size the quality picked for the source, without asking for a reload (the caller does)."""
+        self._loading_values = True
+        try:
+            self.set_size(width, height)
+        finally:
+            self._loading_values = False
+
     def acceleration(self) -> str:
         return self.accel_combo.currentText()
 
@@ -126,13 +156,18 @@ class ModelPanel(QGroupBox):
         try:
             self.set_model(settings.model)
             self.set_size(settings.width, settings.height)
+            self.quality_combo.setCurrentIndex(max(0, find_data(self.quality_combo, settings.quality)))
+            self.size_combo.setEnabled(self.quality() == "custom")
             self.accel_combo.setCurrentText(settings.acceleration)
         finally:
             self._loading_values = False
+        self._custom_size = (settings.width, settings.height)
 
     def store(self, settings: AppSettings) -> None:
         settings.model = self.model() or DEFAULT_MODEL
-        settings.width, settings.height = self.size()
+        settings.quality = self.quality()
+        # The custom size is kept while a quality picks sizes, so that going back to Custom restores it.
+        settings.width, settings.height = self.size() if self.quality() == "custom" else self._custom_size
         settings.acceleration = self.acceleration()
 
     def set_model(self, model: str) -> None:
@@ -186,6 +221,18 @@ class ModelPanel(QGroupBox):
             self.set_model(path)
             self._request()
 
+    def _on_quality(self, _index: int) -> None:
+        custom = self.quality() == "custom"
+        self.size_combo.setEnabled(custom)
+        if self._loading_values:
+            return
+        if custom:
+            self.show_picked_size(*self._custom_size)
+        self.quality_changed.emit(self.quality())
+
     def _request(self) -> None:
-        if not self._loading_values:
-            self.reload_requested.emit()
+        if self._loading_values:
+            return
+        if self.quality() == "custom":
+            self._custom_size = self.size()
+        self.reload_requested.emit()

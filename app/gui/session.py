@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, Signal
 from app.gui.bridge import FrameBridge
 from app.gui.loader import EngineLoader
 from app.outputs import Recorder, VirtualCamera, snapshot, virtualcam_available
-from app.pipeline import OutputFrame, Pipeline, PipelineConfig
+from app.pipeline import OutputFrame, OutputShape, Pipeline, PipelineConfig
 from core.config import StreamConfig
 from core.model_errors import user_message
 
@@ -37,12 +37,19 @@ class LiveParams:
     delta: float = StreamConfig.delta
     similarity_filter: bool = False
     similarity_threshold: float = StreamConfig.similarity_threshold
+    output_width: int = 0  # 0 x 0: the generated size
+    output_height: int = 0
+    smoothing: float = StreamConfig.smoothing
+    transition_frames: int = StreamConfig.transition_frames
 
     def apply_to(self, engine) -> None:
         engine.set_strength(self.strength)
         engine.set_seed(self.seed)
         engine.set_guidance(guidance_scale=self.guidance, delta=self.delta)
         engine.set_similarity_filter(self.similarity_filter, threshold=self.similarity_threshold)
+        engine.set_output_size(self.output_width, self.output_height)
+        engine.set_smoothing(self.smoothing)
+        engine.set_transition_frames(self.transition_frames)
 
 
 class Session(QObject):
@@ -54,6 +61,7 @@ class Session(QObject):
     virtual_camera_changed = Signal(bool, str)  # on, device or reason
     virtual_camera_probed = Signal(bool, str)  # driver available, device or reason with set-up step
     snapshot_saved = Signal(str)
+    source_shape_changed = Signal(int, int)  # width, height of the source's frames, when they change
     _work_done = Signal(object)  # a callable to run in the GUI thread after a worker finished
 
     def __init__(self, engine_factory=None, parent: QObject | None = None):
@@ -75,8 +83,11 @@ class Session(QObject):
         self._restart_after_stop = False
         self._recorder: Recorder | None = None
         self._vcam: VirtualCamera | None = None
+        self.letterbox = False  # how frames that skip the engine fit the output size (the engine's resize mode)
+        self.source_shape: tuple[int, int] | None = None  # (width, height), known after the first frame
         # Bound methods (not lambdas): Qt then runs them in this object's thread, the GUI thread.
         self._work_done.connect(self._run_done)
+        self.source_shape_changed.connect(lambda *_shape: self._apply_output_shape())
         self.bridge.error.connect(self._check_outputs)
         self.bridge.frame_ready.connect(self._remember)
 
@@ -99,6 +110,7 @@ class Session(QObject):
         self._call_engine(lambda e: e.update_prompt(self.params.prompt, negative_prompt=self.params.negative_prompt), engine)
         self.pipeline.set_engine(engine)
         self.engine_config = config
+        self._apply_output_shape()
         self.engine_ready.emit(config, engine)
 
     def _call_engine(self, action, engine=None) -> None:
@@ -129,6 +141,32 @@ class Session(QObject):
     def set_filter(self, enabled: bool, threshold: float) -> None:
         self.params.similarity_filter, self.params.similarity_threshold = enabled, threshold
         self._call_engine(lambda e: e.set_similarity_filter(enabled, threshold=threshold))
+
+    def set_smoothing(self, smoothing: float) -> None:
+        self.params.smoothing = smoothing
+        self._call_engine(lambda e: e.set_smoothing(smoothing))
+
+    def set_transition_frames(self, frames: int) -> None:
+        self.params.transition_frames = frames
+        self._call_engine(lambda e: e.set_transition_frames(frames))
+
+    def set_output_size(self, width: int, height: int) -> None:
+        """The size preview, recordings and the virtual camera get (0, 0: the generated size). The engine
+        upscales to it on the GPU; the virtual camera reopens at it; nothing stops."""
+        self.params.output_width, self.params.output_height = width, height
+        self._call_engine(lambda e: e.set_output_size(width, height))
+        self._apply_output_shape()
+
+    def set_letterbox(self, on: bool) -> None:
+        """How frames that skip the engine (and the virtual camera) fit the output size."""
+        self.letterbox = on
+        self._apply_output_shape()
+
+    def set_bypass(self, on: bool) -> None:
+        self.pipeline.set_bypass(on)
+
+    def set_output_mirror(self, on: bool) -> None:
+        self.pipeline.set_output_mirror(on)
 
     # ---------------------------------------------------------------------------------- running
 
@@ -191,9 +229,21 @@ class Session(QObject):
 
     # ------------------------------------------------------------------------------------ outputs
 
-    def output_size(self) -> tuple[int, int]:
-        config = self.engine_config
-        return (config.width, config.height) if config else (512, 512)
+    def output_size(self) -> tuple[int, int] | None:
+        """(width, height) the outputs get: the chosen output size, else the generated size, else the
+        source's (None before the first frame when nothing else says)."""
+        if self.params.output_width:
+            return self.params.output_width, self.params.output_height
+        if self.engine_config is not None:
+            return self.engine_config.width, self.engine_config.height
+        return self.source_shape
+
+    def _apply_output_shape(self) -> None:
+        size = self.output_size()
+        self.pipeline.set_output_shape(OutputShape(*size, self.letterbox) if size else None)
+        if size and self._vcam is not None and (self._vcam.width, self._vcam.height) != size:
+            self._vcam.resize(*size, letterbox=self.letterbox)
+            self.virtual_camera_changed.emit(True, f"Writing to {self._vcam.device} at {size[0]}×{size[1]}")
 
     def probe_virtual_camera(self) -> None:
         self._in_worker(virtualcam_available, lambda result: self.virtual_camera_probed.emit(*result))
@@ -207,8 +257,10 @@ class Session(QObject):
             return
         if self._vcam is not None:
             return
-        width, height = self.output_size()
-        camera = VirtualCamera(width, height, fps=30.0)
+        width, height = self.output_size() or (1280, 720)
+        source_fps = getattr(self.pipeline.source, "fps", None)
+        camera = VirtualCamera(width, height, fps=source_fps if source_fps and source_fps > 0 else 30.0,
+                               letterbox=self.letterbox)
 
         def opened(result) -> None:
             if isinstance(result, BaseException):
@@ -217,7 +269,8 @@ class Session(QObject):
             self._vcam = camera
             if self.running:
                 self.pipeline.add_output(camera)
-            self.virtual_camera_changed.emit(True, f"Writing to {result}")
+            self.virtual_camera_changed.emit(True, f"Writing to {result} at {camera.width}×{camera.height}, "
+                                                   f"{camera.fps:g} fps")
 
         self._in_worker(camera.open, opened)
 
@@ -283,6 +336,11 @@ class Session(QObject):
     # ------------------------------------------------------------------------------------ plumbing
 
     def _on_frame(self, item: OutputFrame) -> None:
+        if item.input is not None:
+            shape = (item.input.shape[1], item.input.shape[0])
+            if shape != self.source_shape:  # read on the postprocess thread; the signal crosses to the GUI
+                self.source_shape = shape
+                self.source_shape_changed.emit(*shape)
         self.bridge.post_frame(item.input, item.image, item.processed)
 
     def _remember(self, packet) -> None:

@@ -21,13 +21,15 @@ from typing import Any, Callable
 
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths
 
-from core.config import ACCELERATIONS, CFG_TYPES, DEFAULT_MODEL, StreamConfig
+from core.config import ACCELERATIONS, CFG_TYPES, DEFAULT_MODEL, MAX_SMOOTHING, RESIZE_MODES, StreamConfig
+from core.sizes import DEFAULT_OUTPUT_SIZE, OUTPUT_SIZES, QUALITIES, parse_size
 
 log = logging.getLogger(__name__)
 
 ORGANIZATION = "livediffusion"
 APPLICATION = "livediffusion"
 SOURCE_KINDS = ("camera", "screen", "region", "video", "test")
+QUALITY_CHOICES = (*QUALITIES, "custom")  # custom: the width and height typed or picked by the user
 VIEWS = ("output", "input", "side")
 SCHEMA_VERSION = 1
 
@@ -45,7 +47,8 @@ class AppSettings:
     similarity_filter: bool = False
     similarity_threshold: float = StreamConfig.similarity_threshold
     model: str = DEFAULT_MODEL
-    width: int = StreamConfig.width
+    quality: str = "balanced"  # the generated size follows the source's shape, except "custom"
+    width: int = StreamConfig.width  # the custom size
     height: int = StreamConfig.height
     acceleration: str = StreamConfig.acceleration  # eager on machines without CUDA
     source_kind: str = "test"
@@ -55,7 +58,12 @@ class AppSettings:
     follow_mouse: bool = False
     video_path: str = ""
     view: str = "output"
-    mirror: bool = False
+    mirror: bool = False  # the preview only
+    mirror_output: bool = False  # the virtual camera and recordings
+    output_size: str = DEFAULT_OUTPUT_SIZE  # a key of core.sizes.OUTPUT_SIZES or WxH
+    resize_mode: str = StreamConfig.resize_mode
+    smoothing: float = StreamConfig.smoothing
+    transition_s: float = 0.5  # prompt, preset and seed changes blend in over this time
     virtual_camera: bool = False
     output_dir: str = ""
     advanced_open: bool = False
@@ -124,6 +132,15 @@ def _size(value: Any) -> int:
     return number
 
 
+def _output_size(value: Any) -> str:
+    text = _text(value).strip().lower()
+    if text not in OUTPUT_SIZES:
+        width, height = parse_size(text)
+        if width % 2 or height % 2 or not (64 <= width <= 4096 and 64 <= height <= 4096):
+            raise ValueError(f"{text} is not an even size from 64 to 4096")
+    return text
+
+
 def _region(value: Any) -> str:
     text = _text(value).strip()
     if text:
@@ -151,6 +168,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "similarity_filter": _flag,
     "similarity_threshold": _number(0.0, 1.0),
     "model": _model,
+    "quality": _choice(QUALITY_CHOICES),
     "width": _size,
     "height": _size,
     "acceleration": _choice(ACCELERATIONS),
@@ -162,6 +180,11 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "video_path": _text,
     "view": _choice(VIEWS),
     "mirror": _flag,
+    "mirror_output": _flag,
+    "output_size": _output_size,
+    "resize_mode": _choice(RESIZE_MODES),
+    "smoothing": _number(0.0, MAX_SMOOTHING),
+    "transition_s": _number(0.0, 10.0),
     "virtual_camera": _flag,
     "output_dir": _text,
     "advanced_open": _flag,

@@ -29,7 +29,7 @@ from app.gui import icons
 from app.gui.presets import StylePreset
 from app.gui.widgets import CollapsibleSection, ValueSlider
 from app.gui.settings import AppSettings
-from core.config import CFG_TYPES
+from core.config import CFG_TYPES, MAX_SMOOTHING
 
 PROMPT_DEBOUNCE_MS = 300
 MAX_SEED = 2**31 - 1  # QSpinBox is 32-bit; larger seeds from the CLI are clamped for display
@@ -41,6 +41,8 @@ class StylePanel(QWidget):
     seed_changed = Signal(int)
     guidance_changed = Signal(float, float)  # guidance scale, delta
     filter_changed = Signal(bool, float)  # enabled, threshold
+    smoothing_changed = Signal(float)
+    transition_changed = Signal(float)  # seconds
     rebuild_needed = Signal()  # steps or cfg type: these change shapes, so a new engine
     preset_chosen = Signal(object)  # StylePreset
     save_preset_requested = Signal()
@@ -109,6 +111,16 @@ class StylePanel(QWidget):
         row.addWidget(self.seed_spin, 1)
         row.addWidget(self.dice_button)
         form.addRow("Seed", row)
+
+        self.smoothing_slider = ValueSlider(0.0, MAX_SMOOTHING, resolution=100, decimals=2)
+        self.smoothing_slider.setToolTip("Temporal smoothing: blends the last picture into the next one, so a "
+                                         "still scene stops flickering; higher follows motion more slowly (0: off)")
+        self.smoothing_slider.valueChanged.connect(self._on_smoothing)
+        form.addRow("Steadiness", self.smoothing_slider)
+        self.transition_spin = QDoubleSpinBox(minimum=0.0, maximum=10.0, singleStep=0.25, decimals=2, suffix=" s")
+        self.transition_spin.setToolTip("A new prompt, preset or seed blends in over this time (0: at once)")
+        self.transition_spin.valueChanged.connect(self._on_transition)
+        form.addRow("Transition", self.transition_spin)
 
         self.filter_check = QCheckBox("Skip near-identical frames")
         self.filter_check.setToolTip("Similarity filter: saves GPU time when the picture hardly changes")
@@ -217,6 +229,8 @@ class StylePanel(QWidget):
             self.cfg_combo.setCurrentText(settings.cfg_type)
             self.guidance_spin.setValue(settings.guidance)
             self.delta_spin.setValue(settings.delta)
+            self.smoothing_slider.setValue(settings.smoothing)
+            self.transition_spin.setValue(settings.transition_s)
             self.advanced.set_expanded(settings.advanced_open)
             self._debounce.stop()
         finally:
@@ -233,6 +247,8 @@ class StylePanel(QWidget):
         settings.cfg_type = self.cfg_combo.currentText()
         settings.guidance = round(self.guidance_spin.value(), 4)
         settings.delta = round(self.delta_spin.value(), 4)
+        settings.smoothing = round(self.smoothing_slider.value(), 4)
+        settings.transition_s = round(self.transition_spin.value(), 4)
         settings.advanced_open = self.advanced.is_expanded()
         settings.preset = self.current_preset_name()
 
@@ -273,6 +289,14 @@ class StylePanel(QWidget):
     def _on_guidance(self, *_args) -> None:
         if not self._loading:
             self.guidance_changed.emit(self.guidance_spin.value(), self.delta_spin.value())
+
+    def _on_smoothing(self, value: float) -> None:
+        if not self._loading:
+            self.smoothing_changed.emit(value)
+
+    def _on_transition(self, value: float) -> None:
+        if not self._loading:
+            self.transition_changed.emit(value)
 
     def _on_filter(self, *_args) -> None:
         self.threshold_spin.setEnabled(self.filter_check.isChecked())

@@ -8,6 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from core.sizes import crop_box, letterbox_box
+
 
 class OutputError(RuntimeError):
     """An output cannot be opened or written; the message says why and what to do."""
@@ -32,9 +34,25 @@ class Output:
         self.close()
 
 
-def fit_frame(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    # A device or a file has one size for its lifetime; a frame of another size (e.g. the engine not
-    # loaded yet, so the raw input passes through) is scaled rather than rejected.
+def fit_frame(image: np.ndarray, width: int, height: int, letterbox: bool = False) -> np.ndarray:
+    """``image`` at width x height without stretching: centre-cropped to the target's shape, or scaled
+    whole into it with black bars (letterbox). The CPU counterpart of core.imageops.fit, for frames that
+    do not pass through the engine (no model yet, bypass) and for an output whose size is fixed while a
+    frame of another size arrives."""
+    src_h, src_w = image.shape[:2]
+    if (src_w, src_h) == (width, height):
+        return image
+    if letterbox:
+        top, left, h, w = letterbox_box(src_h, src_w, height, width)
+        out = np.zeros((height, width, 3), np.uint8)
+        out[top : top + h, left : left + w] = _resize(image, w, h)
+        return out
+    top, left, h, w = crop_box(src_h, src_w, height, width)
+    return _resize(image[top : top + h, left : left + w], width, height)
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     if image.shape[1] == width and image.shape[0] == height:
         return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    shrinking = image.shape[1] > width or image.shape[0] > height
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

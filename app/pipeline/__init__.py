@@ -2,8 +2,8 @@
 (pipeline.py), the records that travel (frames.py), the rolling statistics and the engine policy."""
 
 from app.pipeline.frames import Frame, OutputFrame
-from app.pipeline.config import Engine, PipelineConfig
+from app.pipeline.config import Engine, OutputShape, PipelineConfig
 from app.pipeline.pipeline import Pipeline
 from app.pipeline.stats import PipelineStats
 
-__all__ = ["Engine", "Frame", "OutputFrame", "Pipeline", "PipelineConfig", "PipelineStats"]
+__all__ = ["Engine", "Frame", "OutputFrame", "OutputShape", "Pipeline", "PipelineConfig", "PipelineStats"]

@@ -14,6 +14,15 @@ class Engine(Protocol):
     def process(self, frame: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class OutputShape:
+    """The size frames have when they reach the outputs without passing through the engine."""
+
+    width: int
+    height: int
+    letterbox: bool = False
+
+
 @dataclass
 class PipelineConfig:
     #: Blocking slots: drop nothing, keep order (file-to-file). Lossy (default) for live use.

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from app.outputs.base import fit_frame
+from app.pipeline.config import OutputShape
 from app.pipeline.frames import Frame, OutputFrame
 from core.model_errors import is_out_of_memory, out_of_memory_while_running
 
@@ -19,9 +21,13 @@ def frames_per_call(engine) -> int:
     return int(getattr(config, "frame_buffer_size", 1) or 1) if engine is not None else 1
 
 
-def passthrough(frames: list[Frame], keep_input: bool) -> list[OutputFrame]:
-    """No model: each frame leaves as it came, marked unprocessed."""
-    return [OutputFrame(f.image, f.image if keep_input else None, f.index, f.capture_time, processed=False)
+def passthrough(frames: list[Frame], keep_input: bool, shape: "OutputShape | None" = None) -> list[OutputFrame]:
+    """No model, or the effect bypassed: each frame leaves unprocessed, fitted to ``shape`` when one is set
+    (so that a virtual camera keeps its size and aspect while the effect is off)."""
+    def fitted(image):
+        return image if shape is None else fit_frame(image, shape.width, shape.height, shape.letterbox)
+
+    return [OutputFrame(fitted(f.image), f.image if keep_input else None, f.index, f.capture_time, processed=False)
             for f in frames]
 
 

@@ -15,6 +15,10 @@ Threading contract for users of this class (the GUI included):
   or use ``call_in_gpu_thread`` for anything that must happen between two frames.
 - ``set_source``, ``add_output``/``remove_output``, ``set_engine``/``load_engine`` work while running
   and never stop the engine. Without an engine, frames pass through unchanged (``processed`` False).
+- What the outputs get, also live: ``set_output_shape`` (the size frames that skip the engine are fitted
+  to; None: as they come), ``set_bypass`` (send the source, so fitted, instead of the engine's frames;
+  the engine stays loaded, so switching back is immediate) and ``set_output_mirror`` (flip what the
+  outputs get left to right; ``on_frame`` still sees the frame unflipped).
 """
 
 from __future__ import annotations
@@ -27,24 +31,25 @@ from typing import Callable
 
 from app.outputs import Output
 from app.pipeline.capture import SourceReader
-from app.pipeline.config import Engine, PipelineConfig
+from app.pipeline.config import Engine, OutputShape, PipelineConfig
 from app.pipeline.engine_loader import BackgroundLoader
 from app.pipeline.engine_policy import (engine_error_message, frames_per_call, free_gpu_memory, passthrough,
                                         release_engine, run_engine)
 from app.pipeline.frames import Frame, OutputFrame
 from app.pipeline.output_set import OutputSet
+from app.pipeline.reporting import Reporter
 from app.pipeline.slots import END, FrameSlot, SlotClosed
 from app.pipeline.stats import PipelineStats, StatsCollector
 from app.pipeline.tasks import TaskQueue
 from app.sources import Source
 from core.model_errors import is_out_of_memory, load_failure_message
 
-__all__ = ["Engine", "Frame", "OutputFrame", "Pipeline", "PipelineConfig", "PipelineStats"]
+__all__ = ["Engine", "Frame", "OutputFrame", "OutputShape", "Pipeline", "PipelineConfig", "PipelineStats"]
 
 log = logging.getLogger(__name__)
 
 
-class Pipeline:
+class Pipeline(Reporter):
     def __init__(
         self,
         engine: Engine | None = None,
@@ -80,6 +85,9 @@ class Pipeline:
         self._dropped_before = 0
         self._extra_dropped = 0  # frames discarded by the GPU thread itself (size change mid-batch)
         self.last_error: str | None = None
+        self.output_shape: OutputShape | None = None
+        self.bypass = False
+        self.output_mirror = False
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -135,11 +143,6 @@ class Pipeline:
             outputs = self._outputs.take_all()
             for output in outputs:
                 output.close()
-
-    def restart(self) -> None:
-        """Stop and start again with the same source, engine and outputs."""
-        self.stop(close_outputs=False)
-        self.start()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until a finite source has been fully delivered to the outputs (or stop()). True if it was."""
@@ -210,6 +213,16 @@ class Pipeline:
             gpu_alive = gpu is not None and gpu.is_alive() and gpu is not threading.current_thread()
             return bool(self._threads) or self._stopping or gpu_alive
 
+    # What the outputs get (see the module's docstring); plain attributes, read once per frame.
+    def set_output_shape(self, shape: OutputShape | None) -> None:
+        self.output_shape = shape
+
+    def set_bypass(self, on: bool) -> None:
+        self.bypass = bool(on)
+
+    def set_output_mirror(self, on: bool) -> None:
+        self.output_mirror = bool(on)
+
     def add_output(self, output: Output) -> None:
         self._outputs.add(output)
 
@@ -226,25 +239,6 @@ class Pipeline:
     def stats(self) -> PipelineStats:
         dropped = self._dropped_before + self._extra_dropped + self._in_slot.dropped + self._out_slot.dropped
         return self._stats.snapshot(dropped, self._skipped)
-
-    # ------------------------------------------------------------------------------ reporting
-
-    def report_error(self, message: str, exc: BaseException | None = None) -> None:
-        self.last_error = message
-        log.error("%s", message, exc_info=exc)
-        if self.on_error is not None:
-            try:
-                self.on_error(message, exc)
-            except Exception:
-                log.exception("the error callback failed")
-
-    def report_status(self, message: str) -> None:
-        log.info("%s", message)
-        if self.on_status is not None:
-            try:
-                self.on_status(message)
-            except Exception:
-                log.exception("the status callback failed")
 
     # ------------------------------------------------------------------------------ threads
 
@@ -342,13 +336,13 @@ class Pipeline:
 
     def _process_frames(self, frames: list[Frame]) -> list[OutputFrame]:
         engine, keep = self._engine, self.config.keep_input
-        if engine is None:
-            return passthrough(frames, keep)
+        if engine is None or self.bypass:
+            return passthrough(frames, keep, self.output_shape)
         try:
             outputs = run_engine(engine, frames, keep)
         except Exception as exc:  # noqa: BLE001 - the stream must survive a bad frame or an out-of-memory
             self._engine_failed(engine, exc)
-            return passthrough(frames, keep)
+            return passthrough(frames, keep, self.output_shape)
         self._engine_failures = 0
         self._skipped = int(getattr(engine, "skipped_frames", self._skipped + outputs[0].skipped))
         return outputs
@@ -383,7 +377,8 @@ class Pipeline:
 
     def _deliver(self, item: OutputFrame) -> None:
         # The capture time lets a recorder place the frame on the real time line.
-        for output, exc in self._outputs.write(item.image, item.capture_time):
+        image = item.image[:, ::-1] if self.output_mirror else item.image  # a view; outputs copy as they need
+        for output, exc in self._outputs.write(image, item.capture_time):
             output.close()  # finalizes a recorder so what was written stays playable
             self.report_error(f"{getattr(output, 'name', 'Output')} stopped: {exc}", exc)
         item.output_time = time.perf_counter()
