@@ -139,6 +139,20 @@ def test_a_broken_user_preset_is_skipped(tmp_path):
         parse_preset({"name": "", "prompt": "p"})
 
 
+def test_a_preset_blends_styles_from_a_list_of_weighted_prompts():
+    from core.prompts import parse_weighted_prompt
+
+    pairs = parse_preset({"name": "Blend", "prompt": [["oil painting", 0.7], {"text": "anime", "weight": 0.3}]})
+    assert pairs.prompt == "oil painting:0.7 | anime:0.3"
+    assert parse_weighted_prompt(pairs.prompt) == [("oil painting", pytest.approx(0.7)), ("anime", pytest.approx(0.3))]
+    shipped = next(p for p in load_presets(None) if p.name == "Oil painting x anime")
+    assert [text for text, _ in parse_weighted_prompt(shipped.prompt)] == [
+        "an oil painting, thick brush strokes, rich texture", "anime style, cel shading, clean line art"]
+    for bad in ([], [["a|b", 1]], [["a", 0]], [["a", "x"]], [["a"]], 5):
+        with pytest.raises(ValueError):
+            parse_preset({"name": "Bad", "prompt": bad})
+
+
 @pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="root reads any file")
 def test_a_file_without_read_permission_is_reset(tmp_path):
     path = tmp_path / "settings.ini"

@@ -46,14 +46,36 @@ def parse_preset(data: object, user: bool = False) -> StylePreset:
     prompt = data.get("prompt")
     if not isinstance(name, str) or not name.strip():
         raise PresetError("'name' must be a non-empty string")
-    if not isinstance(prompt, str):
-        raise PresetError("'prompt' must be a string")
+    prompt = _prompt_text(prompt)
     negative = data.get("negative_prompt", "")
     if not isinstance(negative, str):
         raise PresetError("'negative_prompt' must be a string")
     strength = _bounded(data, "strength", 0.5, 0.0, 1.0)
     guidance = _bounded(data, "guidance", 1.2, 0.0, 20.0)
     return StylePreset(name.strip(), prompt, negative, strength, guidance, user)
+
+
+def _prompt_text(value: object) -> str:
+    """A preset's prompt as the engine takes it: a string as it is, or a list of [text, weight] pairs (or
+    {"text", "weight"} objects) as the weighted blend "text:weight | text:weight" (core.prompts)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not value:
+        raise PresetError("'prompt' must be a string or a list of [text, weight] pairs")
+    parts = []
+    for item in value:
+        if isinstance(item, dict):
+            text, weight = item.get("text"), item.get("weight", 1.0)
+        elif isinstance(item, list) and len(item) == 2:
+            text, weight = item
+        else:
+            raise PresetError("each part of a blended 'prompt' is [text, weight] or {\"text\": ..., \"weight\": ...}")
+        if not isinstance(text, str) or not text.strip() or "|" in text:
+            raise PresetError("each part of a blended 'prompt' needs a text without '|'")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 100:
+            raise PresetError("each part of a blended 'prompt' needs a weight above 0")
+        parts.append(f"{text.strip()}:{weight:g}")
+    return " | ".join(parts)
 
 
 def _bounded(data: dict, key: str, default: float, low: float, high: float) -> float:
