@@ -58,7 +58,7 @@ def render(path: str, seconds: float = 2.0) -> None:
                             notifier=RecordingNotifier(), discover=lambda: ([], [{"width": 1920, "height": 1080}] * 2, ""))
         window.resize(1280, 800)
         window.show()
-        window.session.set_source(TestPattern(640, 480, fps=30))
+        window.session.set_source(TestPattern(1280, 720, fps=30))
         deadline = time.perf_counter() + 10
         while window.session.engine is None and time.perf_counter() < deadline:
             app.processEvents()
