@@ -168,7 +168,7 @@ class StreamConfig:
 
     #: Settings a running engine takes between frames (its setters); every other field needs a new engine.
     LIVE_FIELDS = ("seed", "guidance_scale", "delta", "similarity_filter", "similarity_threshold", "max_skip_frames",
-                   "output_width", "output_height", "smoothing", "transition_frames")
+                   "output_width", "output_height", "smoothing", "transition_frames", "resize_mode")
 
     def needs_new_engine(self, other: "StreamConfig") -> bool:
         """Whether going from this config to ``other`` takes a new engine (and, accelerated, new graphs):

@@ -207,6 +207,10 @@ class StreamEngine:
         graph for the new size at the next frame, the model stays."""
         self._queue(output_width=int(width), output_height=int(height))
 
+    def set_resize_mode(self, mode: str) -> None:
+        """How the source fits the generated size and that the output size: "crop" or "letterbox"."""
+        self._queue(resize_mode=mode)
+
     def _queue(self, **changes) -> None:
         """Validate now, in the caller's thread (a bad value raises here, not later in the GPU thread),
         then keep the change for the next frame. Changes queued before that frame add up."""

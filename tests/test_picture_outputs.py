@@ -194,3 +194,28 @@ def test_run_mirror_flips_the_recording(tmp_path):
     source = frames[0].astype(int)
     # Compared after a lossy encode: the mirrored source is much closer than the source itself.
     assert np.abs(first - source[:, ::-1]).mean() < np.abs(first - source).mean() / 3
+
+
+def test_crop_or_letterbox_changes_live_in_the_engine(tiny_components, tiny_config):
+    from core.stream import StreamEngine
+
+    engine = StreamEngine(tiny_components, tiny_config.replace(output_width=192, output_height=108))
+    engine.prepare("a test")
+    frame = _wide_pattern()
+    cropped = engine.process(frame)
+    engine.set_resize_mode("letterbox")
+    boxed = engine.process(frame)
+    # The square generated picture scaled into 192x108 is 108x108 at columns 42..149: black bars either side.
+    assert cropped.shape == boxed.shape == (108, 192, 3)
+    assert not boxed[:, :42].any() and not boxed[:, 150:].any() and boxed[:, 42:150].any()
+    assert cropped[:, :42].any() and cropped[:, 150:].any()
+
+
+def test_the_window_switches_crop_and_letterbox_without_a_reload(open_window, qtbot):
+    window = open_window(small())
+    engine = window.session.engine
+    window.output_panel.fit_combo.setCurrentIndex(window.output_panel.fit_combo.findData("letterbox"))
+    assert engine.last("set_resize_mode") == ("set_resize_mode", "letterbox")
+    assert window.session.pipeline.output_shape.letterbox
+    qtbot.wait(600)  # longer than the reload debounce: no load may follow
+    assert len(window.factory.built) == 1 and window.session.engine is engine

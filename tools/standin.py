@@ -60,6 +60,10 @@ class StandInEngine:
     def set_transition_frames(self, frames):
         self._record("set_transition_frames", frames)
 
+    def set_resize_mode(self, mode):
+        self._record("set_resize_mode", mode)
+        self.config = self.config.replace(resize_mode=mode)
+
     def set_output_size(self, width, height):
         self._record("set_output_size", width, height)
         self.config = self.config.replace(output_width=width, output_height=height)

@@ -23,7 +23,7 @@ class PictureControls(QObject):
         model.quality_changed.connect(self._on_quality)
         session.source_shape_changed.connect(self._on_source_shape)
         output.output_size_changed.connect(session.set_output_size)
-        output.fit_changed.connect(self._on_fit)
+        output.fit_changed.connect(lambda mode: session.set_letterbox(mode == "letterbox"))
         output.output_mirror_changed.connect(session.set_output_mirror)
         output.bypass_toggled.connect(self._on_bypass)
         style.smoothing_changed.connect(session.set_smoothing)
@@ -36,6 +36,7 @@ class PictureControls(QObject):
         session.params.smoothing = settings.smoothing
         session.params.transition_frames = self.transition_frames(settings.transition_s)
         session.letterbox = settings.resize_mode == "letterbox"
+        session.params.resize_mode = settings.resize_mode
         session.set_output_mirror(settings.mirror_output)
         self.show_generated_size()
 
@@ -78,10 +79,6 @@ class PictureControls(QObject):
         config = session.engine_config
         if config is None or (config.width, config.height) != self.generated_size():
             self.window.request_reload()
-
-    def _on_fit(self, mode: str) -> None:
-        self.window.session.set_letterbox(mode == "letterbox")
-        self.window.request_reload()  # the engine fits its input the same way: a new engine, for now
 
     def _on_bypass(self, on: bool) -> None:
         self.window.session.set_bypass(on)

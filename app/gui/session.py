@@ -41,6 +41,7 @@ class LiveParams:
     output_height: int = 0
     smoothing: float = StreamConfig.smoothing
     transition_frames: int = StreamConfig.transition_frames
+    resize_mode: str = StreamConfig.resize_mode
 
     def apply_to(self, engine) -> None:
         engine.set_strength(self.strength)
@@ -50,6 +51,7 @@ class LiveParams:
         engine.set_output_size(self.output_width, self.output_height)
         engine.set_smoothing(self.smoothing)
         engine.set_transition_frames(self.transition_frames)
+        engine.set_resize_mode(self.resize_mode)
 
 
 class Session(QObject):
@@ -158,8 +160,11 @@ class Session(QObject):
         self._apply_output_shape()
 
     def set_letterbox(self, on: bool) -> None:
-        """How frames that skip the engine (and the virtual camera) fit the output size."""
+        """Crop or letterbox where the source's shape and the output's differ: in the engine (live, a new
+        graph at the next frame), for frames that skip it, and in the virtual camera."""
         self.letterbox = on
+        self.params.resize_mode = "letterbox" if on else "crop"
+        self._call_engine(lambda e: e.set_resize_mode(self.params.resize_mode))
         self._apply_output_shape()
 
     def set_bypass(self, on: bool) -> None:
@@ -241,7 +246,8 @@ class Session(QObject):
     def _apply_output_shape(self) -> None:
         size = self.output_size()
         self.pipeline.set_output_shape(OutputShape(*size, self.letterbox) if size else None)
-        if size and self._vcam is not None and (self._vcam.width, self._vcam.height) != size:
+        if size and self._vcam is not None and (self._vcam.width, self._vcam.height, self._vcam.letterbox) != (
+                *size, self.letterbox):
             self._vcam.resize(*size, letterbox=self.letterbox)
             self.virtual_camera_changed.emit(True, f"Writing to {self._vcam.device} at {size[0]}×{size[1]}")
 

@@ -82,8 +82,9 @@ class FrameGraph:
         self.pool = None
 
     def key(self, frames_u8) -> tuple:
-        """One graph per input shape and output size: both are baked into a capture."""
-        return (None if frames_u8 is None else tuple(frames_u8.shape), self.engine.config.output_size)
+        """One graph per input shape, output size and fit: all three are baked into a capture."""
+        config = self.engine.config
+        return (None if frames_u8 is None else tuple(frames_u8.shape), config.output_size, config.resize_mode)
 
     def __call__(self, frames_u8):
         key = self.key(frames_u8)
