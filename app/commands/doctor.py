@@ -160,6 +160,20 @@ def check_virtualcam() -> Check:
     return Check("Virtual camera", WARN, reason, fix)
 
 
+def check_recording() -> Check:
+    """Which H.264 encoder recordings will use, and why a faster one is passed over."""
+    from app.outputs.h264 import ENCODER_OPTIONS, encoder_problem
+
+    problems = {name: encoder_problem(name) for name in ENCODER_OPTIONS}
+    usable = [name for name, problem in problems.items() if problem is None]
+    passed_over = "; ".join(f"{name}: {problem}" for name, problem in problems.items() if problem)
+    if not usable:
+        return Check("Recording", MISSING, f"no H.264 encoder opens ({passed_over})",
+                     "pip install --force-reinstall av (its wheels carry FFmpeg with x264)")
+    detail = f"H.264 with {usable[0]}" + (f" ({passed_over})" if usable[0] != "h264_nvenc" else "")
+    return Check("Recording", OK, detail)
+
+
 def check_screen() -> Check:
     from app.sources import SourceError, list_monitors
 
@@ -192,7 +206,7 @@ def check_model_cache() -> Check:
 
 CHECKS: list[Callable[[], Check | list[Check]]] = [
     check_python, check_packages, check_torch, check_tensorrt, check_window, check_cameras, check_virtualcam,
-    check_screen, check_model_cache,
+    check_recording, check_screen, check_model_cache,
 ]
 
 

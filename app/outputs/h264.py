@@ -44,9 +44,11 @@ def encoder_problem(name: str) -> str | None:
         context = av.CodecContext.create(name, "w")
         context.width, context.height, context.pix_fmt = 256, 256, "yuv420p"
         context.time_base = Fraction(1, 30)
+        context.options = dict(ENCODER_OPTIONS.get(name, {}))  # the options recordings use: refused ones fail here
         context.open()
     except Exception as exc:  # av raises its own error types per FFmpeg code; all mean "not here"
-        return str(exc) or type(exc).__name__
+        text = str(exc) or type(exc).__name__
+        return f"no NVIDIA GPU encoder and driver here ({text})" if name == "h264_nvenc" else text
     return None
 
 
