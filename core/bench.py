@@ -25,6 +25,9 @@ from core.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
+BENCH_PROMPT = "oil painting of a person in a room, cinematic light"
+BENCH_NEGATIVE = "blurry, low quality"
+
 
 @dataclass
 class BenchResult:
@@ -38,17 +41,47 @@ class BenchResult:
     extra: dict = field(default_factory=dict)
 
 
-def synthetic_frames(count: int, height: int, width: int, seed: int = 0, static: bool = False) -> list[np.ndarray]:
-    """Smooth moving gradients with noise, like a camera: no two frames alike unless ``static``."""
+def synthetic_frames(count: int, height: int, width: int, seed: int = 0, static: bool = False,
+                     noise: float | None = None) -> list[np.ndarray]:
+    """Smooth moving gradients with fresh Gaussian noise (``noise`` levels; 4, or 2 when ``static``) in every
+    frame, like a camera: no two frames alike unless ``static``."""
     rng = np.random.default_rng(seed)
+    sigma = (2 if static else 4) if noise is None else noise
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     frames = []
     for i in range(count):
         phase = 0.0 if static else i * 0.15
         base = 127 + 100 * np.sin(xs / 37.0 + phase)[..., None] * np.cos(ys / 53.0 - phase)[..., None]
-        frame = base + np.array([0, 40, -40], dtype=np.float32) + rng.normal(0, 2 if static else 4, (height, width, 3))
+        frame = base + np.array([0, 40, -40], dtype=np.float32) + rng.normal(0, sigma, (height, width, 3))
         frames.append(np.clip(frame, 0, 255).astype(np.uint8))
     return frames
+
+
+def mean_frame_difference(frames) -> float:
+    """Mean absolute difference between consecutive uint8 frames, in levels."""
+    diffs = [np.abs(b.astype(np.int16) - a.astype(np.int16)).mean() for a, b in zip(frames, frames[1:])]
+    return float(np.mean(diffs))
+
+
+def steadiness(engine, frames, warmup: int, smoothings=(0.0, 0.5)) -> dict[str, float]:
+    """The mean frame-to-frame difference of the input ``frames`` (a still, noisy scene) and, at each
+    smoothing, of ``engine``'s uint8 output and of its denoised latents (the engine's own smoothing is put
+    back afterwards). Random weights can decode to a nearly constant picture; the latents still show how
+    much of the input's noise reaches the output."""
+    result = {"input frames, levels": mean_frame_difference(frames[warmup:])}
+    kept = engine.config.smoothing
+    for smoothing in smoothings:
+        engine.set_smoothing(smoothing)
+        engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
+        outputs, latents = [], []
+        for frame in frames:
+            outputs.append(engine.process(frame))
+            latents.append(engine.batch.feedback.to("cpu", torch.float32, copy=True))  # this frame's denoised latent
+        result[f"output, smoothing {smoothing}, levels"] = mean_frame_difference(outputs[warmup:])
+        steps = [(b - a).abs().mean().item() for a, b in zip(latents[warmup:], latents[warmup + 1:])]
+        result[f"denoised latent, smoothing {smoothing}"] = float(np.mean(steps))
+    engine.set_smoothing(kept)
+    return result
 
 
 def _sync(device) -> None:
@@ -109,23 +142,39 @@ def time_overlapped(engine, frames, warmup: int) -> tuple[list[float], float]:
     return latencies, time.perf_counter() - start
 
 
-def bench_engine(
-    components, config: StreamConfig, frames, warmup, name=None, progress=None, overlap=False, roofline=False,
-    change_every: int = 0,
-) -> BenchResult:
-    """``change_every`` > 0: a new prompt and seed every that many frames, so a transition is always under way
-    when ``config.transition_frames`` is as long."""
+def build_engine(components, config: StreamConfig, progress=None):
+    """An engine with the config's acceleration installed (compiling happens at its first frame)."""
     from core.stream import StreamEngine
 
-    _reset_peak(config.resolved_device())
-    extra = {}
     engine = StreamEngine(components, config)
-    started = time.perf_counter()
     if config.acceleration != "none":
         from core.accel import accelerate
 
         accelerate(engine, progress)
-    engine.prepare("oil painting of a person in a room, cinematic light", "blurry, low quality")
+    return engine
+
+
+def bench_engine(
+    components, config: StreamConfig, frames, warmup, name=None, progress=None, overlap=False, roofline=False,
+    change_every: int = 0, engine=None,
+) -> BenchResult:
+    """Times ``engine`` (built from ``config`` when None) on ``frames``. A given engine is first set to the
+    config's live settings (output size, fit, smoothing, transitions), so one compiled model serves every
+    row of a setting; ``first_frame_s`` then counts only the new graph's capture.
+
+    ``change_every`` > 0: a new prompt and seed every that many frames, so a transition is always under way
+    when ``config.transition_frames`` is as long."""
+    _reset_peak(config.resolved_device())
+    extra = {}
+    started = time.perf_counter()
+    if engine is None:
+        engine = build_engine(components, config, progress)
+    else:
+        engine.set_output_size(config.output_width, config.output_height)
+        engine.set_resize_mode(config.resize_mode)
+        engine.set_smoothing(config.smoothing)
+        engine.set_transition_frames(config.transition_frames)
+    engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
     engine.process(frames[0])
     first_frame_s = time.perf_counter() - started
     if roofline:
@@ -153,14 +202,13 @@ def bench_engine(
     )
     if "unet_gflop_per_frame" in extra:
         result.extra["achieved_tflops"] = round(extra["unet_gflop_per_frame"] / result.median_ms, 1)
-    del engine
     return result
 
 
 def _with_changes(engine, every: int):
     if every <= 0:
         return engine.process
-    prompts = ("oil painting of a person in a room, cinematic light", "anime portrait, soft colours")
+    prompts = (BENCH_PROMPT, "anime portrait, soft colours")
     count = 0
 
     def process(frame):
@@ -203,7 +251,7 @@ def bench_diffusers(components, config: StreamConfig, steps: int, tiny_vae: bool
     img2img = cls(**parts)
     img2img.set_progress_bar_config(disable=True)
     generator = torch.Generator(device).manual_seed(0)
-    prompt = "oil painting of a person in a room, cinematic light"
+    prompt = BENCH_PROMPT
     # strength 0.5 of 2k inference steps runs exactly k UNet steps.
 
     def call(frame):
@@ -236,6 +284,14 @@ def print_table(results: list[BenchResult], baselines: dict[int, BenchResult], f
         )
 
 
+def print_steadiness(steady: dict, random_weights: bool, file=sys.stdout) -> None:
+    print("\nsteadiness: still scene, fresh sensor noise (sigma 4) each frame, 1 step; mean absolute "
+          "frame-to-frame difference of the uint8 frames (levels) and of the denoised latents"
+          + (" (random weights: this shows the mechanism, not the look)" if random_weights else ""), file=file)
+    for name, value in steady.items():
+        print(f"| {name} | {value:.4g} |", file=file)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="main.py bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="preset:sd-turbo", help="hub id, folder, .safetensors or preset:NAME")
@@ -247,7 +303,8 @@ def parse_args(argv):
         help="comma-separated STEPS:CFG_TYPE pairs to time (default: 1:none,2:none,4:self)",
     )
     parser.add_argument("--input-size", metavar="WxH", help="size of the source frames (default: the generated size)")
-    parser.add_argument("--output-size", metavar="WxH", help="size of the frames handed out (default: the generated size)")
+    parser.add_argument("--output-size", metavar="WxH[,WxH...]",
+                        help="size(s) of the frames handed out, a row each (default: the generated size)")
     parser.add_argument("--smoothing", type=float, default=0.0, help="also time with this latent-feedback smoothing")
     parser.add_argument("--transition", type=int, default=0, metavar="N",
                         help="also time with a prompt and seed change every N frames, each blended over N frames")
@@ -260,6 +317,9 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--diffusers", default="full,tiny", help="diffusers baselines to run: full,tiny or none")
     parser.add_argument("--similarity", action="store_true", help="also time the similarity filter on a static scene")
+    parser.add_argument("--steadiness", action="store_true",
+                        help="also measure the output's frame-to-frame change on a still scene with sensor noise "
+                             "(sigma 4), smoothing 0 and 0.5 (or --smoothing), on the first 1-step setting")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
@@ -276,9 +336,7 @@ def main(argv=None) -> int:
         model=args.model, width=args.width, height=args.height, frame_buffer_size=args.frame_buffer,
         acceleration=args.acceleration, use_tiny_vae=True, device=args.device, dtype=args.dtype,
     )
-    if args.output_size:
-        out_w, out_h = parse_size(args.output_size)
-        base = base.replace(output_width=out_w, output_height=out_h)
+    output_sizes = [parse_size(size) for size in args.output_size.split(",")] if args.output_size else [(0, 0)]
     in_w, in_h = parse_size(args.input_size) if args.input_size else (args.width, args.height)
     components = load_components(base, progress=lambda msg: print(msg, file=sys.stderr))
     single_frames = synthetic_frames(args.frames + args.warmup, in_h, in_w)
@@ -286,29 +344,43 @@ def main(argv=None) -> int:
     if args.frame_buffer > 1:
         frames = [np.stack(single_frames[i : i + args.frame_buffer]) for i in range(0, len(single_frames), args.frame_buffer)]
     results, baselines = [], {}
+    steady = None
     for steps, cfg_type in settings:
         config = base.replace(
-            t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type, use_tiny_vae=not args.no_tiny_vae
+            t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type, use_tiny_vae=not args.no_tiny_vae,
         )
-        results.append(bench_engine(components, config, frames, args.warmup, roofline=args.roofline))
-        print_table(results[-1:], {}, file=sys.stderr)
-        if args.overlap and args.frame_buffer == 1:
-            results.append(bench_engine(components, config, frames, args.warmup, overlap=True))
+        engine = build_engine(components, config)  # one compile per setting, shared by its rows
+
+        def timed(config, **options):
+            results.append(bench_engine(components, config, frames, args.warmup, engine=engine, **options))
             print_table(results[-1:], {}, file=sys.stderr)
-        if args.smoothing:
-            results.append(bench_engine(components, config.replace(smoothing=args.smoothing), frames, args.warmup))
-            print_table(results[-1:], {}, file=sys.stderr)
-        if args.transition:  # the same changes at once and blended: the difference is the transitions' cost
-            for frames_each in (0, args.transition):
-                config_t = config.replace(transition_frames=frames_each)
-                results.append(bench_engine(components, config_t, frames, args.warmup, change_every=args.transition))
-                print_table(results[-1:], {}, file=sys.stderr)
+
+        for out_w, out_h in output_sizes:
+            sized = config.replace(output_width=out_w, output_height=out_h)
+            timed(sized, roofline=args.roofline)
+            if args.overlap and args.frame_buffer == 1:
+                timed(sized, overlap=True)
+            if args.smoothing:
+                timed(sized.replace(smoothing=args.smoothing))
+            if args.transition:  # the same changes at once and blended: the difference is the transitions' cost
+                for frames_each in (0, args.transition):
+                    timed(sized.replace(transition_frames=frames_each), change_every=args.transition)
+        if args.steadiness and steady is None and steps == 1 and args.frame_buffer == 1:
+            out_w, out_h = output_sizes[0]
+            engine.set_output_size(out_w, out_h)
+            noisy = synthetic_frames(args.frames + args.warmup, in_h, in_w, static=True, noise=4.0)
+            steady = steadiness(engine, noisy, args.warmup, (0.0, args.smoothing or 0.5))
+        engine.close()
+        del engine
     if args.similarity:
         static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
         config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)
         results.append(bench_engine(components, config, static, args.warmup, name="ours 1 step, filter on, static scene"))
         config = config.replace(similarity_filter=False)
         results.append(bench_engine(components, config, static, args.warmup, name="ours 1 step, filter off, static scene"))
+    if args.steadiness and steady is None:
+        print("steadiness is measured on a 1-step setting with one frame per call; --settings has none",
+              file=sys.stderr)
     diffusers_runs = [] if args.diffusers == "none" else args.diffusers.split(",")
     model_sized = single_frames  # diffusers' pipeline runs at the size of the image it gets
     if diffusers_runs and (in_w, in_h) != (args.width, args.height):
@@ -335,9 +407,12 @@ def main(argv=None) -> int:
         for r in results:
             if "achieved_tflops" in r.extra:
                 print(f"{r.name}: UNet {r.extra['unet_gflop_per_frame']} GFLOP/frame, {r.extra['achieved_tflops']} TFLOP/s achieved over the whole frame")
+    if steady is not None:
+        print_steadiness(steady, args.model.startswith("preset:"))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": gpu, "torch": torch.__version__, "results": [asdict(r) for r in results]}, fh, indent=2)
+            json.dump({"device": gpu, "torch": torch.__version__, "results": [asdict(r) for r in results],
+                       "steadiness": steady}, fh, indent=2)
     return 0
 
 

@@ -53,9 +53,11 @@ def to_output_frames(images: torch.Tensor, height: int, width: int, letterbox: b
     """Decoded Nx3xhxw in [-1, 1] -> NxheightxwidthX3 uint8 at the output size (black bars when letterboxed).
 
     Runs on the engine's device inside the frame step, so the frame that leaves the GPU already has the
-    camera's size: upscaling there costs a fraction of a millisecond, on the CPU several per frame.
+    camera's size: upscaling there costs a fraction of a millisecond, on the CPU several per frame. A float16
+    decode is resized and converted in float16 (half the bytes of float32); its uint8 values are within 1 of
+    the float32 path's (tests/test_bench.py).
     """
-    return to_uint8_frames(fit(images.float(), height, width, letterbox, fill=-1.0))
+    return to_uint8_frames(fit(_working_dtype(images), height, width, letterbox, fill=-1.0))
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -67,6 +69,12 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def to_uint8_frames(images: torch.Tensor) -> torch.Tensor:
-    """Nx3xHxW in [-1, 1] -> NxHxWx3 uint8."""
-    x = ((images.float() + 1.0) * 127.5).clamp_(0, 255).round_()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    """Nx3xHxW in [-1, 1] -> NxHxWx3 uint8: ``127.5 * (x + 1)`` rounded (half up), as one affine, a clamp and
+    a truncating cast, in float16 for float16 images and float32 otherwise."""
+    x = (_working_dtype(images) * 127.5 + 128.0).clamp_(0, 255)  # +0.5 so that truncation rounds
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # no copy for a channels-last x
+
+
+def _working_dtype(images: torch.Tensor) -> torch.Tensor:
+    """float16 stays float16 (fine for 256 levels); bfloat16 (8 bits of mantissa) and the rest go float32."""
+    return images if images.dtype in (torch.float16, torch.float32) else images.float()

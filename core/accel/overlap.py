@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from core import imageops
+from core.host_copies import host_copy
 
 
 class _Slot:
@@ -75,4 +76,4 @@ class OverlappedRunner:
     def _collect(self, slot: _Slot) -> np.ndarray:
         slot.busy = False
         slot.downloaded.synchronize()
-        return slot.pinned_out.numpy()[0].copy()
+        return host_copy(slot.pinned_out[0])
