@@ -320,6 +320,14 @@ def parse_args(argv):
     parser.add_argument("--steadiness", action="store_true",
                         help="also measure the output's frame-to-frame change on a still scene with sensor noise "
                              "(sigma 4), smoothing 0 and 0.5 (or --smoothing), on the first 1-step setting")
+    parser.add_argument("--startup", action="store_true",
+                        help="time the start instead: process start to model ready, first stylized frame and "
+                             "full speed (quick start while compiling), then a steps change; run twice with "
+                             "one cache folder for the warm start")
+    parser.add_argument("--switch-steps", type=int, default=2, metavar="N",
+                        help="with --startup: the step count of the steps change (0: none)")
+    parser.add_argument("--no-quick-start", action="store_true",
+                        help="with --startup: build the compiled engine before the first frame, as before")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
@@ -338,6 +346,8 @@ def main(argv=None) -> int:
     )
     output_sizes = [parse_size(size) for size in args.output_size.split(",")] if args.output_size else [(0, 0)]
     in_w, in_h = parse_size(args.input_size) if args.input_size else (args.width, args.height)
+    if args.startup:
+        return _startup_main(args, base, settings, output_sizes[0], (in_w, in_h))
     components = load_components(base, progress=lambda msg: print(msg, file=sys.stderr))
     single_frames = synthetic_frames(args.frames + args.warmup, in_h, in_w)
     frames = single_frames
@@ -413,6 +423,27 @@ def main(argv=None) -> int:
         with open(args.json, "w") as fh:
             json.dump({"device": gpu, "torch": torch.__version__, "results": [asdict(r) for r in results],
                        "steadiness": steady}, fh, indent=2)
+    return 0
+
+
+def _startup_main(args, base: StreamConfig, settings, output_size, input_size) -> int:
+    from core.startup_bench import print_startup, startup_bench
+
+    steps, cfg_type = settings[0]
+    config = base.replace(t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type,
+                          output_width=output_size[0], output_height=output_size[1],
+                          quick_start=not args.no_quick_start)
+    frames = synthetic_frames(30, input_size[1], input_size[0])
+    timelines = startup_bench(config, frames, steady_frames=args.frames, switch_steps=args.switch_steps or None)
+    device = torch.device(config.resolved_device())
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nmodel {args.model}, device {gpu}, torch {torch.__version__}, {args.width}x{args.height}, "
+          f"{steps} step {cfg_type}, quick start {'off' if args.no_quick_start else 'on'}")
+    print_startup(timelines)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": gpu, "torch": torch.__version__, "startup": [t.row() for t in timelines]}, fh,
+                      indent=2)
     return 0
 
 

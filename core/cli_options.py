@@ -122,6 +122,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
     g.add_argument("--dtype", choices=("auto",) + DTYPES, default=d.dtype, help="default: auto (float16 on GPU)")
     g.add_argument("--acceleration", choices=ACCELERATIONS, default=d.acceleration,
                    help="none, compile (torch.compile / CUDA graphs) or tensorrt (default: %(default)s)")
+    g.add_argument("--quick-start", action=argparse.BooleanOptionalAction, default=d.quick_start,
+                   help="compile: frames within seconds on a CUDA graph of the eager kernels while the compiled "
+                        "engine builds in the background, swapped in between two frames (default: on)")
 
 
 def parse_lora(spec: str) -> LoraSpec:
@@ -209,6 +212,7 @@ def config_from_args(args: argparse.Namespace, source_size: tuple[int, int] | No
         device=args.device,
         dtype=args.dtype,
         acceleration=args.acceleration,
+        quick_start=args.quick_start,
         resize_mode=args.resize,
         output_width=args.output_size[0],
         output_height=args.output_size[1],

@@ -71,6 +71,9 @@ class StreamConfig:
     dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu
     # compile on CUDA by default; on the CPU every choice runs eager (core.accel says so in the log).
     acceleration: Acceleration = "compile"
+    # compile: stylized frames within seconds on the CUDA graph of the eager kernels, the compiled engine
+    # swapped in between two frames once its background build is done (core.accel.staged).
+    quick_start: bool = True
     resize_mode: ResizeMode = "crop"  # how the source fits the generated size, and that the output size
     # The size of the frames the engine hands out (upscaled on the device); 0x0: the generated size.
     output_width: int = 0

@@ -11,6 +11,7 @@ TensorRT engine be reused across prompt, seed, strength and guidance changes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from core.prompts import Conditioning, conditioning_layout, encode_conditioning
 from core.similarity import SimilarityFilter
 from core.stream_batch import StreamBatch
 from core.transitions import Transitions
+from core.vae import vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class StreamEngine:
         self.guidance = GUIDANCE_RULES[config.cfg_type]
         self.layout = conditioning_layout(self.guidance, config.denoising_steps, config.frame_buffer_size)
         self.accelerated = AcceleratedParts()
+        self._offered: tuple | None = None  # parts from another thread, installed at the next frame
+        self.startup = None  # a background build (core.accel.staged) while the engine runs its quick path
         self.closed = False
         self.latent_shape = (4, config.height // 8, config.width // 8)
 
@@ -88,8 +92,10 @@ class StreamEngine:
         if config.acceleration != "none":
             from core.accel import accelerate
 
-            if accelerate(engine, progress) != "none":
+            if accelerate(engine, progress, staged=config.quick_start) != "none":
                 engine.warm_up()
+            if engine.startup is not None:  # the quick path runs: build the full-speed one beside it
+                engine.startup.start()
         return engine
 
     # ----- the accelerator interface ---------------------------------------------------------------
@@ -102,6 +108,41 @@ class StreamEngine:
         """Back to eager PyTorch for the named parts (all of them when none is named)."""
         names = names or tuple(f.name for f in fields(AcceleratedParts))
         self.accelerated = replace(self.accelerated, **{name: None for name in names})
+
+    def offer(self, acceleration: str | None = None, on_installed=None, **parts) -> None:
+        """From any thread: install ``parts`` (and call ``on_installed``) at the start of the next frame, so
+        that an upgrade built in the background replaces the running one between two frames."""
+        with self._lock:
+            self._offered = (parts, acceleration, on_installed)
+
+    def _install_offered(self) -> None:
+        with self._lock:
+            offered, self._offered = self._offered, None
+        if offered is None:
+            return
+        parts, acceleration, on_installed = offered
+        self.install(**parts)
+        if acceleration is not None:
+            self.acceleration = acceleration
+        if on_installed is not None:
+            on_installed()
+
+    @property
+    def stage(self) -> str:
+        """What the user waits for: "eager", "full speed", or a background build's "quick start, compiling ~62%"."""
+        if self.startup is not None:
+            return self.startup.stage()
+        return "eager" if self.acceleration == "none" else "full speed"
+
+    def view(self, parts: AcceleratedParts | None = None, own_state: bool = False) -> "StreamEngine":
+        """This engine running other accelerated ``parts``: the same networks, conditioning and settings,
+        and the same stream state unless ``own_state`` (then throwaway runs on it change nothing here).
+        A background build warms up on an own-state view and records its graph on a shared one."""
+        twin = copy.copy(self)
+        twin.accelerated = self.accelerated if parts is None else parts
+        if own_state:
+            twin.batch = self.batch.scratch()
+        return twin
 
     @property
     def unet_forward(self):
@@ -122,7 +163,10 @@ class StreamEngine:
     def close(self) -> None:
         """Drop the networks, the accelerators' graphs and every device buffer, so their memory is freed even
         while something still holds this engine (a model swap must not keep two models on the GPU)."""
+        if self.startup is not None:
+            self.startup.cancel()
         self.accelerated = AcceleratedParts()
+        self._offered = None
         self.components = self.unet = self.vae = None
         self.conditioning = self._last_output = self.batch = None
         self.transitions.clear()
@@ -248,17 +292,13 @@ class StreamEngine:
         """Images in [-1, 1] to scaled latents in the engine dtype."""
         if self.accelerated.encode_images is not None:
             return self.accelerated.encode_images(images)
-        latents = self.vae.encode(images.to(self.vae_dtype), return_dict=False)[0]
-        if not isinstance(latents, torch.Tensor):  # the full VAE returns a distribution; the tiny one latents
-            latents = latents.mode()
-        return (latents * self.vae.config.scaling_factor).to(self.dtype)
+        return vae_encode(self.vae, images, self.vae_dtype, self.dtype)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents to images in [-1, 1]."""
         if self.accelerated.decode_latents is not None:
             return self.accelerated.decode_latents(latents)
-        latents = (latents / self.vae.config.scaling_factor).to(self.vae_dtype)
-        return self.vae.decode(latents, return_dict=False)[0]
+        return vae_decode(self.vae, latents, self.vae_dtype)
 
     def predict_noise(self, x_in: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """One UNet call over the stream batch's inputs (the cfg type's negative inputs included)."""
@@ -323,6 +363,7 @@ class StreamEngine:
 
         The result may be an accelerator's reused buffer: copy it before the next call.
         """
+        self._install_offered()
         self.apply_pending()
         if self._should_skip(frames_u8):
             self.last_frame_skipped = True

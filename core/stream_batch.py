@@ -8,6 +8,8 @@ captured CUDA graph or a TensorRT engine keeps reading the right values.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from core import schedule
@@ -71,6 +73,14 @@ class StreamBatch:
     def snapshot(self) -> StreamSnapshot:
         return StreamSnapshot(self.latents.clone(), self.anchors.clone(), self.feedback.clone(),
                               self.has_feedback.clone())
+
+    def scratch(self) -> "StreamBatch":
+        """A batch that shares everything read-only (noise, coefficients, guidance) but has its own frames in
+        flight and feedback: throwaway runs on it (a background compile's warm-ups) leave this one alone."""
+        twin = copy.copy(self)
+        for name in ("latents", "anchors", "feedback", "has_feedback"):
+            setattr(twin, name, getattr(self, name).clone())
+        return twin
 
     def restore(self, snapshot: StreamSnapshot) -> None:
         self.latents.copy_(snapshot.latents)

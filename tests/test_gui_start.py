@@ -92,6 +92,38 @@ def test_the_model_panel_and_status_bar_say_what_actually_runs(qtbot, open_windo
     assert "GPU " not in window.status.stats_label.text()
 
 
+def test_the_model_panel_follows_the_start_stage_to_full_speed(qtbot, open_window):
+    class Startup:
+        text = "quick start, compiling ~10%"
+
+        def stage(self):
+            return self.text
+
+    class StagedEngine(StandInEngine):
+        acceleration = "graph"
+        startup = Startup()
+
+        @property
+        def stage(self):
+            return self.startup.stage()
+
+    class Factory(FakeFactory):
+        def __call__(self, config, progress=None):
+            engine = StagedEngine(config, gpu_ms=5)
+            self.built.append(engine)
+            return engine
+
+    window = open_window(small(), factory=Factory())
+    label = window.model_panel.status_label
+    until(qtbot, lambda: "quick start, compiling ~10%" in label.text())
+    assert "CUDA graph of the eager kernels" in label.text()
+    StagedEngine.startup.text = "quick start, compiling ~55%"
+    until(qtbot, lambda: "compiling ~55%" in label.text())
+    StagedEngine.startup.text = "full speed"
+    StagedEngine.acceleration = "compile"
+    until(qtbot, lambda: "full speed" in label.text() and "compiled" in label.text())
+
+
 def test_rates_do_not_read_zero_while_slow_frames_flow():
     stats = StatsCollector(window_s=2.0)
     for i in range(4):  # one frame every 2.5 s: slower than the window is long

@@ -338,3 +338,32 @@ def test_offline_hint_for_a_checkpoint_url_is_a_real_command(monkeypatch):
     message = str(info.value)
     assert "`hf download stable-diffusion-v1-5/stable-diffusion-v1-5`" in message
     assert "the default config of this model type" not in message
+
+
+def test_run_says_when_the_engine_reaches_full_speed(monkeypatch, capsys):
+    from tools.standin import StandInEngine
+
+    class Startup:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def stage(self):
+            return "full speed" if self.engine.frames_processed >= 15 else "quick start, compiling ~40%"
+
+    class StagedEngine(StandInEngine):
+        acceleration = "graph"
+
+        def __init__(self, config):
+            super().__init__(config, gpu_ms=25)
+            self.startup = Startup(self)
+
+        @property
+        def stage(self):
+            return self.startup.stage()
+
+    monkeypatch.setattr(run_command, "load_engine", lambda config, *args: (StagedEngine(config), None))
+    rc = main(["run", "--source", "test:64x48", "--frames", "40", "--model", "preset:tiny", "--lossless"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    quick, full = err.find("engine: quick start, compiling ~40%"), err.find("engine: full speed")
+    assert 0 <= quick < full, err

@@ -74,11 +74,20 @@ def run(argv: list[str] | None = None) -> int:
     # Installed before anything slow, so a signal while the model loads also ends the run cleanly.
     with StopSignals() as signals:
         try:
-            return _run(args, progress, signals)
+            code = _run(args, progress, signals)
         except KeyboardInterrupt:  # only reaches here before streaming began: nothing was written
             progress.close()
             print("interrupted before any frame was processed: nothing was written", file=sys.stderr)
-            return signals.exit_code(interrupted=True)
+            code = signals.exit_code(interrupted=True)
+    staged = sys.modules.get("core.accel.staged")
+    if staged is not None and not staged.wait_for_builds(1.0):
+        # A run shorter than the background compile: the outputs are final, and ending the interpreter while
+        # the build is inside torch would abort the process. Leave without the interpreter's teardown.
+        print("note: the full-speed build was still running; it is cached for the next start", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 class Refused(Exception):
@@ -245,10 +254,10 @@ def _run(args, progress: Progress, signals: StopSignals) -> int:
     pipe.set_output_mirror(args.mirror)
     if config is not None:  # frames that miss the engine (a failed frame) keep the outputs' size
         pipe.set_output_shape(OutputShape(width, height, letterbox))
-    return _stream(pipe, outputs, total, progress, signals)
+    return _stream(pipe, outputs, total, progress, signals, engine)
 
 
-def _stream(pipe: Pipeline, outputs, total, progress: Progress, signals: StopSignals) -> int:
+def _stream(pipe: Pipeline, outputs, total, progress: Progress, signals: StopSignals, engine=None) -> int:
     say = progress.message
     progress.total = total
     failure = threading.Event()
@@ -265,13 +274,20 @@ def _stream(pipe: Pipeline, outputs, total, progress: Progress, signals: StopSig
         pipe.add_output(output)
     started = time.perf_counter()
     interrupted = False
+    staged = getattr(engine, "startup", None) is not None
+    shown_stage = None
     try:
         pipe.start()
         while not failure.is_set():
             if pipe.wait(0.2):
                 break
             stats = pipe.stats()
-            progress.update(stats.frames_out, f"{stats.output_fps:5.1f} fps  {stats.latency_ms:6.1f} ms")
+            stage = engine.stage if staged else ""
+            if staged and stage.split(",")[0] != shown_stage:  # quick start, full speed, a failed build
+                shown_stage = stage.split(",")[0]
+                say(f"engine: {stage}")
+            progress.update(stats.frames_out, f"{stats.output_fps:5.1f} fps  {stats.latency_ms:6.1f} ms"
+                            + (f"  {stage}" if staged else ""))
     except KeyboardInterrupt:  # Ctrl+C, or a stop signal (see StopSignals)
         interrupted = True
         say("interrupted: finishing the outputs")

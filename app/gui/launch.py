@@ -55,11 +55,13 @@ def run(options, window_class) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
         excepthook.uninstall()
-    if not window.session.loader.wait_for_workers(LOAD_WAIT_ON_EXIT_S):
-        # A model load cannot be interrupted, and ending the interpreter while one runs inside torch aborts
-        # the process ("terminate called without an active exception"). Settings and recordings are saved
+    staged = sys.modules.get("core.accel.staged")  # imported only once an engine compiled in the background
+    builds_done = staged is None or staged.wait_for_builds(1.0)
+    if not (window.session.loader.wait_for_workers(LOAD_WAIT_ON_EXIT_S) and builds_done):
+        # A model load or a background compile cannot be interrupted, and ending the interpreter while one
+        # runs inside torch aborts the process ("terminate called without an active exception"). Settings and recordings are saved
         # by now, so leave at once without the interpreter's teardown.
-        logging.getLogger(__name__).warning("a model was still loading; quitting without waiting for it")
+        logging.getLogger(__name__).warning("a model was still loading or compiling; quitting without waiting for it")
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

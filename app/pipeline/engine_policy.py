@@ -13,7 +13,8 @@ from app.pipeline.config import OutputShape
 from app.pipeline.frames import Frame, OutputFrame
 from core.model_errors import is_out_of_memory, out_of_memory_while_running
 
-ACCELERATION_NAMES = {"none": "eager PyTorch", "compile": "compiled", "tensorrt": "TensorRT"}
+ACCELERATION_NAMES = {"none": "eager PyTorch", "graph": "CUDA graph of the eager kernels", "compile": "compiled",
+                      "tensorrt": "TensorRT"}
 
 
 def frames_per_call(engine) -> int:
@@ -97,4 +98,6 @@ def describe_engine(engine) -> str:
         text = ACCELERATION_NAMES.get(acceleration, acceleration)
         note = getattr(engine, "acceleration_note", "")
         parts.append(f"{text} ({note})" if note else text)
+    if getattr(engine, "startup", None) is not None:
+        parts.append(engine.stage)
     return " · ".join(parts)

@@ -2,7 +2,8 @@
 
 ``accelerate(engine)`` applies ``engine.config.acceleration`` and never raises for a back-end that
 cannot run here: it falls back (tensorrt -> compile -> none) and logs why, and records what actually
-runs in ``engine.acceleration``.
+runs in ``engine.acceleration``. ``staged=True`` starts compile on its quick path ("graph": the eager
+kernels in one CUDA graph) and leaves the Inductor build in ``engine.startup`` for the caller to start.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def accelerate(engine, progress=None) -> str:
+def accelerate(engine, progress=None, staged: bool = False) -> str:
     say = progress or (lambda message: log.info(message))
     wanted = engine.config.acceleration
     engine.acceleration = "none"
@@ -37,8 +38,9 @@ def accelerate(engine, progress=None) -> str:
     try:
         from core.accel.compile import use_compile
 
-        use_compile(engine, say)
-        engine.acceleration = "compile"
+        use_compile(engine, say, staged=staged)
+        if engine.startup is None:
+            engine.acceleration = "compile"
     except Exception as error:  # noqa: BLE001
         log.warning("compilation failed (%s: %s); running eager", type(error).__name__, error)
         say(f"compilation failed ({type(error).__name__}); running eager")

@@ -9,6 +9,7 @@ Host frames go through pinned buffers; one graph is captured per input frame siz
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
+from core.vae import vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +40,77 @@ def configure_inductor() -> None:
     inductor.coordinate_descent_tuning = os.environ.get("LIVEDIFFUSION_COORDINATE_DESCENT", "0") == "1"
 
 
-def use_compile(engine, say) -> None:
-    """Inductor where it works (LIVEDIFFUSION_INDUCTOR=0 skips it), then the frame graph."""
-    if os.environ.get("LIVEDIFFUSION_INDUCTOR", "1") == "1":
+def use_compile(engine, say, staged: bool = False) -> None:
+    """Inductor where it works (LIVEDIFFUSION_INDUCTOR=0 skips it), then the frame graph.
+
+    ``staged``: the frame graph over the eager kernels now (frames within seconds), and the Inductor build
+    as ``engine.startup``, a background build the caller starts once the quick path runs; it is swapped in
+    between two frames when ready (core.accel.staged).
+    """
+    prepare_layout(engine)
+    inductor = os.environ.get("LIVEDIFFUSION_INDUCTOR", "1") == "1"
+    if inductor and staged:
+        from core.accel.staged import BackgroundBuild, build_key
+
+        quick = FrameGraph(engine, say)
+        engine.install(frame_runner=quick)
+        engine.acceleration = "graph"
+        engine.startup = BackgroundBuild(engine, lambda: build_compiled(engine, quick, say), build_key(engine))
+        return
+    if inductor:
         try:
-            compile_modules(engine, say)
+            engine.install(**compiled_parts(engine, say))
         except Exception as error:  # noqa: BLE001 - the graph alone still removes the launch cost
             log.warning("Inductor failed (%s: %s); capturing eager kernels instead", type(error).__name__, error)
             restore_eager(engine)
     engine.install(frame_runner=FrameGraph(engine, say))
 
 
-def compile_modules(engine, say) -> None:
-    configure_inductor()
+def prepare_layout(engine) -> None:
+    """Channels-last weights (measured faster, eager and compiled) and cuDNN's algorithm search, set before
+    any graph is captured: a graph keeps reading the weights' storage, which a later layout change replaces."""
     # Static shapes: let cuDNN time its convolution algorithms once and keep the fastest.
     torch.backends.cudnn.benchmark = os.environ.get("LIVEDIFFUSION_CUDNN_BENCHMARK", "1") == "1"
     engine.unet.to(memory_format=torch.channels_last)
     engine.vae.to(memory_format=torch.channels_last)
+
+
+def compiled_parts(engine, say=None) -> dict:
+    """Inductor-compiled UNet and VAE stages as ``AcceleratedParts`` fields. Nothing the running engine uses
+    changes: the UNet is wrapped, not replaced, and the VAE's compiled halves go on a copy (a few MB for
+    TAESD), so a build can run in the background while the engine runs its eager kernels."""
+    configure_inductor()
     mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
-    say("compiling the UNet and VAE (first start takes minutes; later starts use the cache)")
-    engine.install(unet=torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False))
+    if say is not None:
+        say("compiling the UNet and VAE (first start takes minutes; later starts use the cache)")
+    unet = torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False)
+    vae = copy.deepcopy(engine.vae)
     for name in ("encoder", "decoder"):
-        part = getattr(engine.vae, name)
-        if not hasattr(part, "_orig_mod"):  # engines sharing one model compile its VAE once
-            setattr(engine.vae, name, torch.compile(part, mode=mode, fullgraph=True, dynamic=False))
+        setattr(vae, name, torch.compile(getattr(vae, name), mode=mode, fullgraph=True, dynamic=False))
+    vae_dtype, dtype = engine.vae_dtype, engine.dtype
+    return dict(
+        unet=unet,
+        encode_images=lambda images: vae_encode(vae, images, vae_dtype, dtype),
+        decode_latents=lambda latents: vae_decode(vae, latents, vae_dtype),
+        keep_alive=vae,
+    )
+
+
+def build_compiled(engine, quick: "FrameGraph", say) -> dict:
+    """The background half of a staged start: compile, warm up on a view with its own stream state (the
+    engine keeps running its quick graph meanwhile), record the frame graph for the input the quick path
+    sees now, and hand back what ``engine.offer`` installs between two frames."""
+    parts = compiled_parts(engine)
+    graph = FrameGraph(engine, say)
+    shape = quick.last_input_shape
+    frames = None if shape is None else torch.zeros(shape, dtype=torch.uint8, device=engine.device)
+    graph.capture_beside(frames, warm=engine.view(AcceleratedParts(**parts), own_state=True),
+                         record=engine.view(AcceleratedParts(**parts)))
+    return dict(parts, frame_runner=graph, acceleration="compile")
 
 
 def restore_eager(engine) -> None:
-    for name in ("encoder", "decoder"):
-        part = getattr(engine.vae, name)
-        if hasattr(part, "_orig_mod"):
-            setattr(engine.vae, name, part._orig_mod)
-    engine.restore_eager("unet", "frame_runner")
+    engine.restore_eager("unet", "encode_images", "decode_latents", "keep_alive", "frame_runner")
 
 
 class FrameGraph:
@@ -80,13 +122,19 @@ class FrameGraph:
         self.warmup_runs = warmup_runs
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
+        self.last_input_shape: tuple | None = None  # what a background build records its graph for
 
-    def key(self, frames_u8) -> tuple:
+    @staticmethod
+    def key_for(engine, frames_u8) -> tuple:
         """One graph per input shape, output size and fit: all three are baked into a capture."""
-        config = self.engine.config
+        config = engine.config
         return (None if frames_u8 is None else tuple(frames_u8.shape), config.output_size, config.resize_mode)
 
+    def key(self, frames_u8) -> tuple:
+        return self.key_for(self.engine, frames_u8)
+
     def __call__(self, frames_u8):
+        self.last_input_shape = None if frames_u8 is None else tuple(frames_u8.shape)
         key = self.key(frames_u8)
         entry = self.graphs.get(key)
         if entry is None:
@@ -118,19 +166,32 @@ class FrameGraph:
         # The stream buffer must not advance during warm-up and capture: save and restore it.
         self._saved = saved = engine.snapshot_stream()
         self.say(f"capturing the frame graph for input {None if frames_u8 is None else tuple(frames_u8.shape)}")
+        entry = self._record(frames_u8, warm=engine, record=engine)
+        engine.restore_stream(saved)
+        return entry
+
+    def capture_beside(self, frames_u8, warm, record) -> None:
+        """From a background thread while the engine runs: warm up (compile, autotune) on ``warm``, a view
+        with its own stream state, then record, without running it, the graph of ``record``, a view that
+        shares the engine's state, so that its replays carry the running stream on."""
+        self.graphs[self.key_for(record, frames_u8)] = self._record(frames_u8, warm=warm, record=record)
+        self.last_input_shape = None if frames_u8 is None else tuple(frames_u8.shape)
+
+    def _record(self, frames_u8, warm, record):
+        device = self.engine.device
         static_in = None if frames_u8 is None else frames_u8.clone()
-        side = torch.cuda.Stream(engine.device)
-        side.wait_stream(torch.cuda.current_stream(engine.device))
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.no_grad():
             for run in range(self.warmup_runs):  # compiles, autotunes, and settles allocations
                 started = time.perf_counter()
-                engine.frame_step(static_in)
-                torch.cuda.synchronize(engine.device)
+                warm.frame_step(static_in)
+                side.synchronize()  # this stream only: another thread may be replaying or capturing
                 log.info("warm-up run %d took %.1f s", run, time.perf_counter() - started)
-        torch.cuda.current_stream(engine.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
-            static_out = engine.frame_step(static_in)
+        # thread_local: another thread's CUDA calls (the running quick path, a build beside it) stay legal.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), torch.no_grad():
+            static_out = record.frame_step(static_in)
         self.pool = graph.pool()
-        engine.restore_stream(saved)
         return graph, static_in, static_out

@@ -1,0 +1,171 @@
+"""Quick start, then full speed: a build that runs beside a working engine and is swapped in between frames.
+
+A compiled engine takes a minute or more to build cold; eager kernels captured in one CUDA graph are ready
+in seconds at about half its speed. A staged start runs the quick path at once and builds the compiled
+one on a thread (``BackgroundBuild``). The build hands its parts to ``engine.offer``; the GPU thread
+installs them at the start of its next frame, so the stream goes on without a lost or repeated frame.
+
+The user sees ``stage()``: "quick start, compiling ~62%" (an estimate from how long the same build took
+last time on this machine, kept in the cache folder), then "full speed". A build that fails leaves the
+quick path running and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+import torch
+
+from core.cache import cache_root
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUILD_S = 75.0  # a cold Inductor build of sd-turbo on the lent H100 (BENCHMARKS.md)
+_BUILDS: list[threading.Thread] = []
+_BUILDS_LOCK = threading.Lock()
+
+
+def build_key(engine) -> str:
+    """What the build time depends on: the model, sizes, batch, dtype, GPU and torch."""
+    cfg = engine.config
+    gpu = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else engine.device.type
+    return "|".join(str(part) for part in (
+        cfg.model, f"{cfg.width}x{cfg.height}", engine.unet_batch_size, cfg.cfg_type, engine.dtype, gpu,
+        torch.__version__))
+
+
+def times_file():
+    return cache_root() / "build_times.json"
+
+
+def _read_times() -> dict:
+    try:
+        times = json.loads(times_file().read_text())
+        return times if isinstance(times, dict) else {}
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: the default estimate serves
+
+
+def expected_build_s(key: str) -> float:
+    value = _read_times().get(key)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_BUILD_S
+
+
+def record_build_s(key: str, seconds: float) -> None:
+    """Keep the measured build time for the next estimate; a cache folder that cannot be written costs
+    only the estimate's accuracy."""
+    times = _read_times()
+    times[key] = round(seconds, 1)
+    path = times_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(times, indent=1))
+        os.replace(temporary, path)
+    except OSError as error:
+        log.info("could not keep the build time in %s: %s", path, error)
+
+
+class BackgroundBuild:
+    """Runs ``build()`` on a thread; its result (``AcceleratedParts`` fields plus ``acceleration``) is offered
+    to the engine, which installs it between two frames."""
+
+    def __init__(self, engine, build: Callable[[], dict], key: str, clock: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.build = build
+        self.key = key
+        self.clock = clock
+        self.expected_s = expected_build_s(key)
+        self.state = "waiting"  # -> building -> ready (offered) -> installed, or failed / cancelled
+        self.error: BaseException | None = None
+        self.started_at: float | None = None
+        self.build_s: float | None = None
+        self.installed_at: float | None = None
+        self._thread: threading.Thread | None = None
+        self._built = threading.Event()  # the build has ended: offered, failed or dropped
+        self._done = threading.Event()  # and what it made is running, or never will
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self.state = "building"
+        self.started_at = self.clock()
+        self._thread = threading.Thread(target=self._work, name="engine-build", daemon=True)
+        with _BUILDS_LOCK:
+            _BUILDS[:] = [t for t in _BUILDS if t.is_alive()] + [self._thread]
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """The engine is closing: whatever the build makes is dropped (a compile cannot be interrupted)."""
+        if self.state == "ready":
+            self._done.set()  # offered, never to be installed
+        if self.state in ("waiting", "building", "ready"):
+            self.state = "cancelled"
+
+    def wait_built(self, timeout_s: float | None = None) -> bool:
+        """Until the build has ended (its result offered, or it failed); True when it has."""
+        return self._built.wait(timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Until the build's result runs (installed at a frame) or never will; True when so."""
+        return self._done.wait(timeout_s)
+
+    def progress(self) -> float | None:
+        """An estimate, 0 to 0.99, while building."""
+        if self.state != "building" or self.started_at is None:
+            return None
+        return min(0.99, (self.clock() - self.started_at) / self.expected_s)
+
+    def stage(self) -> str:
+        if self.state == "installed":
+            return "full speed"
+        if self.state == "failed":
+            return f"quick start (the full-speed build failed: {type(self.error).__name__})"
+        if self.state == "ready":
+            return "quick start, full speed from the next frame"
+        if self.state == "building":
+            return f"quick start, compiling ~{int(100 * (self.progress() or 0))}%"
+        return "quick start"
+
+    def _work(self) -> None:
+        try:
+            parts = self.build()
+        except BaseException as error:  # noqa: BLE001 - the quick path keeps running; the user is told
+            if self.state != "cancelled":
+                self.error, self.state = error, "failed"
+                self.engine.acceleration_note = f"full-speed build failed: {type(error).__name__}: {error}"
+                log.warning("the full-speed build failed (%s: %s); the quick path keeps running",
+                            type(error).__name__, error)
+            self._done.set()
+            self._built.set()
+            return
+        self.build_s = self.clock() - self.started_at
+        if self.state == "cancelled":
+            self._done.set()
+        else:
+            record_build_s(self.key, self.build_s)
+            self.state = "ready"
+            self.engine.offer(on_installed=self._installed, **parts)
+        self._built.set()
+
+    def _installed(self) -> None:
+        self.state = "installed"
+        self.installed_at = self.clock()
+        log.info("full speed: the background build (%.1f s) is running from this frame", self.build_s)
+        self._done.set()
+
+
+def wait_for_builds(timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for build threads still inside torch (quitting while one compiles can abort
+    the interpreter's exit); True when none is left."""
+    deadline = time.monotonic() + timeout_s
+    with _BUILDS_LOCK:
+        threads = list(_BUILDS)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
