@@ -3,9 +3,11 @@
 Follows what the app does with a new engine (``StreamEngine.from_config``: load, accelerate, warm up; then
 the prompt) and then feeds frames as fast as the engine takes them, timing each, until the background
 build is swapped in and a steady stretch at full speed has been timed. Then a steps change: a second
-engine from the same weights, timed to its first frame and to full speed, as the window's steps control
-does. Run it twice with the same cache folder for the warm start (the second process finds what the first
-compiled).
+engine from the same weights, timed to its first frame and to full speed. The first engine is closed before
+the second is built; the window keeps the old one running meanwhile, which this leaves out. Run it twice with
+the same cache folder for the warm start (the second process finds what the first compiled). The first
+frame counts among the quick-path frames: where the input is not at the model size, it includes capturing
+the quick graph for that input.
 """
 
 from __future__ import annotations

@@ -109,11 +109,15 @@ class StreamEngine:
         names = names or tuple(f.name for f in fields(AcceleratedParts))
         self.accelerated = replace(self.accelerated, **{name: None for name in names})
 
-    def offer(self, acceleration: str | None = None, on_installed=None, **parts) -> None:
+    def offer(self, acceleration: str | None = None, on_installed=None, **parts) -> bool:
         """From any thread: install ``parts`` (and call ``on_installed``) at the start of the next frame, so
-        that an upgrade built in the background replaces the running one between two frames."""
+        that an upgrade built in the background replaces the running one between two frames. False (nothing
+        kept) once the engine is closed."""
         with self._lock:
+            if self.closed:
+                return False
             self._offered = (parts, acceleration, on_installed)
+            return True
 
     def _install_offered(self) -> None:
         with self._lock:
@@ -165,13 +169,14 @@ class StreamEngine:
         while something still holds this engine (a model swap must not keep two models on the GPU)."""
         if self.startup is not None:
             self.startup.cancel()
+        with self._lock:
+            self.closed = True
+            self._offered = None
         self.accelerated = AcceleratedParts()
-        self._offered = None
         self.components = self.unet = self.vae = None
         self.conditioning = self._last_output = self.batch = None
         self.transitions.clear()
         self._host = PinnedCopies(self.device)
-        self.closed = True
 
     def _require_open(self) -> None:
         if self.closed:

@@ -2,6 +2,7 @@
 model, a stand-in builder); the same path with Inductor on the GPU."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_the_swap_happens_between_frames_and_the_stream_carries_on(tiny_componen
     engine.install(frame_runner=quick)
     release = threading.Event()
 
-    def slow_build():
+    def slow_build(cancelled):
         release.wait(30)
         return dict(frame_runner=full, acceleration="compile")
 
@@ -81,7 +82,7 @@ def test_the_progress_estimate_comes_from_the_last_build_of_the_same_setting(tin
     key = build_key(engine)
     staged.record_build_s(key, 40.0)
     clock = FakeClock()
-    build = BackgroundBuild(engine, lambda: {}, key, clock=clock)
+    build = BackgroundBuild(engine, lambda cancelled: {}, key, clock=clock)
     assert build.expected_s == 40.0
     build.state, build.started_at = "building", clock.now  # as start() leaves it, without the thread
     clock.now += 10
@@ -89,7 +90,7 @@ def test_the_progress_estimate_comes_from_the_last_build_of_the_same_setting(tin
     clock.now += 100
     assert build.progress() == pytest.approx(0.99)  # never 100% before it is done
     other = tiny_config.replace(width=128)
-    assert BackgroundBuild(engine, lambda: {}, key + "x").expected_s == staged.DEFAULT_BUILD_S
+    assert BackgroundBuild(engine, lambda cancelled: {}, key + "x").expected_s == staged.DEFAULT_BUILD_S
     assert build_key(StreamEngine(tiny_components, other)) != key
 
 
@@ -97,7 +98,7 @@ def test_a_finished_build_records_its_time_for_the_next_estimate(tiny_components
     engine = prepared(tiny_components, tiny_config)
     clock = FakeClock()
 
-    def build():
+    def build(cancelled):
         clock.now += 12.5
         return {}
 
@@ -112,7 +113,7 @@ def test_a_finished_build_records_its_time_for_the_next_estimate(tiny_components
 def test_the_build_key_changes_with_each_of_its_inputs(tiny_components, tiny_config):
     base = build_key(StreamEngine(tiny_components, tiny_config))
     for change in (dict(width=128), dict(height=128), dict(t_index_list=(20, 30, 40)), dict(cfg_type="full"),
-                   dict(frame_buffer_size=2), dict(model="preset:tiny-sdxl")):
+                   dict(frame_buffer_size=2), dict(model="preset:tiny-sdxl"), dict(use_tiny_vae=False)):
         assert build_key(StreamEngine(tiny_components, tiny_config.replace(**change))) != base, change
     assert build_key(StreamEngine(tiny_components, tiny_config.replace(seed=5, smoothing=0.5))) == base
 
@@ -123,7 +124,7 @@ def test_a_failed_build_keeps_the_quick_path_and_says_why(tiny_components, tiny_
     engine.install(frame_runner=quick)
     engine.acceleration = "graph"
 
-    def broken_build():
+    def broken_build(cancelled):
         raise RuntimeError("no Triton on this machine")
 
     engine.startup = BackgroundBuild(engine, broken_build, "k")
@@ -139,20 +140,29 @@ def test_a_failed_build_keeps_the_quick_path_and_says_why(tiny_components, tiny_
 
 def test_a_build_that_ends_after_the_engine_closed_is_dropped(tiny_components, tiny_config, cache):
     engine = prepared(tiny_components, tiny_config)
-    release = threading.Event()
-    offered = []
-    engine.offer = lambda **parts: offered.append(parts)
+    release, checked = threading.Event(), []
 
-    def slow_build():
+    def slow_build(cancelled):
         release.wait(30)
-        return dict(acceleration="compile")
+        checked.append(cancelled())  # a real build checks between its stages and gives up
+        return dict(acceleration="compile", frame_runner=CountingRunner(engine))
 
     engine.startup = startup = BackgroundBuild(engine, slow_build, "k")
     startup.start()
     engine.close()
     release.set()
-    assert startup.wait_built(30)
-    assert startup.state == "cancelled" and offered == []
+    assert startup.wait_built(30) and startup.wait(30)
+    assert checked == [True] and startup.state == "cancelled"
+    assert engine.offer(acceleration="compile") is False  # a closed engine keeps nothing offered
+    assert startup.build is None  # nor does the finished build hold the engine's parts
+
+
+def test_an_offer_after_close_is_refused_even_when_the_build_misses_the_cancel(tiny_components, tiny_config, cache):
+    engine = prepared(tiny_components, tiny_config)
+    engine.startup = startup = BackgroundBuild(engine, lambda cancelled: dict(acceleration="compile"), "k")
+    engine.close()  # before the build even started: it must neither offer nor wait forever
+    startup.start()
+    assert startup.wait(30) and startup.state == "cancelled" and engine.acceleration != "compile"
 
 
 @cuda
@@ -171,19 +181,48 @@ def test_a_staged_start_swaps_inductor_in_between_frames_and_matches_eager(tiny_
     engine.prepare("a cat", "blurry")
     engine.startup.start()
     quick_frames = 0
-    for i in range(400):  # frames keep coming while Inductor builds; each is checked against eager
-        frame = make_frame(i % 8)
+    # Frames keep coming while the build runs, at a size other than the model's, and the output size changes
+    # mid-build: the GPU thread captures new quick graphs beside the build. Each frame is checked against eager.
+    deadline = time.monotonic() + 300
+    while engine.startup.state != "installed" and time.monotonic() < deadline:
+        if quick_frames == 2:
+            for each in (engine, eager):
+                each.set_output_size(96, 80)
+        frame = make_frame(quick_frames % 8, 48, 80)
         np.testing.assert_allclose(engine.process(frame), eager.process(frame), atol=2)
-        if engine.startup.state == "installed":
-            break
         quick_frames += 1
-        engine.startup.wait_built(0.5)
+        if engine.startup.state == "failed":
+            break
     assert engine.startup.state == "installed", engine.acceleration_note
     for i in range(3):  # and after the swap, on the compiled graph
-        frame = make_frame(i)
+        frame = make_frame(i, 48, 80)
         np.testing.assert_allclose(engine.process(frame), eager.process(frame), atol=2)
-    assert quick_frames > 0 and engine.acceleration == "compile" and engine.stage == "full speed"
-    assert hasattr(engine.unet_forward, "_orig_mod")
+    assert quick_frames > 2 and engine.acceleration == "compile" and engine.stage == "full speed"
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.xfail(reason="opt-in: the AOTInductor build failed on the lent H100 with torch 2.11 (BENCHMARKS.md)",
+                   strict=False)
+def test_a_stored_compiled_engine_loads_and_replays_in_a_graph(tiny_config, make_frame, monkeypatch, cache):
+    from core.accel import accelerate, aoti
+    from core.accel.compile import prepare_layout
+    from core.models import load_components
+
+    monkeypatch.setenv("LIVEDIFFUSION_AOTI", "1")
+    config = tiny_config.replace(device="cuda", dtype="float16", cfg_type="self", acceleration="compile")
+    components = load_components(config)
+    eager = prepared(components, config)
+    first = prepared(components, config)
+    prepare_layout(first)  # as use_compile does before any build or load
+    aoti.build(first)
+    engine = StreamEngine(components, config)
+    assert accelerate(engine, staged=True) == "compile" and engine.startup is None  # loaded: no quick path
+    engine.prepare("a cat", "blurry")
+    for i in range(4):
+        frame = make_frame(i)
+        np.testing.assert_allclose(engine.process(frame), eager.process(frame), atol=3)
+    assert len(engine.accelerated.frame_runner.graphs) == 1
 
 
 def test_the_startup_timeline_splits_frames_at_the_swap():

@@ -12,16 +12,22 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import threading
 import time
+import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from core.accel import aoti
 from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
 from core.vae import vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
+
+CAPTURE_LOCK = threading.Lock()  # held while a thread captures a CUDA graph (or runs next to no capture)
 
 
 def cache_dir() -> Path:
@@ -43,27 +49,57 @@ def configure_inductor() -> None:
 def use_compile(engine, say, staged: bool = False) -> None:
     """Inductor where it works (LIVEDIFFUSION_INDUCTOR=0 skips it), then the frame graph.
 
-    ``staged``: the frame graph over the eager kernels now (frames within seconds), and the Inductor build
-    as ``engine.startup``, a background build the caller starts once the quick path runs; it is swapped in
-    between two frames when ready (core.accel.staged).
+    A compiled engine stored for this key (core.accel.aoti) is loaded and runs at full speed from the first
+    frame. Otherwise, ``staged``: the frame graph over the eager kernels now (frames within seconds), and the
+    build as ``engine.startup``, a background build the caller starts once the quick path runs; it is
+    swapped in between two frames when ready (core.accel.staged).
     """
     prepare_layout(engine)
     inductor = os.environ.get("LIVEDIFFUSION_INDUCTOR", "1") == "1"
+    if inductor and artifacts_enabled():
+        stored = aoti.load(engine)
+        if stored is not None:
+            say("loaded the compiled engine from the cache")
+            engine.install(**stored, frame_runner=FrameGraph(engine, say))
+            return
     if inductor and staged:
         from core.accel.staged import BackgroundBuild, build_key
 
         quick = FrameGraph(engine, say)
         engine.install(frame_runner=quick)
         engine.acceleration = "graph"
-        engine.startup = BackgroundBuild(engine, lambda: build_compiled(engine, quick, say), build_key(engine))
+        engine.startup = BackgroundBuild(engine, lambda cancelled: build_compiled(engine, say, cancelled),
+                                         build_key(engine))
         return
     if inductor:
         try:
-            engine.install(**compiled_parts(engine, say))
+            engine.install(**full_speed_parts(engine, say))
         except Exception as error:  # noqa: BLE001 - the graph alone still removes the launch cost
             log.warning("Inductor failed (%s: %s); capturing eager kernels instead", type(error).__name__, error)
             restore_eager(engine)
     engine.install(frame_runner=FrameGraph(engine, say))
+
+
+def artifacts_enabled() -> bool:
+    """Compiled engines stored on disk, opted in with LIVEDIFFUSION_AOTI=1. Off by default until it runs on
+    the GPU: on the lent H100 (torch 2.11) its build failed and fell back to torch.compile (BENCHMARKS.md)."""
+    return os.environ.get("LIVEDIFFUSION_AOTI", "0") == "1"
+
+
+def full_speed_parts(engine, say=None) -> dict:
+    """The compiled parts: built ahead of time and stored for the next start where that works, else
+    ``torch.compile`` in this process (the reason is logged)."""
+    if artifacts_enabled():
+        if engine.conditioning is None:
+            engine.prepare("")  # the export needs the prompt tensors' shapes
+        try:
+            return aoti.build_and_load(engine, say)
+        except Exception as error:  # noqa: BLE001 - torch.compile is as fast, only not stored
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            log.warning("ahead-of-time compilation failed (%s: %s, at %s:%d); compiling in this process instead",
+                        type(error).__name__, error, where.filename, where.lineno)
+            log.debug("ahead-of-time compilation failure", exc_info=error)
+    return compiled_parts(engine, say)
 
 
 def prepare_layout(engine) -> None:
@@ -96,17 +132,38 @@ def compiled_parts(engine, say=None) -> dict:
     )
 
 
-def build_compiled(engine, quick: "FrameGraph", say) -> dict:
-    """The background half of a staged start: compile, warm up on a view with its own stream state (the
-    engine keeps running its quick graph meanwhile), record the frame graph for the input the quick path
-    sees now, and hand back what ``engine.offer`` installs between two frames."""
-    parts = compiled_parts(engine)
-    graph = FrameGraph(engine, say)
-    shape = quick.last_input_shape
+def build_compiled(engine, say, cancelled=lambda: False) -> dict:
+    """The background half of a staged start: compile, then run the compiled parts on a view with its own
+    stream state (loading their kernels, cuDNN's algorithm search) while the engine keeps running its quick
+    graph, and hand back what ``engine.offer`` installs between two frames. The frame graph itself is
+    recorded by the GPU thread at its first compiled frame, for the input and output it has then (one
+    warm-up run and a capture: the slow parts are done here). ``cancelled()`` true: the engine closed; stop
+    at the next stage and keep nothing."""
+    parts = full_speed_parts(engine)
+    shape = _running_input_shape(engine)
     frames = None if shape is None else torch.zeros(shape, dtype=torch.uint8, device=engine.device)
-    graph.capture_beside(frames, warm=engine.view(AcceleratedParts(**parts), own_state=True),
-                         record=engine.view(AcceleratedParts(**parts)))
-    return dict(parts, frame_runner=graph, acceleration="compile")
+    warm = engine.view(AcceleratedParts(**parts), own_state=True)
+    side = torch.cuda.Stream(engine.device)
+    with torch.cuda.stream(side), torch.no_grad():
+        for run in range(2):
+            if cancelled():
+                raise BuildCancelled()
+            with CAPTURE_LOCK if run else nullcontext():  # the first run may compile for a minute: unlocked
+                warm.frame_step(frames)
+                side.synchronize()
+    return dict(parts, frame_runner=FrameGraph(engine, say, warmup_runs=1), acceleration="compile")
+
+
+class BuildCancelled(Exception):
+    """The engine closed while its full-speed build ran."""
+
+
+def _running_input_shape(engine):
+    """The input shape the engine's frame runner saw last (the model size before any frame)."""
+    shape = getattr(engine.accelerated.frame_runner, "last_input_shape", None)
+    if shape is None and engine.config.mode == "img2img":
+        shape = (engine.config.frame_buffer_size, engine.config.height, engine.config.width, 3)
+    return shape
 
 
 def restore_eager(engine) -> None:
@@ -122,7 +179,7 @@ class FrameGraph:
         self.warmup_runs = warmup_runs
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
-        self.last_input_shape: tuple | None = None  # what a background build records its graph for
+        self.last_input_shape: tuple | None = None  # what a background build warms up on
 
     @staticmethod
     def key_for(engine, frames_u8) -> tuple:
@@ -170,28 +227,24 @@ class FrameGraph:
         engine.restore_stream(saved)
         return entry
 
-    def capture_beside(self, frames_u8, warm, record) -> None:
-        """From a background thread while the engine runs: warm up (compile, autotune) on ``warm``, a view
-        with its own stream state, then record, without running it, the graph of ``record``, a view that
-        shares the engine's state, so that its replays carry the running stream on."""
-        self.graphs[self.key_for(record, frames_u8)] = self._record(frames_u8, warm=warm, record=record)
-        self.last_input_shape = None if frames_u8 is None else tuple(frames_u8.shape)
-
     def _record(self, frames_u8, warm, record):
         device = self.engine.device
         static_in = None if frames_u8 is None else frames_u8.clone()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.no_grad():
-            for run in range(self.warmup_runs):  # compiles, autotunes, and settles allocations
-                started = time.perf_counter()
-                warm.frame_step(static_in)
-                side.synchronize()  # this stream only: another thread may be replaying or capturing
-                log.info("warm-up run %d took %.1f s", run, time.perf_counter() - started)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA calls (the running quick path, a build beside it) stay legal.
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), torch.no_grad():
-            static_out = record.frame_step(static_in)
+        # One capture at a time in the process: a model loading beside the running one, or a background
+        # build's warm-ups, must not sync or capture the device while this thread records.
+        with CAPTURE_LOCK:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), torch.no_grad():
+                for run in range(self.warmup_runs):  # compiles, autotunes, and settles allocations
+                    started = time.perf_counter()
+                    warm.frame_step(static_in)
+                    side.synchronize()
+                    log.info("warm-up run %d took %.1f s", run, time.perf_counter() - started)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the other threads' CUDA calls (frames of a running engine) stay legal meanwhile.
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), torch.no_grad():
+                static_out = record.frame_step(static_in)
         self.pool = graph.pool()
         return graph, static_in, static_out

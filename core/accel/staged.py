@@ -31,11 +31,12 @@ _BUILDS_LOCK = threading.Lock()
 
 
 def build_key(engine) -> str:
-    """What the build time depends on: the model, sizes, batch, dtype, GPU and torch."""
+    """What the build time depends on: the model, sizes, batch, VAE, dtype, compile mode, GPU and torch."""
     cfg = engine.config
     gpu = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else engine.device.type
     return "|".join(str(part) for part in (
-        cfg.model, f"{cfg.width}x{cfg.height}", engine.unet_batch_size, cfg.cfg_type, engine.dtype, gpu,
+        cfg.model, f"{cfg.width}x{cfg.height}", engine.unet_batch_size, cfg.cfg_type, cfg.use_tiny_vae, engine.dtype,
+        os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default"), os.environ.get("LIVEDIFFUSION_AOTI", "0"), gpu,
         torch.__version__))
 
 
@@ -72,10 +73,12 @@ def record_build_s(key: str, seconds: float) -> None:
 
 
 class BackgroundBuild:
-    """Runs ``build()`` on a thread; its result (``AcceleratedParts`` fields plus ``acceleration``) is offered
-    to the engine, which installs it between two frames."""
+    """Runs ``build(cancelled)`` on a thread; its result (``AcceleratedParts`` fields plus ``acceleration``) is
+    offered to the engine, which installs it between two frames. ``cancelled()`` turns true when the engine
+    closes; a build checks it between its stages and gives up (raising anything)."""
 
-    def __init__(self, engine, build: Callable[[], dict], key: str, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, engine, build: Callable[[Callable[[], bool]], dict], key: str,
+                 clock: Callable[[], float] = time.monotonic):
         self.engine = engine
         self.build = build
         self.key = key
@@ -87,25 +90,35 @@ class BackgroundBuild:
         self.build_s: float | None = None
         self.installed_at: float | None = None
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._built = threading.Event()  # the build has ended: offered, failed or dropped
         self._done = threading.Event()  # and what it made is running, or never will
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self.state = "building"
-        self.started_at = self.clock()
-        self._thread = threading.Thread(target=self._work, name="engine-build", daemon=True)
+        with self._lock:
+            if self._thread is not None or self.state == "cancelled":
+                return
+            self.state = "building"
+            self.started_at = self.clock()
+            self._thread = threading.Thread(target=self._work, name="engine-build", daemon=True)
         with _BUILDS_LOCK:
             _BUILDS[:] = [t for t in _BUILDS if t.is_alive()] + [self._thread]
         self._thread.start()
 
     def cancel(self) -> None:
-        """The engine is closing: whatever the build makes is dropped (a compile cannot be interrupted)."""
-        if self.state == "ready":
-            self._done.set()  # offered, never to be installed
-        if self.state in ("waiting", "building", "ready"):
-            self.state = "cancelled"
+        """The engine is closing: whatever the build makes is dropped (a compile cannot be interrupted, but
+        the stages after it are skipped)."""
+        with self._lock:
+            if self.state == "ready":
+                self._done.set()  # offered, never to be installed
+            if self.state in ("waiting", "building", "ready"):
+                self.state = "cancelled"
+            if self._thread is None:
+                self._built.set()
+                self._done.set()
+
+    def cancelled(self) -> bool:
+        return self.state == "cancelled"
 
     def wait_built(self, timeout_s: float | None = None) -> bool:
         """Until the build has ended (its result offered, or it failed); True when it has."""
@@ -134,24 +147,32 @@ class BackgroundBuild:
 
     def _work(self) -> None:
         try:
-            parts = self.build()
+            parts = self.build(self.cancelled)
         except BaseException as error:  # noqa: BLE001 - the quick path keeps running; the user is told
-            if self.state != "cancelled":
-                self.error, self.state = error, "failed"
-                self.engine.acceleration_note = f"full-speed build failed: {type(error).__name__}: {error}"
-                log.warning("the full-speed build failed (%s: %s); the quick path keeps running",
-                            type(error).__name__, error)
-            self._done.set()
-            self._built.set()
+            with self._lock:
+                if self.state != "cancelled":
+                    self.error, self.state = error, "failed"
+                    self.engine.acceleration_note = f"full-speed build failed: {type(error).__name__}: {error}"
+                    log.warning("the full-speed build failed (%s: %s); the quick path keeps running",
+                                type(error).__name__, error)
+            self._finish()
             return
         self.build_s = self.clock() - self.started_at
-        if self.state == "cancelled":
-            self._done.set()
-        else:
+        with self._lock:  # against cancel(): an engine that closed takes nothing more
+            offered = self.state != "cancelled" and self.engine.offer(on_installed=self._installed, **parts)
+            if offered:
+                self.state = "ready"
+        if offered:
             record_build_s(self.key, self.build_s)
-            self.state = "ready"
-            self.engine.offer(on_installed=self._installed, **parts)
+            self._built.set()
+            self.build = None  # the views and parts it held go with the engine's install
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.build = None
         self._built.set()
+        self._done.set()
 
     def _installed(self) -> None:
         self.state = "installed"

@@ -1,0 +1,229 @@
+"""Compiled engines kept on disk: AOTInductor packages of the UNet and the VAE's two halves.
+
+A ``torch.compile`` start traces the model again in every process, even with Inductor's caches warm (14 s for
+sd-turbo on the lent H100). An AOTInductor package is the compiled model itself: loading it takes a fraction
+of a second, so a warm start runs at full speed from its first frame. One folder per artifact key under
+``<cache>/compiled/``: what the compiled code depends on (architecture and weights, sizes, batch, dtypes, GPU,
+driver, torch, this project's version). The packages hold code only; the weights are the running modules'
+own tensors, handed over at load (``user_managed``), so no copy of the model is stored or loaded twice.
+
+A package that is missing, corrupt or fails to load is rebuilt, with a log line, never a crash.
+
+Opt-in (``LIVEDIFFUSION_AOTI=1``): built and loaded on the CPU by the tests, but on the lent H100 (torch 2.11,
+float16, CUDA) the build stopped on an ``AssertionError`` and the engine fell back to torch.compile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.cache import cache_root
+from core.vae import vae_decode, vae_encode
+
+log = logging.getLogger(__name__)
+
+PIECES = ("unet", "encode", "decode")
+KEY_FILE = "key.json"
+
+
+def project_version() -> str:
+    try:
+        return metadata.version("livediffusion")
+    except metadata.PackageNotFoundError:
+        return "source"
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A hash of every tensor's name, shape, dtype and a strided sample of its values: a changed checkpoint or
+    a fused LoRA changes it; reading all 1.7 GB of a UNet would cost seconds."""
+    digest = hashlib.sha256()
+    samples = []
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        flat = tensor.detach().reshape(-1)
+        samples.append(flat[:: max(1, flat.numel() // 16)][:16].float())
+    if samples:
+        digest.update(torch.cat(samples).cpu().numpy().tobytes())  # one device-to-host copy
+    return digest.hexdigest()
+
+
+def _channels_last(module: nn.Module) -> bool:
+    weight = next((p for p in module.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+def _driver_version() -> str:
+    try:
+        return str(torch._C._cuda_getDriverVersion())
+    except Exception:  # noqa: BLE001 - no CUDA, or a torch without the call: the GPU name still keys
+        return "none"
+
+
+def artifact_key(engine) -> dict:
+    cfg = engine.config
+    cuda = engine.device.type == "cuda"
+    return {
+        "project": project_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(engine.device) if cuda else "cpu",
+        "driver": _driver_version() if cuda else "none",
+        "model": cfg.model,
+        "unet": weights_fingerprint(engine.unet),
+        "vae": weights_fingerprint(engine.vae),
+        # A package reads its weights with the strides it was compiled for (prepare_layout makes them
+        # channels-last before any build or load).
+        "layout": [_channels_last(engine.unet), _channels_last(engine.vae)],
+        "size": [cfg.width, cfg.height],
+        "unet_batch": engine.unet_batch_size,
+        "frame_buffer": cfg.frame_buffer_size,
+        "dtype": str(engine.dtype),
+        "vae_dtype": str(engine.vae_dtype),
+    }
+
+
+def artifact_dir(key: dict) -> Path:
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / "compiled" / name
+
+
+class UNetCall(nn.Module):
+    """The UNet as the engine calls it, with plain tensor inputs and one tensor out (what export needs)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                         added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+
+
+class VaeEncode(nn.Module):
+    def __init__(self, vae, vae_dtype, dtype):
+        super().__init__()
+        self.vae, self.vae_dtype, self.dtype = vae, vae_dtype, dtype
+
+    def forward(self, images):
+        return vae_encode(self.vae, images, self.vae_dtype, self.dtype)
+
+
+class VaeDecode(nn.Module):
+    def __init__(self, vae, vae_dtype):
+        super().__init__()
+        self.vae, self.vae_dtype = vae, vae_dtype
+
+    def forward(self, latents):
+        return vae_decode(self.vae, latents, self.vae_dtype)
+
+
+def _modules(engine) -> dict[str, nn.Module]:
+    return {"unet": UNetCall(engine.unet), "encode": VaeEncode(engine.vae, engine.vae_dtype, engine.dtype),
+            "decode": VaeDecode(engine.vae, engine.vae_dtype)}
+
+
+def _examples(engine) -> dict[str, tuple]:
+    """Inputs of the shapes and dtypes the frame step passes (the prompt must be encoded)."""
+    cfg, cond = engine.config, engine.conditioning
+    fb = cfg.frame_buffer_size
+    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
+    unet_args = (latents, engine.batch.unet_timesteps.clone(), cond.encoder_hidden_states.clone())
+    if cond.added_cond_kwargs:
+        unet_args += ({name: value.clone() for name, value in cond.added_cond_kwargs.items()},)
+    images = torch.rand((fb, 3, cfg.height, cfg.width), device=engine.device, dtype=engine.dtype) * 2 - 1
+    return {"unet": unet_args, "encode": (images,), "decode": (latents[:fb].clone(),)}
+
+
+def _inductor_configs() -> dict:
+    import torch._inductor.config as inductor
+
+    return {"aot_inductor.package_constants_in_so": False, "conv_1x1_as_mm": inductor.conv_1x1_as_mm,
+            "coordinate_descent_tuning": inductor.coordinate_descent_tuning}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build(engine, say=None) -> Path:
+    """Export and compile the three pieces into the key's folder (written aside, then renamed into place)."""
+    key = artifact_key(engine)
+    folder = artifact_dir(key)
+    building = folder.with_name(f"{folder.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    modules, examples = _modules(engine), _examples(engine)
+    hashes = {}
+    try:
+        for piece in PIECES:
+            if say is not None:
+                say(f"compiling the {piece} ahead of time")
+            exported = torch.export.export(modules[piece], examples[piece], strict=False)
+            path = building / f"{piece}.pt2"
+            torch._inductor.aoti_compile_and_package(exported, package_path=str(path),
+                                                      inductor_configs=_inductor_configs())
+            hashes[piece] = _sha256(path)
+        (building / KEY_FILE).write_text(json.dumps({"key": key, "sha256": hashes}, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)  # a stale or broken one
+        os.replace(building, folder)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    log.info("compiled artifacts written to %s", folder)
+    return folder
+
+
+def load(engine, folder: Path | None = None) -> dict | None:
+    """The engine's accelerated parts from its key's folder, or None when there is none. A folder that does
+    not hold what its key file promises, or whose packages fail to load, is removed (the caller rebuilds)."""
+    folder = folder or artifact_dir(artifact_key(engine))
+    if not (folder / KEY_FILE).exists():
+        return None
+    try:
+        recorded = json.loads((folder / KEY_FILE).read_text())
+        loaded = {}
+        modules = _modules(engine)
+        for piece in PIECES:
+            path = folder / f"{piece}.pt2"
+            if _sha256(path) != recorded["sha256"][piece]:
+                raise ValueError(f"{path.name} does not match the checksum written with it")
+            compiled = torch._inductor.aoti_load_package(str(path))
+            tensors = dict(modules[piece].named_parameters()) | dict(modules[piece].named_buffers())
+            compiled.load_constants({name: tensors[name] for name in compiled.get_constant_fqns()},
+                                    check_full_update=True, user_managed=True)
+            loaded[piece] = compiled
+    except Exception as error:  # noqa: BLE001 - a broken artifact is rebuilt, never fatal
+        log.warning("compiled artifacts in %s could not be used (%s: %s); removing them to rebuild",
+                    folder, type(error).__name__, error)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    unet, encode, decode = loaded["unet"], loaded["encode"], loaded["decode"]
+
+    def unet_call(sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
+        args = (sample, timestep, encoder_hidden_states) + ((added_cond_kwargs,) if added_cond_kwargs else ())
+        return (unet(*(arg.contiguous() if isinstance(arg, torch.Tensor) else arg for arg in args)),)
+
+    # A package runs on the strides it was exported with: contiguous (a frame at the model size arrives
+    # channels-last from the uint8 permute; the copy costs microseconds).
+    return dict(unet=unet_call, encode_images=lambda images: encode(images.contiguous()),
+                decode_latents=lambda latents: decode(latents.contiguous()), keep_alive=loaded)
+
+
+def build_and_load(engine, say=None) -> dict:
+    """Build, then load what was built; raises when either fails (the caller falls back to torch.compile)."""
+    parts = load(engine, build(engine, say))
+    if parts is None:
+        raise RuntimeError("the compiled artifacts just built could not be loaded")
+    return parts
