@@ -432,6 +432,7 @@ def _startup_main(args, base: StreamConfig, settings, output_size, input_size) -
     steps, cfg_type = settings[0]
     config = base.replace(t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type,
                           output_width=output_size[0], output_height=output_size[1],
+                          source_width=input_size[0], source_height=input_size[1],
                           quick_start=not args.no_quick_start)
     frames = synthetic_frames(30, input_size[1], input_size[0])
     timelines = startup_bench(config, frames, steady_frames=args.frames, switch_steps=args.switch_steps or None)

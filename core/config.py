@@ -76,6 +76,10 @@ class StreamConfig:
     quick_start: bool = True
     resize_mode: ResizeMode = "crop"  # how the source fits the generated size, and that the output size
     # The size of the frames the engine hands out (upscaled on the device); 0x0: the generated size.
+    # The size frames arrive at (a 1280x720 camera, say); 0x0: the generated size. The load captures its
+    # frame graph for this input, so the first live frame runs at once instead of capturing another.
+    source_width: int = 0
+    source_height: int = 0
     output_width: int = 0
     output_height: int = 0
     smoothing: float = 0.0  # latent feedback: how much of the last output leans into the next input
@@ -132,6 +136,8 @@ class StreamConfig:
                 raise ConfigError(name, f"must be an even number from 64 to 4096 (or 0: the generated size), got {value!r}")
         _float_range("smoothing", self.smoothing, 0.0, MAX_SMOOTHING)
         _int_range("transition_frames", self.transition_frames, 0, 600)
+        for name in ("source_width", "source_height"):
+            _int_range(name, getattr(self, name), 0, 16384)
         _int_range("max_skip_frames", self.max_skip_frames, 0, 10_000)
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -171,7 +177,8 @@ class StreamConfig:
 
     #: Settings a running engine takes between frames (its setters); every other field needs a new engine.
     LIVE_FIELDS = ("seed", "guidance_scale", "delta", "similarity_filter", "similarity_threshold", "max_skip_frames",
-                   "output_width", "output_height", "smoothing", "transition_frames", "resize_mode")
+                   "output_width", "output_height", "smoothing", "transition_frames", "resize_mode", "source_width",
+                   "source_height")
 
     def needs_new_engine(self, other: "StreamConfig") -> bool:
         """Whether going from this config to ``other`` takes a new engine (and, accelerated, new graphs):

@@ -200,14 +200,16 @@ class StreamEngine:
 
     @torch.no_grad()
     def warm_up(self) -> None:
-        """Run one throwaway frame at the model size, so that compiling and graph capture happen now
-        (in a loader thread, with progress) rather than at the first live frame."""
+        """Run one throwaway frame at the source's size (``source_width/height``, else the model size), so that
+        compiling and graph capture happen now (in a loader thread, with progress) rather than at the first
+        live frame."""
         cfg = self.config
         if self.conditioning is None:
             self.prepare("")
         frame = None
         if cfg.mode == "img2img":
-            frame = np.zeros((cfg.frame_buffer_size, cfg.height, cfg.width, 3), dtype=np.uint8)
+            height, width = (cfg.source_height, cfg.source_width) if cfg.source_width else (cfg.height, cfg.width)
+            frame = np.zeros((cfg.frame_buffer_size, height, width, 3), dtype=np.uint8)
         self.process(frame)
         self.prepare(self.prompt, self.negative_prompt)  # empties the stream buffer again
         self.skipped_frames = self.frames_processed = 0

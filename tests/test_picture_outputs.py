@@ -141,6 +141,9 @@ def test_the_generated_size_follows_the_source_shape(open_window, qtbot):
     window.session.set_source(TestPattern(320, 180, fps=30))
     until(qtbot, lambda: window.session.engine_config.width == 768)
     assert window.session.engine_config.height == 432 and len(window.factory.built) == 2
+    # The reload was told the size frames arrive at, so it captures its graph for them.
+    built = window.factory.built[-1].config
+    assert (built.source_width, built.source_height) == (320, 180)
     assert window.model_panel.size() == (768, 432) and not window.model_panel.size_combo.isEnabled()
     window.model_panel.quality_combo.setCurrentIndex(window.model_panel.quality_combo.findData("fast"))
     until(qtbot, lambda: window.session.engine_config.width == 640)

@@ -367,3 +367,16 @@ def test_run_says_when_the_engine_reaches_full_speed(monkeypatch, capsys):
     assert rc == 0
     quick, full = err.find("engine: quick start, compiling ~40%"), err.find("engine: full speed")
     assert 0 <= quick < full, err
+
+
+def test_run_tells_the_engine_the_sources_size(monkeypatch):
+    seen = []
+
+    def load_engine(config, *args):
+        seen.append(config)
+        return None, "stop here"
+
+    monkeypatch.setattr(run_command, "load_engine", load_engine)
+    main(["run", "--source", "test:320x180", "--frames", "2", "--model", "preset:tiny", "--width", "128",
+          "--height", "128", "--quiet"])
+    assert (seen[0].source_width, seen[0].source_height) == (320, 180) and seen[0].width == 128

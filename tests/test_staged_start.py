@@ -251,3 +251,12 @@ def test_the_startup_timeline_splits_frames_at_the_swap():
     assert timeline.first_frame_s <= timeline.full_speed_s
     row = timeline.row()
     assert row["quick frames"] == 3 and row["full fps"] > 0
+
+
+def test_the_load_captures_for_the_size_the_source_sends(tiny_components, tiny_config):
+    engine = StreamEngine(tiny_components, tiny_config.replace(source_width=80, source_height=48))
+    shapes = []
+    engine.install(frame_runner=lambda frames: shapes.append(tuple(frames.shape)) or engine.frame_step(frames))
+    engine.warm_up()
+    assert shapes == [(1, 48, 80, 3)]  # the camera's size, so its first live frame finds its graph ready
+    assert not tiny_config.replace(source_width=1280, source_height=720).needs_new_engine(tiny_config)

@@ -176,12 +176,14 @@ def _source_size(source: Source) -> tuple[int, int] | None:
 
 def _engine_config(args, source: Source):
     """The engine config for this source: the generated size follows its shape unless --width/--height
-    were given, and --transition counts in its frames."""
-    size = _source_size(source) if args.width is None and args.height is None else None
+    were given, --transition counts in its frames, and the load captures its graph for the source's size."""
+    size = _source_size(source)
     try:
-        return config_from_args(args, size, source.fps or args.fps)
+        config = config_from_args(args, size if args.width is None and args.height is None else None,
+                                  source.fps or args.fps)
     except (ConfigError, ValueError) as exc:
         raise Refused(str(exc), EXIT_USAGE) from exc
+    return config if size is None else config.replace(source_width=size[0], source_height=size[1])
 
 
 def _recording_timing(source: Source, lossless: bool, fps: float | None) -> tuple[str, float]:

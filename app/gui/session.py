@@ -100,6 +100,8 @@ class Session(QObject):
         return self.pipeline.engine
 
     def load_engine(self, config: StreamConfig) -> None:
+        if self.source_shape is not None:  # the load captures its graph for the frames that will arrive
+            config = config.replace(source_width=self.source_shape[0], source_height=self.source_shape[1])
         params = LiveParams(**vars(self.params))
         self.loader.load(config, params.prompt, params.negative_prompt, setup=params.apply_to)
 
