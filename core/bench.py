@@ -84,6 +84,22 @@ def steadiness(engine, frames, warmup: int, smoothings=(0.0, 0.5)) -> dict[str, 
     return result
 
 
+def reuse_deviation(engine, frames, warmup: int, interval: int = 0) -> dict[str, float]:
+    """What deep-feature reuse skips and changes: the fraction of the UNet's FLOPs a reuse frame skips, and the
+    mean absolute difference of the uint8 output from the whole computation on the same frames."""
+    from core.roofline import feature_reuse_savings
+
+    outputs = {}
+    for reuse in (False, True):
+        engine.set_feature_reuse(reuse, interval)
+        engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
+        outputs[reuse] = [engine.process(frame).astype(np.int16) for frame in frames]
+    engine.set_feature_reuse(False)
+    deviation = float(np.mean([np.abs(a - b).mean() for a, b in zip(outputs[False][warmup:], outputs[True][warmup:])]))
+    return {"skipped UNet FLOP fraction": feature_reuse_savings(engine)["skipped_fraction"],
+            "mean abs deviation, levels": deviation}
+
+
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -174,6 +190,7 @@ def bench_engine(
         engine.set_resize_mode(config.resize_mode)
         engine.set_smoothing(config.smoothing)
         engine.set_transition_frames(config.transition_frames)
+        engine.set_feature_reuse(config.feature_reuse, config.feature_reuse_interval)
     engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
     engine.process(frames[0])
     first_frame_s = time.perf_counter() - started
@@ -231,6 +248,9 @@ def _variant(config: StreamConfig, frame, change_every: int) -> str:
         parts.append(f"{in_w}x{in_h} -> {config.width}x{config.height} -> {out_w}x{out_h}")
     if config.smoothing:
         parts.append(f"smoothing {config.smoothing}")
+    if config.feature_reuse:
+        parts.append("feature reuse" + (f" every {config.feature_reuse_interval}" if config.feature_reuse_interval
+                                        else ""))
     if change_every:
         parts.append(f"prompt+seed change every {change_every} frames, {config.transition_frames}-frame transitions")
     return "".join(", " + part for part in parts)
@@ -320,6 +340,11 @@ def parse_args(argv):
     parser.add_argument("--steadiness", action="store_true",
                         help="also measure the output's frame-to-frame change on a still scene with sensor noise "
                              "(sigma 4), smoothing 0 and 0.5 (or --smoothing), on the first 1-step setting")
+    parser.add_argument("--feature-reuse", action="store_true",
+                        help="also time each setting with deep-feature reuse, and report the FLOPs it skips and how "
+                             "far its output moves from the whole computation")
+    parser.add_argument("--feature-reuse-interval", type=int, default=0, metavar="N",
+                        help="with --feature-reuse: refresh every row every N frames (0: only after a change)")
     parser.add_argument("--startup", action="store_true",
                         help="time the start instead: process start to model ready, first stylized frame and "
                              "full speed (quick start while compiling), then a steps change; run twice with "
@@ -355,6 +380,7 @@ def main(argv=None) -> int:
         frames = [np.stack(single_frames[i : i + args.frame_buffer]) for i in range(0, len(single_frames), args.frame_buffer)]
     results, baselines = [], {}
     steady = None
+    reuse: dict[str, dict] = {}
     for steps, cfg_type in settings:
         config = base.replace(
             t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type, use_tiny_vae=not args.no_tiny_vae,
@@ -372,6 +398,8 @@ def main(argv=None) -> int:
                 timed(sized, overlap=True)
             if args.smoothing:
                 timed(sized.replace(smoothing=args.smoothing))
+            if args.feature_reuse:
+                timed(sized.replace(feature_reuse=True, feature_reuse_interval=args.feature_reuse_interval))
             if args.transition:  # the same changes at once and blended: the difference is the transitions' cost
                 for frames_each in (0, args.transition):
                     timed(sized.replace(transition_frames=frames_each), change_every=args.transition)
@@ -380,6 +408,9 @@ def main(argv=None) -> int:
             engine.set_output_size(out_w, out_h)
             noisy = synthetic_frames(args.frames + args.warmup, in_h, in_w, static=True, noise=4.0)
             steady = steadiness(engine, noisy, args.warmup, (0.0, args.smoothing or 0.5))
+        if args.feature_reuse and steps > 1:
+            reuse[f"{steps} steps, cfg {cfg_type}"] = reuse_deviation(engine, frames[: min(len(frames), 60)],
+                                                                       min(args.warmup, 10), args.feature_reuse_interval)
         engine.close()
         del engine
     if args.similarity:
@@ -419,10 +450,13 @@ def main(argv=None) -> int:
                 print(f"{r.name}: UNet {r.extra['unet_gflop_per_frame']} GFLOP/frame, {r.extra['achieved_tflops']} TFLOP/s achieved over the whole frame")
     if steady is not None:
         print_steadiness(steady, args.model.startswith("preset:"))
+    for name, figures in reuse.items():
+        print(f"\nfeature reuse, {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
+              + (" (random weights: the mechanism, not the look)" if args.model.startswith("preset:") else ""))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": gpu, "torch": torch.__version__, "results": [asdict(r) for r in results],
-                       "steadiness": steady}, fh, indent=2)
+                       "steadiness": steady, "feature_reuse": reuse}, fh, indent=2)
     return 0
 
 

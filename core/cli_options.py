@@ -122,6 +122,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
     g.add_argument("--dtype", choices=("auto",) + DTYPES, default=d.dtype, help="default: auto (float16 on GPU)")
     g.add_argument("--acceleration", choices=ACCELERATIONS, default=d.acceleration,
                    help="none, compile (torch.compile / CUDA graphs) or tensorrt (default: %(default)s)")
+    g.add_argument("--feature-reuse", action=argparse.BooleanOptionalAction, default=d.feature_reuse,
+                   help="steps past the first run the UNet's shallow path on the deep features their frame made at "
+                        "its first step (DeepCache in the stream batch; eager engine only so far; default: off)")
+    g.add_argument("--feature-reuse-interval", type=int, default=d.feature_reuse_interval, metavar="N",
+                   help="with --feature-reuse: refresh every row's deep features every N frames (0: only after a "
+                        "change; default: %(default)s)")
     g.add_argument("--quick-start", action=argparse.BooleanOptionalAction, default=d.quick_start,
                    help="compile: frames within seconds on a CUDA graph of the eager kernels while the compiled "
                         "engine builds in the background, swapped in between two frames (default: on)")
@@ -213,6 +219,8 @@ def config_from_args(args: argparse.Namespace, source_size: tuple[int, int] | No
         dtype=args.dtype,
         acceleration=args.acceleration,
         quick_start=args.quick_start,
+        feature_reuse=args.feature_reuse,
+        feature_reuse_interval=args.feature_reuse_interval,
         resize_mode=args.resize,
         output_width=args.output_size[0],
         output_height=args.output_size[1],

@@ -83,6 +83,10 @@ class StreamConfig:
     output_width: int = 0
     output_height: int = 0
     smoothing: float = 0.0  # latent feedback: how much of the last output leans into the next input
+    # Deep-feature reuse (core.feature_reuse): elements past their first step run the UNet's shallow path on
+    # the deep features their sample produced at step 0; refreshed every N frames (0: only after a change).
+    feature_reuse: bool = False
+    feature_reuse_interval: int = 0
     transition_frames: int = 0  # prompt and seed changes blend in over this many frames (0: at once)
     allow_pickle: bool = False  # load .ckpt / .bin pickles only when the user opts in
     cache_dir: str | None = None
@@ -135,6 +139,7 @@ class StreamConfig:
             if value and (not isinstance(value, int) or not 64 <= value <= 4096 or value % 2):
                 raise ConfigError(name, f"must be an even number from 64 to 4096 (or 0: the generated size), got {value!r}")
         _float_range("smoothing", self.smoothing, 0.0, MAX_SMOOTHING)
+        _int_range("feature_reuse_interval", self.feature_reuse_interval, 0, 1000)
         _int_range("transition_frames", self.transition_frames, 0, 600)
         for name in ("source_width", "source_height"):
             _int_range(name, getattr(self, name), 0, 16384)
@@ -178,7 +183,7 @@ class StreamConfig:
     #: Settings a running engine takes between frames (its setters); every other field needs a new engine.
     LIVE_FIELDS = ("seed", "guidance_scale", "delta", "similarity_filter", "similarity_threshold", "max_skip_frames",
                    "output_width", "output_height", "smoothing", "transition_frames", "resize_mode", "source_width",
-                   "source_height")
+                   "source_height", "feature_reuse", "feature_reuse_interval")
 
     def needs_new_engine(self, other: "StreamConfig") -> bool:
         """Whether going from this config to ``other`` takes a new engine (and, accelerated, new graphs):

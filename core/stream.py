@@ -25,6 +25,7 @@ from diffusers import LCMScheduler
 from core import imageops, schedule
 from core.accel.parts import AcceleratedParts, StreamSnapshot
 from core.config import StreamConfig
+from core.feature_reuse import FeatureCache, predict_with_reuse
 from core.guidance import GUIDANCE_RULES
 from core.host_copies import PinnedCopies
 from core.prompts import Conditioning, conditioning_layout, encode_conditioning
@@ -83,6 +84,8 @@ class StreamEngine:
                                  self.dtype)
         self.transitions = Transitions()
         self.conditioning: Conditioning | None = None
+        self.reuse_refresh: bool | None = None  # this frame: None (no reuse), True (refresh all), False (reuse)
+        self._reuse_refused = False
 
     @classmethod
     def from_config(cls, config: StreamConfig, progress=None) -> "StreamEngine":
@@ -249,6 +252,11 @@ class StreamEngine:
         """Latent feedback, 0 (off) to 0.95: steadier frames on a still scene, slower to follow motion."""
         self._queue(smoothing=float(smoothing))
 
+    def set_feature_reuse(self, enabled: bool, interval: int | None = None) -> None:
+        """Deep-feature reuse on or off (core.feature_reuse), and how often every row refreshes (0: only after
+        a change)."""
+        self._queue(**_given(feature_reuse=bool(enabled), feature_reuse_interval=interval))
+
     def set_transition_frames(self, frames: int) -> None:
         """Prompt and seed changes blend in over ``frames`` frames (0: at once)."""
         self._queue(transition_frames=int(frames))
@@ -284,6 +292,8 @@ class StreamEngine:
         if "seed" in changes:
             self.transitions.start("seed", [(self.batch.noise, self.batch.noise_for(cfg.seed))], frames, spherical=True)
         self.transitions.advance()
+        if prompt is not None or {"seed", "t_index_list"} & set(changes):
+            self.batch.features.invalidate()  # the deep features in the cache belong to the old conditions
         if not changes:
             return
         if "t_index_list" in changes:
@@ -310,8 +320,31 @@ class StreamEngine:
     def predict_noise(self, x_in: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """One UNet call over the stream batch's inputs (the cfg type's negative inputs included)."""
         cond = self.conditioning
+        if self.reuse_refresh is not None:
+            return predict_with_reuse(self.unet, self.batch.features, self.reuse_refresh, x_in, timesteps,
+                                      cond.encoder_hidden_states, cond.added_cond_kwargs)
         return self.unet_forward(x_in, timesteps, encoder_hidden_states=cond.encoder_hidden_states,
                                  added_cond_kwargs=cond.added_cond_kwargs, return_dict=False)[0]
+
+    @property
+    def feature_cache(self) -> FeatureCache:
+        return self.batch.features
+
+    def _decide_feature_reuse(self) -> None:
+        """Before a frame: whether it reuses deep features, and if so whether it refreshes them all (a captured
+        graph per kind of frame). Reuse runs the eager UNet's parts, so an engine whose UNet is compiled or a
+        TensorRT engine keeps the plain UNet (said once in the log) until those learn the split."""
+        self.reuse_refresh = None
+        if not self.config.feature_reuse or self.config.denoising_steps == 1:  # one step: every row is new
+            return
+        if self.accelerated.unet is not None:
+            if not self._reuse_refused:
+                self._reuse_refused = True
+                log.info("feature reuse needs the UNet's parts, which %s does not expose yet; the plain UNet runs",
+                         self.acceleration)
+            return
+        self.batch.features.interval = self.config.feature_reuse_interval
+        self.reuse_refresh = self.batch.features.is_refresh()
 
     def denoise(self, x_new: torch.Tensor) -> torch.Tensor:
         """Stream Batch step (core.stream_batch): the new frames' clean latents (zeros for txt2img) in,
@@ -372,11 +405,14 @@ class StreamEngine:
         """
         self._install_offered()
         self.apply_pending()
+        self._decide_feature_reuse()
         if self._should_skip(frames_u8):
             self.last_frame_skipped = True
             self.skipped_frames += 1
             return self._last_output
         output = self.run_frame_step(frames_u8)
+        if self.reuse_refresh is not None:
+            self.batch.features.frame_done(self.reuse_refresh)
         self._last_output = output
         self.last_frame_skipped = False
         self.frames_processed += 1

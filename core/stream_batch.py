@@ -15,6 +15,7 @@ import torch
 from core import schedule
 from core.accel.parts import StreamSnapshot
 from core.config import StreamConfig
+from core.feature_reuse import FeatureCache
 from core.guidance import GuidanceRule
 
 
@@ -44,6 +45,8 @@ class StreamBatch:
         # The last frames' denoised latents, and whether there are any yet (1) or not (0).
         self.feedback = torch.zeros((fb, *latent_shape), device=device, dtype=dtype)
         self.has_feedback = torch.zeros((), device=device, dtype=dtype)
+        # Deep features per UNet row, for feature reuse (allocated at the first frame that uses it).
+        self.features = FeatureCache(self.negative_count, batch, fb, config.feature_reuse_interval)
 
     def _coefficients(self, t_index_list) -> schedule.StepCoefficients:
         sub_timesteps = schedule.sub_timesteps(self.timesteps, t_index_list)
@@ -69,10 +72,11 @@ class StreamBatch:
         """Empty the frames in flight and forget the feedback (a new prompt from scratch, a new source)."""
         for tensor in (self.latents, self.anchors, self.feedback, self.has_feedback):
             tensor.zero_()
+        self.features.invalidate()
 
     def snapshot(self) -> StreamSnapshot:
         return StreamSnapshot(self.latents.clone(), self.anchors.clone(), self.feedback.clone(),
-                              self.has_feedback.clone())
+                              self.has_feedback.clone(), self.features.state())
 
     def scratch(self) -> "StreamBatch":
         """A batch that shares everything read-only (noise, coefficients, guidance) but has its own frames in
@@ -80,6 +84,7 @@ class StreamBatch:
         twin = copy.copy(self)
         for name in ("latents", "anchors", "feedback", "has_feedback"):
             setattr(twin, name, getattr(self, name).clone())
+        twin.features = self.features.copy()
         return twin
 
     def restore(self, snapshot: StreamSnapshot) -> None:
@@ -87,6 +92,7 @@ class StreamBatch:
         self.anchors.copy_(snapshot.anchors)
         self.feedback.copy_(snapshot.feedback)
         self.has_feedback.copy_(snapshot.has_feedback)
+        self.features.restore(snapshot.features)
 
     # ----- the step -------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ ENGINE_OPTIONS = {
     "cache_dir": "cache_dir", "model_config": "single_file_config",
     "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
     "num_inference_steps": "num_inference_steps", "quick_start": "quick_start",
+    "feature_reuse": "feature_reuse", "feature_reuse_interval": "feature_reuse_interval",
 }
 
 

@@ -183,9 +183,11 @@ class FrameGraph:
 
     @staticmethod
     def key_for(engine, frames_u8) -> tuple:
-        """One graph per input shape, output size and fit: all three are baked into a capture."""
+        """One graph per input shape, output size, fit and kind of feature-reuse frame: all are baked into a
+        capture."""
         config = engine.config
-        return (None if frames_u8 is None else tuple(frames_u8.shape), config.output_size, config.resize_mode)
+        return (None if frames_u8 is None else tuple(frames_u8.shape), config.output_size, config.resize_mode,
+                getattr(engine, "reuse_refresh", None))
 
     def key(self, frames_u8) -> tuple:
         return self.key_for(self.engine, frames_u8)

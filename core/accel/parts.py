@@ -27,10 +27,11 @@ class AcceleratedParts:
 
 @dataclass(frozen=True)
 class StreamSnapshot:
-    """The frames in flight (latents and RCFG anchors) and the latent feedback, saved so that a throwaway
-    run (warm-up, graph capture) can be undone."""
+    """The frames in flight (latents and RCFG anchors), the latent feedback and the deep-feature cache, saved
+    so that a throwaway run (warm-up, graph capture) can be undone."""
 
     latents: torch.Tensor
     anchors: torch.Tensor
     feedback: torch.Tensor
     has_feedback: torch.Tensor
+    features: tuple = (None, 0, True)  # the deep-feature cache (core.feature_reuse.FeatureCache.state)

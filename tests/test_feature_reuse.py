@@ -1,0 +1,237 @@
+"""Deep-feature reuse inside Stream Batch (CPU, tiny presets): the split UNet equals diffusers' own, reuse off
+and interval 1 give today's frames, each row runs on its own sample's deep features, changes refresh."""
+
+import numpy as np
+import pytest
+import torch
+
+from core import feature_reuse
+from core.feature_reuse import FeatureCache, unet_split_forward
+from core.stream import StreamEngine
+from tests.conftest import assert_frames_close
+
+pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
+
+
+def prepared(components, config):
+    engine = StreamEngine(components, config)
+    engine.prepare("a cat", "blurry")
+    return engine
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_the_split_unet_is_diffusers_unet(family, tiny_components, tiny_sdxl_components, tiny_config):
+    components = tiny_components if family == "sd" else tiny_sdxl_components
+    engine = prepared(components, tiny_config.replace(model="preset:tiny-sdxl") if family == "sdxl" else tiny_config)
+    cond = engine.conditioning
+    rows = cond.encoder_hidden_states.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((rows, *engine.latent_shape), generator=generator)
+    timesteps = engine.batch.unet_timesteps
+    with torch.no_grad():
+        expected = engine.unet(x, timesteps, encoder_hidden_states=cond.encoder_hidden_states,
+                               added_cond_kwargs=cond.added_cond_kwargs, return_dict=False)[0]
+        eps, deep = unet_split_forward(engine.unet, x, timesteps, cond.encoder_hidden_states, cond.added_cond_kwargs)
+        shallow, same = unet_split_forward(engine.unet, x, timesteps, cond.encoder_hidden_states,
+                                           cond.added_cond_kwargs, deep=deep)
+    torch.testing.assert_close(eps, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(shallow, eps, rtol=0, atol=0)  # the shallow path on its own deep features
+    assert same is deep
+
+
+def test_an_odd_latent_size_takes_the_upsample_sizes_from_the_skips(tiny_components, tiny_config):
+    engine = prepared(tiny_components, tiny_config.replace(width=96, height=72))  # 12x9 latents: 9 is odd
+    cond = engine.conditioning
+    x = torch.randn((cond.encoder_hidden_states.shape[0], *engine.latent_shape))
+    with torch.no_grad():
+        expected = engine.unet(x, engine.batch.unet_timesteps, encoder_hidden_states=cond.encoder_hidden_states,
+                               return_dict=False)[0]
+        eps, _ = unet_split_forward(engine.unet, x, engine.batch.unet_timesteps, cond.encoder_hidden_states)
+    torch.testing.assert_close(eps, expected, rtol=1e-4, atol=1e-5)
+
+
+def frames(make_frame, count):
+    return [make_frame(i) for i in range(count)]
+
+
+def test_reuse_off_is_todays_engine_and_interval_one_matches_it(tiny_components, tiny_config, make_frame,
+                                                              monkeypatch):
+    calls = []
+    real = feature_reuse.unet_split_forward
+    monkeypatch.setattr(feature_reuse, "unet_split_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = tiny_config.replace(t_index_list=(10, 25, 40), cfg_type="self")
+    plain, off = prepared(tiny_components, config), prepared(tiny_components, config.replace(feature_reuse=False))
+    always = prepared(tiny_components, config.replace(feature_reuse=True, feature_reuse_interval=1))
+    for frame in frames(make_frame, 6):
+        reference = plain.process(frame)
+        np.testing.assert_array_equal(off.process(frame), reference)  # the same code path, not the split
+        assert_frames_close(always.process(frame), reference, atol=1)
+    assert len(calls) == 6  # interval 1: one whole-UNet pass per frame, never the shallow path
+
+
+@pytest.mark.parametrize("steps,frame_buffer,cfg_type", [(2, 1, "self"), (3, 1, "none"), (4, 1, "self"),
+                                                        (3, 2, "none"), (2, 1, "full"), (3, 1, "initialize")])
+def test_each_row_runs_on_the_deep_features_its_own_sample_made(steps, frame_buffer, cfg_type, tiny_components,
+                                                               tiny_config, make_frame, monkeypatch):
+    t_index_list = tuple(range(10, 10 + 10 * steps, 10))
+    config = tiny_config.replace(t_index_list=t_index_list, frame_buffer_size=frame_buffer, cfg_type=cfg_type,
+                                 feature_reuse=True)
+    engine = prepared(tiny_components, config)
+    used = []  # per frame: the deep features each UNet row ran on, in row order
+    real_advance = FeatureCache.advance
+
+    def advance(cache, deep):
+        used.append(deep.clone())
+        real_advance(cache, deep)
+
+    monkeypatch.setattr(FeatureCache, "advance", advance)
+    negatives = engine.batch.negative_count
+    batch = config.batch_size
+    for i in range(steps + 2):
+        stack = np.stack([make_frame(i * frame_buffer + j) for j in range(frame_buffer)])
+        engine.process(stack)
+    assert engine.feature_cache.frames == steps + 2
+    groups = [(0, negatives), (negatives, batch)] if negatives else [(0, batch)]
+    checked = 0
+    for frame in range(1, len(used)):
+        for start, size in groups:
+            for element in range(frame_buffer, size):  # past their first step: reused features
+                row, previous_row = start + element, start + element - frame_buffer
+                torch.testing.assert_close(used[frame][row], used[frame - 1][previous_row], rtol=0, atol=0)
+                checked += 1
+            for element in range(min(frame_buffer, size)):  # new frames: fresh features, not a copy
+                assert not torch.equal(used[frame][start + element], used[frame - 1][start + element])
+    assert checked > 0
+
+
+def test_a_change_refreshes_every_row_at_the_next_frame(tiny_components, tiny_config, make_frame):
+    config = tiny_config.replace(t_index_list=(10, 25, 40), feature_reuse=True)
+    engine = prepared(tiny_components, config)
+    kinds = []
+    for i, change in enumerate([None, None, None, "prompt", None, "seed", None, "strength", None, None]):
+        if change == "prompt":
+            engine.update_prompt("a dog")
+        elif change == "seed":
+            engine.set_seed(11)
+        elif change == "strength":
+            engine.set_strength(0.7)
+        engine.process(make_frame(i))
+        kinds.append(engine.reuse_refresh)
+    assert kinds == [True, False, False, True, False, True, False, True, False, False]
+    engine.prepare("a bird")  # a new stream from scratch
+    engine.process(make_frame(0))
+    assert engine.reuse_refresh is True
+
+
+def test_an_interval_refreshes_every_n_frames(tiny_components, tiny_config, make_frame):
+    engine = prepared(tiny_components, tiny_config.replace(t_index_list=(10, 40), feature_reuse=True,
+                                                           feature_reuse_interval=3))
+    kinds = []
+    for i in range(7):
+        engine.process(make_frame(i))
+        kinds.append(engine.reuse_refresh)
+    assert kinds == [True, False, False, True, False, False, True]
+
+
+def test_a_compiled_unet_keeps_the_plain_unet_and_says_so(tiny_components, tiny_config, make_frame, caplog):
+    import logging
+
+    engine = prepared(tiny_components, tiny_config.replace(feature_reuse=True))
+    engine.install(unet=lambda *args, **kwargs: engine.unet(*args, **kwargs))  # stands for torch.compile's module
+    with caplog.at_level(logging.INFO, logger="core.stream"):
+        engine.process(make_frame(0))
+        engine.process(make_frame(1))
+    assert engine.reuse_refresh is None and caplog.text.count("feature reuse needs the UNet's parts") == 1
+
+
+def test_a_frame_runner_gets_the_kind_of_frame_before_it_runs(tiny_components, tiny_config, make_frame):
+    engine = prepared(tiny_components, tiny_config.replace(feature_reuse=True))
+    seen = []
+    engine.install(frame_runner=lambda frames: seen.append(engine.reuse_refresh) or engine.frame_step(frames))
+    for i in range(3):
+        engine.process(make_frame(i))
+    assert seen == [True, False, False]  # a captured graph per kind: FrameGraph keys on it
+
+
+@pytest.mark.parametrize("cfg_type,deep_rows", [("self", 1), ("full", 2), ("initialize", 2)])
+def test_the_deep_path_runs_only_for_the_new_frames(cfg_type, deep_rows, tiny_components, tiny_config, make_frame):
+    config = tiny_config.replace(t_index_list=(10, 20, 30, 40), cfg_type=cfg_type, feature_reuse=True)
+    engine = prepared(tiny_components, config)
+    batches = []
+    handle = engine.unet.mid_block.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    try:
+        for i in range(3):
+            engine.process(make_frame(i))
+    finally:
+        handle.remove()
+    rows = engine.unet_batch_size
+    # The first frame refreshes every row; after it only the new frame (and its negative input) goes deep.
+    assert batches == [rows, deep_rows, deep_rows] and rows > deep_rows
+
+
+def test_the_skipped_fraction_counts_the_deep_path_of_the_rows_past_their_first_step(tiny_components, tiny_config):
+    from core.roofline import feature_reuse_savings
+
+    one = feature_reuse_savings(prepared(tiny_components, tiny_config.replace(t_index_list=(30,))))
+    four = feature_reuse_savings(prepared(tiny_components, tiny_config.replace(t_index_list=(10, 20, 30, 40))))
+    assert 0 < one["shallow_row_gflop"] < one["row_gflop"]
+    assert one["skipped_fraction"] == 0  # one step: every row is a new frame
+    deep_share = 1 - four["shallow_row_gflop"] / four["row_gflop"]
+    assert four["skipped_fraction"] == pytest.approx(3 / 4 * deep_share)
+
+
+def test_one_step_has_nothing_to_reuse_and_runs_as_today(tiny_components, tiny_config, make_frame):
+    config = tiny_config.replace(t_index_list=(30,))
+    plain, reuse = prepared(tiny_components, config), prepared(tiny_components, config.replace(feature_reuse=True))
+    for i in range(3):
+        frame = make_frame(i)
+        np.testing.assert_array_equal(reuse.process(frame), plain.process(frame))
+    assert reuse.reuse_refresh is None
+
+
+def test_a_snapshot_restores_the_feature_cache_without_moving_its_storage(tiny_components, tiny_config, make_frame):
+    engine = prepared(tiny_components, tiny_config.replace(t_index_list=(10, 25, 40), feature_reuse=True))
+    saved = engine.snapshot_stream()  # before any frame: no cache yet
+    engine.process(make_frame(0))
+    engine.process(make_frame(1))
+    storage = engine.feature_cache.deep
+    after_two = engine.snapshot_stream()
+    engine.process(make_frame(2))
+    engine.restore_stream(after_two)
+    assert engine.feature_cache.deep is storage and engine.feature_cache.frames == 2
+    torch.testing.assert_close(engine.feature_cache.deep, after_two.features[0], rtol=0, atol=0)
+    engine.restore_stream(saved)  # a warm-up that allocated the cache is undone in place
+    assert engine.feature_cache.deep is storage and not storage.any() and engine.feature_cache.is_refresh()
+
+
+def test_a_scratch_batch_has_its_own_feature_cache(tiny_components, tiny_config, make_frame):
+    engine = prepared(tiny_components, tiny_config.replace(t_index_list=(10, 25, 40), feature_reuse=True))
+    engine.process(make_frame(0))
+    scratch = engine.view(own_state=True)
+    assert scratch.batch.features is not engine.batch.features
+    scratch.process(make_frame(1))
+    assert engine.feature_cache.frames == 1 and scratch.feature_cache.frames == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(tiny_config, make_frame, monkeypatch):
+    from core.accel import accelerate
+    from core.models import load_components
+
+    monkeypatch.setenv("LIVEDIFFUSION_INDUCTOR", "0")  # the graph of the eager kernels: the UNet's parts exposed
+    config = tiny_config.replace(device="cuda", dtype="float32", t_index_list=(10, 25, 40), cfg_type="self",
+                                 acceleration="compile", feature_reuse=True)
+    components = load_components(config)
+    eager = prepared(components, config)
+    graphed = StreamEngine(components, config)
+    assert accelerate(graphed) == "compile"
+    graphed.prepare("a cat", "blurry")
+    for i in range(6):
+        if i == 3:
+            for engine in (eager, graphed):
+                engine.update_prompt("a dog")  # a refresh frame, then reuse again
+        frame = make_frame(i)
+        np.testing.assert_allclose(graphed.process(frame), eager.process(frame), atol=2)
+        assert graphed.reuse_refresh == eager.reuse_refresh
+    assert {key[-1] for key in graphed.accelerated.frame_runner.graphs} == {True, False}
