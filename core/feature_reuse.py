@@ -172,23 +172,24 @@ class FeatureCache:
         return twin
 
 
-def predict_with_reuse(unet, cache: FeatureCache, refresh: bool, x_in, timesteps, encoder_hidden_states,
+def predict_with_reuse(split, cache: FeatureCache, refresh: bool, x_in, timesteps, encoder_hidden_states,
                        added_cond_kwargs=None):
     """One UNet pass over the stream batch's rows: the whole UNet where ``refresh`` or for the new frames, the
-    shallow path on cached deep features elsewhere; the cache advances."""
+    shallow path on cached deep features elsewhere; the cache advances. ``split`` is ``unet_split_forward``
+    bound to the UNet, or its compiled form."""
     if refresh or len(cache.groups) == 0 or all(size <= cache.fb for size in cache.groups):
-        eps, deep = unet_split_forward(unet, x_in, timesteps, encoder_hidden_states, added_cond_kwargs)
+        eps, deep = split(x_in, timesteps, encoder_hidden_states, added_cond_kwargs)
         cache.advance(deep)
         return eps
     rows = (x_in, timesteps, encoder_hidden_states) + tuple((added_cond_kwargs or {}).values())
-    split = [cache.full_and_shallow(tensor) for tensor in rows]
+    parts = [cache.full_and_shallow(tensor) for tensor in rows]
     names = list((added_cond_kwargs or {}).keys())
 
     def extra(part):
-        return {name: split[3 + i][part] for i, name in enumerate(names)} or None
+        return {name: parts[3 + i][part] for i, name in enumerate(names)} or None
 
-    eps_full, deep_full = unet_split_forward(unet, split[0][0], split[1][0], split[2][0], extra(0))
+    eps_full, deep_full = split(parts[0][0], parts[1][0], parts[2][0], extra(0))
     cached = cache.cached_for_shallow()
-    eps_shallow, _ = unet_split_forward(unet, split[0][1], split[1][1], split[2][1], extra(1), deep=cached)
+    eps_shallow, _ = split(parts[0][1], parts[1][1], parts[2][1], extra(1), deep=cached)
     cache.advance(cache.merge(deep_full, cached))
     return cache.merge(eps_full, eps_shallow)

@@ -12,6 +12,7 @@ TensorRT engine be reused across prompt, seed, strength and guidance changes.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import threading
 import time
@@ -25,7 +26,7 @@ from diffusers import LCMScheduler
 from core import imageops, schedule
 from core.accel.parts import AcceleratedParts, StreamSnapshot
 from core.config import StreamConfig
-from core.feature_reuse import FeatureCache, predict_with_reuse
+from core.feature_reuse import FeatureCache, predict_with_reuse, unet_split_forward
 from core.guidance import GUIDANCE_RULES
 from core.host_copies import PinnedCopies
 from core.prompts import Conditioning, conditioning_layout, encode_conditioning
@@ -321,7 +322,8 @@ class StreamEngine:
         """One UNet call over the stream batch's inputs (the cfg type's negative inputs included)."""
         cond = self.conditioning
         if self.reuse_refresh is not None:
-            return predict_with_reuse(self.unet, self.batch.features, self.reuse_refresh, x_in, timesteps,
+            split = self.accelerated.unet_split or functools.partial(unet_split_forward, self.unet)
+            return predict_with_reuse(split, self.batch.features, self.reuse_refresh, x_in, timesteps,
                                       cond.encoder_hidden_states, cond.added_cond_kwargs)
         return self.unet_forward(x_in, timesteps, encoder_hidden_states=cond.encoder_hidden_states,
                                  added_cond_kwargs=cond.added_cond_kwargs, return_dict=False)[0]
@@ -332,12 +334,13 @@ class StreamEngine:
 
     def _decide_feature_reuse(self) -> None:
         """Before a frame: whether it reuses deep features, and if so whether it refreshes them all (a captured
-        graph per kind of frame). Reuse runs the eager UNet's parts, so an engine whose UNet is compiled or a
-        TensorRT engine keeps the plain UNet (said once in the log) until those learn the split."""
+        graph per kind of frame). Reuse runs the UNet's two paths: eager, or compiled where the accelerator
+        gives them (``unet_split``); a TensorRT or stored engine without them keeps the plain UNet (said once in
+        the log)."""
         self.reuse_refresh = None
         if not self.config.feature_reuse or self.config.denoising_steps == 1:  # one step: every row is new
             return
-        if self.accelerated.unet is not None:
+        if self.accelerated.unet is not None and self.accelerated.unet_split is None:
             if not self._reuse_refused:
                 self._reuse_refused = True
                 log.info("feature reuse needs the UNet's parts, which %s does not expose yet; the plain UNet runs",

@@ -56,9 +56,11 @@ def frames(make_frame, count):
 
 def test_reuse_off_is_todays_engine_and_interval_one_matches_it(tiny_components, tiny_config, make_frame,
                                                               monkeypatch):
+    import core.stream
+
     calls = []
     real = feature_reuse.unet_split_forward
-    monkeypatch.setattr(feature_reuse, "unet_split_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(core.stream, "unet_split_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
     config = tiny_config.replace(t_index_list=(10, 25, 40), cfg_type="self")
     plain, off = prepared(tiny_components, config), prepared(tiny_components, config.replace(feature_reuse=False))
     always = prepared(tiny_components, config.replace(feature_reuse=True, feature_reuse_interval=1))
@@ -215,11 +217,12 @@ def test_a_scratch_batch_has_its_own_feature_cache(tiny_components, tiny_config,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
-def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(tiny_config, make_frame, monkeypatch):
+@pytest.mark.parametrize("inductor", ["0", "1"])
+def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(inductor, tiny_config, make_frame, monkeypatch):
     from core.accel import accelerate
     from core.models import load_components
 
-    monkeypatch.setenv("LIVEDIFFUSION_INDUCTOR", "0")  # the graph of the eager kernels: the UNet's parts exposed
+    monkeypatch.setenv("LIVEDIFFUSION_INDUCTOR", inductor)  # 0: the eager kernels' graph; 1: the split compiled
     config = tiny_config.replace(device="cuda", dtype="float32", t_index_list=(10, 25, 40), cfg_type="self",
                                  acceleration="compile", feature_reuse=True)
     components = load_components(config)
@@ -235,3 +238,25 @@ def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(tiny_config, make_
         np.testing.assert_allclose(graphed.process(frame), eager.process(frame), atol=2)
         assert graphed.reuse_refresh == eager.reuse_refresh
     assert {key[-1] for key in graphed.accelerated.frame_runner.graphs} == {True, False}
+    assert (graphed.accelerated.unet_split is not None) == (inductor == "1")
+
+
+def test_an_accelerators_split_unet_is_the_one_reuse_runs(tiny_components, tiny_config, make_frame, caplog):
+    import functools
+    import logging
+
+    config = tiny_config.replace(t_index_list=(10, 25, 40), feature_reuse=True)
+    reference, engine = prepared(tiny_components, config), prepared(tiny_components, config)
+    calls = []
+
+    def compiled_split(*args, **kwargs):  # stands for torch.compile of the bound split forward
+        calls.append("deep" in kwargs)
+        return functools.partial(unet_split, engine.unet)(*args, **kwargs)
+
+    unet_split = feature_reuse.unet_split_forward
+    engine.install(unet=lambda *args, **kwargs: engine.unet(*args, **kwargs), unet_split=compiled_split)
+    with caplog.at_level(logging.INFO, logger="core.stream"):
+        for i in range(3):
+            frame = make_frame(i)
+            assert_frames_close(engine.process(frame), reference.process(frame), atol=0)
+    assert calls == [False, False, True, False, True] and "plain UNet runs" not in caplog.text

@@ -10,6 +10,7 @@ Host frames go through pinned buffers; one graph is captured per input frame siz
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ import torch
 from core.accel import aoti
 from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
+from core.feature_reuse import unet_split_forward
 from core.vae import vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
@@ -120,12 +122,15 @@ def compiled_parts(engine, say=None) -> dict:
     if say is not None:
         say("compiling the UNet and VAE (first start takes minutes; later starts use the cache)")
     unet = torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False)
+    # Feature reuse's two UNet paths, compiled on first use (a graph per row count and path).
+    unet_split = torch.compile(functools.partial(unet_split_forward, engine.unet), mode=mode, dynamic=False)
     vae = copy.deepcopy(engine.vae)
     for name in ("encoder", "decoder"):
         setattr(vae, name, torch.compile(getattr(vae, name), mode=mode, fullgraph=True, dynamic=False))
     vae_dtype, dtype = engine.vae_dtype, engine.dtype
     return dict(
         unet=unet,
+        unet_split=unet_split,
         encode_images=lambda images: vae_encode(vae, images, vae_dtype, dtype),
         decode_latents=lambda latents: vae_decode(vae, latents, vae_dtype),
         keep_alive=vae,
@@ -144,13 +149,17 @@ def build_compiled(engine, say, cancelled=lambda: False) -> dict:
     frames = None if shape is None else torch.zeros(shape, dtype=torch.uint8, device=engine.device)
     warm = engine.view(AcceleratedParts(**parts), own_state=True)
     side = torch.cuda.Stream(engine.device)
+    # With feature reuse, both kinds of frame: a refresh (every row whole) and a reuse frame (two paths).
+    kinds = [True, False] if engine.config.feature_reuse and engine.config.denoising_steps > 1 else [None]
     with torch.cuda.stream(side), torch.no_grad():
         for run in range(2):
-            if cancelled():
-                raise BuildCancelled()
-            with CAPTURE_LOCK if run else nullcontext():  # the first run may compile for a minute: unlocked
-                warm.frame_step(frames)
-                side.synchronize()
+            for kind in kinds:
+                if cancelled():
+                    raise BuildCancelled()
+                warm.reuse_refresh = kind
+                with CAPTURE_LOCK if run else nullcontext():  # a first run may compile for a minute: unlocked
+                    warm.frame_step(frames)
+                    side.synchronize()
     return dict(parts, frame_runner=FrameGraph(engine, say, warmup_runs=1), acceleration="compile")
 
 
@@ -167,7 +176,7 @@ def _running_input_shape(engine):
 
 
 def restore_eager(engine) -> None:
-    engine.restore_eager("unet", "encode_images", "decode_latents", "keep_alive", "frame_runner")
+    engine.restore_eager("unet", "unet_split", "encode_images", "decode_latents", "keep_alive", "frame_runner")
 
 
 class FrameGraph:

@@ -13,12 +13,14 @@ import torch
 class AcceleratedParts:
     """What an accelerator runs in place of the engine's eager PyTorch; None keeps the eager part.
 
-    ``unet`` takes and returns what the diffusers UNet call in ``predict_noise`` does; ``encode_images``
+    ``unet`` takes and returns what the diffusers UNet call in ``predict_noise`` does; ``unet_split`` what
+    ``core.feature_reuse.unet_split_forward`` does after its ``unet`` argument (feature reuse); ``encode_images``
     and ``decode_latents`` what the engine's methods of those names do; ``frame_runner`` replaces the
     whole ``frame_step`` (a captured graph); ``keep_alive`` holds what must live as long as the engine.
     """
 
     unet: Callable | None = None
+    unet_split: Callable | None = None
     encode_images: Callable | None = None
     decode_latents: Callable | None = None
     frame_runner: Callable | None = None
