@@ -260,3 +260,13 @@ def test_the_load_captures_for_the_size_the_source_sends(tiny_components, tiny_c
     engine.warm_up()
     assert shapes == [(1, 48, 80, 3)]  # the camera's size, so its first live frame finds its graph ready
     assert not tiny_config.replace(source_width=1280, source_height=720).needs_new_engine(tiny_config)
+
+
+def test_the_stage_says_so_when_the_installed_graph_later_falls_back_to_eager(tiny_components, tiny_config, cache):
+    engine = prepared(tiny_components, tiny_config)
+    build = BackgroundBuild(engine, lambda cancelled: {}, "k")
+    build.state = "installed"
+    engine.acceleration = "compile"
+    assert build.stage() == "full speed"
+    engine.acceleration = "none"  # what FrameGraph's fallback sets
+    assert build.stage() == "eager (the compiled graph failed)"

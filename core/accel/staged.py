@@ -65,7 +65,7 @@ def record_build_s(key: str, seconds: float) -> None:
     path = times_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes never share one
         temporary.write_text(json.dumps(times, indent=1))
         os.replace(temporary, path)
     except OSError as error:
@@ -136,7 +136,8 @@ class BackgroundBuild:
 
     def stage(self) -> str:
         if self.state == "installed":
-            return "full speed"
+            # A capture that failed after the swap put the engine on eager PyTorch (its note says why).
+            return "eager (the compiled graph failed)" if self.engine.acceleration == "none" else "full speed"
         if self.state == "failed":
             return f"quick start (the full-speed build failed: {type(self.error).__name__})"
         if self.state == "ready":
