@@ -101,6 +101,7 @@ class FeatureCache:
         self.deep: torch.Tensor | None = None  # one row per UNet row; rows of new frames unused
         self.refresh_next = True
         self.frames = 0
+        self.since_refresh = 0  # reuse frames since the last refresh
 
     def invalidate(self) -> None:
         """The next frame runs the whole UNet for every row (a new prompt, seed, strength or stream)."""
@@ -109,7 +110,8 @@ class FeatureCache:
     def is_refresh(self) -> bool:
         """Whether the coming frame runs the whole UNet for every row; decided before the frame (a captured
         graph per kind of frame)."""
-        return self.refresh_next or self.deep is None or (self.interval > 0 and self.frames % self.interval == 0)
+        return (self.refresh_next or self.deep is None
+                or (self.interval > 0 and self.since_refresh >= self.interval - 1))
 
     def full_and_shallow(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of ``x`` that run the whole UNet (each group's new frames) and those that run the shallow path,
@@ -149,13 +151,15 @@ class FeatureCache:
     def frame_done(self, refreshed: bool) -> None:
         self.frames += 1
         if refreshed:
-            self.refresh_next = False
+            self.refresh_next, self.since_refresh = False, 0
+        else:
+            self.since_refresh += 1
 
     def state(self) -> tuple:
-        return (None if self.deep is None else self.deep.clone(), self.frames, self.refresh_next)
+        return (None if self.deep is None else self.deep.clone(), self.frames, self.refresh_next, self.since_refresh)
 
     def restore(self, state: tuple) -> None:
-        deep, self.frames, self.refresh_next = state
+        deep, self.frames, self.refresh_next, self.since_refresh = state
         if deep is None:
             if self.deep is not None:  # keep the storage: a graph captured meanwhile writes into it
                 self.deep.zero_()

@@ -215,6 +215,8 @@ class StreamEngine:
             height, width = (cfg.source_height, cfg.source_width) if cfg.source_width else (cfg.height, cfg.width)
             frame = np.zeros((cfg.frame_buffer_size, height, width, 3), dtype=np.uint8)
         self.process(frame)
+        if self.reuse_refresh:  # feature reuse: a reuse frame too, so that its graph exists before the live ones
+            self.process(frame)
         self.prepare(self.prompt, self.negative_prompt)  # empties the stream buffer again
         self.skipped_frames = self.frames_processed = 0
 
@@ -339,12 +341,14 @@ class StreamEngine:
         the log)."""
         self.reuse_refresh = None
         if not self.config.feature_reuse or self.config.denoising_steps == 1:  # one step: every row is new
+            self.batch.features.invalidate()  # frames without reuse leave the cache behind the stream
             return
         if self.accelerated.unet is not None and self.accelerated.unet_split is None:
             if not self._reuse_refused:
                 self._reuse_refused = True
                 log.info("feature reuse needs the UNet's parts, which %s does not expose yet; the plain UNet runs",
                          self.acceleration)
+            self.batch.features.invalidate()
             return
         self.batch.features.interval = self.config.feature_reuse_interval
         self.reuse_refresh = self.batch.features.is_refresh()

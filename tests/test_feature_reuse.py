@@ -133,6 +133,11 @@ def test_an_interval_refreshes_every_n_frames(tiny_components, tiny_config, make
         engine.process(make_frame(i))
         kinds.append(engine.reuse_refresh)
     assert kinds == [True, False, False, True, False, False, True]
+    engine.update_prompt("a dog")  # a change refreshes now, and the interval counts from there
+    for i in range(4):
+        engine.process(make_frame(i))
+        kinds.append(engine.reuse_refresh)
+    assert kinds[7:] == [True, False, False, True]
 
 
 def test_a_compiled_unet_keeps_the_plain_unet_and_says_so(tiny_components, tiny_config, make_frame, caplog):
@@ -260,3 +265,66 @@ def test_an_accelerators_split_unet_is_the_one_reuse_runs(tiny_components, tiny_
             frame = make_frame(i)
             assert_frames_close(engine.process(frame), reference.process(frame), atol=0)
     assert calls == [False, False, True, False, True] and "plain UNet runs" not in caplog.text
+
+
+@pytest.mark.parametrize("steps,frame_buffer,cfg_type", [(3, 1, "self"), (2, 2, "full"), (3, 2, "initialize"),
+                                                        (4, 1, "full")])
+def test_reuse_frames_equal_an_independent_reference(steps, frame_buffer, cfg_type, tiny_components, tiny_config,
+                                                     make_frame, monkeypatch):
+    # Every row's noise recomputed outside the engine: the whole UNet for a sample's first step (or a refresh),
+    # the shallow path on that same sample's deep features afterwards.
+    import core.stream
+
+    config = tiny_config.replace(t_index_list=tuple(range(10, 10 + 10 * steps, 10)), cfg_type=cfg_type,
+                                 frame_buffer_size=frame_buffer, feature_reuse=True)
+    engine = prepared(tiny_components, config)
+    unet, fb = engine.unet, frame_buffer
+    groups = engine.feature_cache.groups
+    deep_of: dict[tuple, torch.Tensor] = {}
+    frame_index = [0]
+    checked = [0]
+    real = core.stream.predict_with_reuse
+
+    def spy(split, cache, refresh, x_in, timesteps, encoder_hidden_states, added_cond_kwargs=None):
+        eps = real(split, cache, refresh, x_in, timesteps, encoder_hidden_states, added_cond_kwargs)
+        f, start = frame_index[0], 0
+        for g, size in enumerate(groups):
+            for element in range(size):
+                r = start + element
+                sample = (g, f - element // fb, element % fb)
+                args = (x_in[r : r + 1], timesteps[r : r + 1], encoder_hidden_states[r : r + 1])
+                if refresh or element < fb:
+                    expected, deep_of[sample] = unet_split_forward(unet, *args)
+                else:
+                    expected, _ = unet_split_forward(unet, *args, deep=deep_of[sample])
+                    checked[0] += 1
+                torch.testing.assert_close(eps[r : r + 1], expected, rtol=1e-4, atol=1e-5)
+            start += size
+        frame_index[0] += 1
+        return eps
+
+    monkeypatch.setattr(core.stream, "predict_with_reuse", spy)
+    for i in range(steps + 2):
+        engine.process(np.stack([make_frame(i * fb + j) for j in range(fb)]))
+    assert checked[0] > 0
+
+
+def test_reuse_switched_back_on_refreshes_first(tiny_components, tiny_config, make_frame):
+    engine = prepared(tiny_components, tiny_config.replace(t_index_list=(10, 20, 30, 40), feature_reuse=True))
+    kinds = []
+    for i in range(6):
+        if i == 2:
+            engine.set_feature_reuse(False)
+        if i == 4:
+            engine.set_feature_reuse(True)
+        engine.process(make_frame(i))
+        kinds.append(engine.reuse_refresh)
+    assert kinds == [True, False, None, None, True, False]  # the cache fell behind while off
+
+
+def test_the_load_warms_up_both_kinds_of_frame(tiny_components, tiny_config):
+    engine = StreamEngine(tiny_components, tiny_config.replace(t_index_list=(10, 40), feature_reuse=True))
+    kinds = []
+    engine.install(frame_runner=lambda frames: kinds.append(engine.reuse_refresh) or engine.frame_step(frames))
+    engine.warm_up()
+    assert kinds == [True, False] and engine.feature_cache.is_refresh()  # and the live stream starts afresh

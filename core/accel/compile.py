@@ -44,6 +44,13 @@ def configure_inductor() -> None:
     import torch._inductor.config as inductor
 
     inductor.conv_1x1_as_mm = True
+    # Each engine (model, size, steps, feature reuse's row counts) is a few compiled graphs of the same code; a
+    # long session of switching would hit Dynamo's default limit of 8 and silently run eager.
+    import torch._dynamo.config as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), 64))
     # Coordinate-descent tuning multiplies the cold compile time; opt in where the wait is worth it.
     inductor.coordinate_descent_tuning = os.environ.get("LIVEDIFFUSION_COORDINATE_DESCENT", "0") == "1"
 
@@ -150,7 +157,8 @@ def build_compiled(engine, say, cancelled=lambda: False) -> dict:
     warm = engine.view(AcceleratedParts(**parts), own_state=True)
     side = torch.cuda.Stream(engine.device)
     # With feature reuse, both kinds of frame: a refresh (every row whole) and a reuse frame (two paths).
-    kinds = [True, False] if engine.config.feature_reuse and engine.config.denoising_steps > 1 else [None]
+    reuse = engine.config.feature_reuse and engine.config.denoising_steps > 1 and parts.get("unet_split") is not None
+    kinds = [True, False] if reuse else [None]
     with torch.cuda.stream(side), torch.no_grad():
         for run in range(2):
             for kind in kinds:
