@@ -270,3 +270,23 @@ def test_the_stage_says_so_when_the_installed_graph_later_falls_back_to_eager(ti
     assert build.stage() == "full speed"
     engine.acceleration = "none"  # what FrameGraph's fallback sets
     assert build.stage() == "eager (the compiled graph failed)"
+
+
+def test_the_frame_thread_gets_the_interpreter_sooner_while_a_build_runs(tiny_components, tiny_config, cache):
+    import sys
+
+    engine = prepared(tiny_components, tiny_config)
+    before = sys.getswitchinterval()
+    release, during = threading.Event(), []
+
+    def build(cancelled):
+        during.append(sys.getswitchinterval())
+        release.wait(30)
+        return {}
+
+    startup = BackgroundBuild(engine, build, "k")
+    startup.start()
+    release.set()
+    startup.join(30)
+    assert during == [min(before, staged.BUILD_SWITCH_INTERVAL_S)]
+    assert sys.getswitchinterval() == before  # put back once no build runs

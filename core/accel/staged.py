@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Callable
@@ -28,6 +29,26 @@ log = logging.getLogger(__name__)
 DEFAULT_BUILD_S = 75.0  # a cold Inductor build of sd-turbo on the lent H100 (BENCHMARKS.md)
 _BUILDS: list[threading.Thread] = []
 _BUILDS_LOCK = threading.Lock()
+# While a build traces in Python it holds the interpreter lock, and the frame thread waits up to the switch
+# interval at each reacquisition (several a frame). 0.5 ms instead of 5 ms while any build runs: on the CPU a
+# frame of four torch calls next to a busy Python thread took 6.7 ms instead of 74 (BENCHMARKS.md).
+BUILD_SWITCH_INTERVAL_S = 0.0005
+_switch = {"builds": 0, "saved": None}
+
+
+def _build_started() -> None:
+    with _BUILDS_LOCK:
+        if _switch["builds"] == 0:
+            _switch["saved"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch["saved"], BUILD_SWITCH_INTERVAL_S))
+        _switch["builds"] += 1
+
+
+def _build_ended() -> None:
+    with _BUILDS_LOCK:
+        _switch["builds"] -= 1
+        if _switch["builds"] == 0 and _switch["saved"] is not None:
+            sys.setswitchinterval(_switch["saved"])
 
 
 def build_key(engine) -> str:
@@ -124,6 +145,11 @@ class BackgroundBuild:
         """Until the build has ended (its result offered, or it failed); True when it has."""
         return self._built.wait(timeout_s)
 
+    def join(self, timeout_s: float | None = None) -> None:
+        """Until the build's thread has ended."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def wait(self, timeout_s: float | None = None) -> bool:
         """Until the build's result runs (installed at a frame) or never will; True when so."""
         return self._done.wait(timeout_s)
@@ -147,6 +173,13 @@ class BackgroundBuild:
         return "quick start"
 
     def _work(self) -> None:
+        _build_started()
+        try:
+            self._run()
+        finally:
+            _build_ended()
+
+    def _run(self) -> None:
         try:
             parts = self.build(self.cancelled)
         except BaseException as error:  # noqa: BLE001 - the quick path keeps running; the user is told
