@@ -17,6 +17,15 @@ def frame(a: torch.Tensor) -> None:
         (a @ a).sum()
 
 
+def frame_times(a: torch.Tensor, count: int = 200) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        frame(a)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def busy(stop: threading.Event) -> None:
     x = 0
     while not stop.is_set():
@@ -33,18 +42,10 @@ def main() -> None:
         stop = threading.Event()
         thread = threading.Thread(target=busy, args=(stop,))
         thread.start()
-        beside = []
-        for _ in range(200):
-            started = time.perf_counter()
-            frame(a)
-            beside.append((time.perf_counter() - started) * 1000)
+        beside = frame_times(a)
         stop.set()
         thread.join()
-        alone = []
-        for _ in range(200):
-            started = time.perf_counter()
-            frame(a)
-            alone.append((time.perf_counter() - started) * 1000)
+        alone = frame_times(a)
         print(f"| {interval * 1000:g} ms | {statistics.median(beside):.2f} | {sorted(beside)[190]:.2f} | "
               f"{statistics.median(alone):.2f} |")
     sys.setswitchinterval(saved)
