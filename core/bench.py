@@ -21,12 +21,12 @@ import torch
 from core.config import StreamConfig
 from core.logs import configure_logging
 from core.schedule import strength_to_t_index_list
+from core.bench_probes import (BENCH_NEGATIVE, BENCH_PROMPT, print_steadiness, reuse_deviation, steadiness,
+                               synthetic_frames)
 from core.sizes import parse_size
 
 log = logging.getLogger(__name__)
 
-BENCH_PROMPT = "oil painting of a person in a room, cinematic light"
-BENCH_NEGATIVE = "blurry, low quality"
 
 
 @dataclass
@@ -39,65 +39,6 @@ class BenchResult:
     p95_ms: float
     peak_gpu_mib: float | None
     extra: dict = field(default_factory=dict)
-
-
-def synthetic_frames(count: int, height: int, width: int, seed: int = 0, static: bool = False,
-                     noise: float | None = None) -> list[np.ndarray]:
-    """Smooth moving gradients with fresh Gaussian noise (``noise`` levels; 4, or 2 when ``static``) in every
-    frame, like a camera: no two frames alike unless ``static``."""
-    rng = np.random.default_rng(seed)
-    sigma = (2 if static else 4) if noise is None else noise
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = []
-    for i in range(count):
-        phase = 0.0 if static else i * 0.15
-        base = 127 + 100 * np.sin(xs / 37.0 + phase)[..., None] * np.cos(ys / 53.0 - phase)[..., None]
-        frame = base + np.array([0, 40, -40], dtype=np.float32) + rng.normal(0, sigma, (height, width, 3))
-        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
-    return frames
-
-
-def mean_frame_difference(frames) -> float:
-    """Mean absolute difference between consecutive uint8 frames, in levels."""
-    diffs = [np.abs(b.astype(np.int16) - a.astype(np.int16)).mean() for a, b in zip(frames, frames[1:])]
-    return float(np.mean(diffs))
-
-
-def steadiness(engine, frames, warmup: int, smoothings=(0.0, 0.5)) -> dict[str, float]:
-    """The mean frame-to-frame difference of the input ``frames`` (a still, noisy scene) and, at each
-    smoothing, of ``engine``'s uint8 output and of its denoised latents (the engine's own smoothing is put
-    back afterwards). Random weights can decode to a nearly constant picture; the latents still show how
-    much of the input's noise reaches the output."""
-    result = {"input frames, levels": mean_frame_difference(frames[warmup:])}
-    kept = engine.config.smoothing
-    for smoothing in smoothings:
-        engine.set_smoothing(smoothing)
-        engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
-        outputs, latents = [], []
-        for frame in frames:
-            outputs.append(engine.process(frame))
-            latents.append(engine.batch.feedback.to("cpu", torch.float32, copy=True))  # this frame's denoised latent
-        result[f"output, smoothing {smoothing}, levels"] = mean_frame_difference(outputs[warmup:])
-        steps = [(b - a).abs().mean().item() for a, b in zip(latents[warmup:], latents[warmup + 1:])]
-        result[f"denoised latent, smoothing {smoothing}"] = float(np.mean(steps))
-    engine.set_smoothing(kept)
-    return result
-
-
-def reuse_deviation(engine, frames, warmup: int, interval: int = 0) -> dict[str, float]:
-    """What deep-feature reuse skips and changes: the fraction of the UNet's FLOPs a reuse frame skips, and the
-    mean absolute difference of the uint8 output from the whole computation on the same frames."""
-    from core.roofline import feature_reuse_savings
-
-    outputs = {}
-    for reuse in (False, True):
-        engine.set_feature_reuse(reuse, interval)
-        engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
-        outputs[reuse] = [engine.process(frame).astype(np.int16) for frame in frames]
-    engine.set_feature_reuse(False)
-    deviation = float(np.mean([np.abs(a - b).mean() for a, b in zip(outputs[False][warmup:], outputs[True][warmup:])]))
-    return {"skipped UNet FLOP fraction": feature_reuse_savings(engine)["skipped_fraction"],
-            "mean abs deviation, levels": deviation}
 
 
 def _sync(device) -> None:
@@ -304,14 +245,6 @@ def print_table(results: list[BenchResult], baselines: dict[int, BenchResult], f
         )
 
 
-def print_steadiness(steady: dict, random_weights: bool, file=sys.stdout) -> None:
-    print("\nsteadiness: still scene, fresh sensor noise (sigma 4) each frame, 1 step; mean absolute "
-          "frame-to-frame difference of the uint8 frames (levels) and of the denoised latents"
-          + (" (random weights: this shows the mechanism, not the look)" if random_weights else ""), file=file)
-    for name, value in steady.items():
-        print(f"| {name} | {value:.4g} |", file=file)
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="main.py bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="preset:sd-turbo", help="hub id, folder, .safetensors or preset:NAME")
@@ -372,7 +305,9 @@ def main(argv=None) -> int:
     output_sizes = [parse_size(size) for size in args.output_size.split(",")] if args.output_size else [(0, 0)]
     in_w, in_h = parse_size(args.input_size) if args.input_size else (args.width, args.height)
     if args.startup:
-        return _startup_main(args, base, settings, output_sizes[0], (in_w, in_h))
+        from core.startup_bench import main_from_bench_args
+
+        return main_from_bench_args(args, base, settings, output_sizes[0], (in_w, in_h))
     components = load_components(base, progress=lambda msg: print(msg, file=sys.stderr))
     single_frames = synthetic_frames(args.frames + args.warmup, in_h, in_w)
     frames = single_frames
@@ -457,28 +392,6 @@ def main(argv=None) -> int:
         with open(args.json, "w") as fh:
             json.dump({"device": gpu, "torch": torch.__version__, "results": [asdict(r) for r in results],
                        "steadiness": steady, "feature_reuse": reuse}, fh, indent=2)
-    return 0
-
-
-def _startup_main(args, base: StreamConfig, settings, output_size, input_size) -> int:
-    from core.startup_bench import print_startup, startup_bench
-
-    steps, cfg_type = settings[0]
-    config = base.replace(t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type,
-                          output_width=output_size[0], output_height=output_size[1],
-                          source_width=input_size[0], source_height=input_size[1],
-                          quick_start=not args.no_quick_start)
-    frames = synthetic_frames(30, input_size[1], input_size[0])
-    timelines = startup_bench(config, frames, steady_frames=args.frames, switch_steps=args.switch_steps or None)
-    device = torch.device(config.resolved_device())
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\nmodel {args.model}, device {gpu}, torch {torch.__version__}, {args.width}x{args.height}, "
-          f"{steps} step {cfg_type}, quick start {'off' if args.no_quick_start else 'on'}")
-    print_startup(timelines)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"device": gpu, "torch": torch.__version__, "startup": [t.row() for t in timelines]}, fh,
-                      indent=2)
     return 0
 
 

@@ -12,6 +12,7 @@ the quick graph for that input.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -153,3 +154,29 @@ def print_startup(timelines: list[StartupTimeline], file=sys.stdout) -> None:
     for row in rows:
         print(f"| {row['name']} | " + " | ".join("-" if row[k] is None else str(row[k]) for k in keys) + " |",
               file=file)
+
+
+def main_from_bench_args(args, base, settings, output_size, input_size) -> int:
+    """``bench --startup``: the first setting, timed from process start, printed and written as JSON."""
+    import torch
+
+    from core.bench_probes import synthetic_frames
+    from core.schedule import strength_to_t_index_list
+
+    steps, cfg_type = settings[0]
+    config = base.replace(t_index_list=strength_to_t_index_list(0.5, steps), cfg_type=cfg_type,
+                          output_width=output_size[0], output_height=output_size[1],
+                          source_width=input_size[0], source_height=input_size[1],
+                          quick_start=not args.no_quick_start)
+    frames = synthetic_frames(30, input_size[1], input_size[0])
+    timelines = startup_bench(config, frames, steady_frames=args.frames, switch_steps=args.switch_steps or None)
+    device = torch.device(config.resolved_device())
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nmodel {args.model}, device {gpu}, torch {torch.__version__}, {args.width}x{args.height}, "
+          f"{steps} step {cfg_type}, quick start {'off' if args.no_quick_start else 'on'}")
+    print_startup(timelines)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": gpu, "torch": torch.__version__, "startup": [t.row() for t in timelines]}, fh,
+                      indent=2)
+    return 0

@@ -28,6 +28,7 @@ from core.accel.parts import AcceleratedParts, StreamSnapshot
 from core.config import StreamConfig
 from core.feature_reuse import FeatureCache, predict_with_reuse, unet_split_forward
 from core.guidance import GUIDANCE_RULES
+from core.live_settings import LiveSettings
 from core.host_copies import PinnedCopies
 from core.prompts import Conditioning, conditioning_layout, encode_conditioning
 from core.similarity import SimilarityFilter
@@ -38,7 +39,7 @@ from core.vae import vae_decode, vae_encode
 log = logging.getLogger(__name__)
 
 
-class StreamEngine:
+class StreamEngine(LiveSettings):
     def __init__(self, components, config: StreamConfig):
         self.components = components
         self.config = config
@@ -225,61 +226,7 @@ class StreamEngine:
         return encode_conditioning(self.components, prompt, negative_prompt, self.layout, cfg.width, cfg.height,
                                    self.device, self.dtype)
 
-    # ----- live parameter changes: queued, applied between frames ---------------------------------
-
-    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
-        with self._lock:
-            current = self._pending_prompt or (self.prompt, self.negative_prompt)
-            self._pending_prompt = (prompt, current[1] if negative_prompt is None else negative_prompt)
-
-    def set_seed(self, seed: int) -> None:
-        self._queue(seed=int(seed))
-
-    def set_strength(self, strength: float) -> None:
-        steps = self.config.denoising_steps
-        self.set_t_index_list(schedule.strength_to_t_index_list(strength, steps, self.config.num_inference_steps))
-
-    def set_t_index_list(self, t_index_list) -> None:
-        if len(t_index_list) != self.config.denoising_steps:
-            raise ValueError("a new step count needs a new engine (the stream batch changes shape)")
-        self._queue(t_index_list=tuple(t_index_list))
-
-    def set_guidance(self, guidance_scale: float | None = None, delta: float | None = None) -> None:
-        self._queue(**_given(guidance_scale=guidance_scale, delta=delta))
-
-    def set_similarity_filter(self, enabled: bool, threshold: float | None = None, max_skip_frames: int | None = None):
-        self._queue(**_given(similarity_filter=bool(enabled), similarity_threshold=threshold,
-                             max_skip_frames=max_skip_frames))
-
-    def set_smoothing(self, smoothing: float) -> None:
-        """Latent feedback, 0 (off) to 0.95: steadier frames on a still scene, slower to follow motion."""
-        self._queue(smoothing=float(smoothing))
-
-    def set_feature_reuse(self, enabled: bool, interval: int | None = None) -> None:
-        """Deep-feature reuse on or off (core.feature_reuse), and how often every row refreshes (0: only after
-        a change)."""
-        self._queue(**_given(feature_reuse=bool(enabled), feature_reuse_interval=interval))
-
-    def set_transition_frames(self, frames: int) -> None:
-        """Prompt and seed changes blend in over ``frames`` frames (0: at once)."""
-        self._queue(transition_frames=int(frames))
-
-    def set_output_size(self, width: int, height: int) -> None:
-        """The size of the frames handed out (0, 0: the generated size); an accelerated engine captures a
-        graph for the new size at the next frame, the model stays."""
-        self._queue(output_width=int(width), output_height=int(height))
-
-    def set_resize_mode(self, mode: str) -> None:
-        """How the source fits the generated size and that the output size: "crop" or "letterbox"."""
-        self._queue(resize_mode=mode)
-
-    def _queue(self, **changes) -> None:
-        """Validate now, in the caller's thread (a bad value raises here, not later in the GPU thread),
-        then keep the change for the next frame. Changes queued before that frame add up."""
-        with self._lock:
-            merged = {**self._pending_config, **changes}
-            self.config.replace(**merged)  # raises ConfigError naming the field
-            self._pending_config = merged
+    # ----- live parameter changes: the setters queue them (core.live_settings), applied here ---------
 
     def apply_pending(self) -> None:
         with self._lock:
@@ -435,8 +382,3 @@ class StreamEngine:
             return False
         # The filter is consulted even without an output yet, so that it learns its reference frame.
         return self.filter.should_skip_frames(frames_u8) and self._last_output is not None
-
-
-def _given(**values) -> dict:
-    """The arguments a caller actually passed (None means keep the current value)."""
-    return {name: value for name, value in values.items() if value is not None}

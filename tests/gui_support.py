@@ -22,9 +22,10 @@ WAIT_MS = 8000
 class FakeFactory:
     """Builds stand-in engines that record their setter calls; a model in ``failures`` raises instead."""
 
-    def __init__(self, failures=None, gate: threading.Event | None = None):
+    def __init__(self, failures=None, gate: threading.Event | None = None, make=None):
         self.failures = failures or {}
         self.gate = gate
+        self.make = make or StandInEngine  # (config) -> engine: a test's own stand-in
         self.built: list[StandInEngine] = []
 
     def __call__(self, config, progress=None):
@@ -34,7 +35,7 @@ class FakeFactory:
             self.gate.wait(10)
         if config.model in self.failures:
             raise self.failures[config.model]
-        engine = StandInEngine(config)
+        engine = self.make(config)
         self.built.append(engine)
         return engine
 

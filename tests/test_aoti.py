@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.accel import aoti
+from core.accel.keys import weight_fingerprint
 from core.stream import StreamEngine
 from tests.conftest import assert_frames_close
 
@@ -61,17 +62,17 @@ def test_the_artifact_key_changes_with_each_input(tiny_components, tiny_config):
 
 def test_the_weights_fingerprint_follows_the_weights(tiny_components):
     unet = tiny_components.pipe.unet
-    before = aoti.weights_fingerprint(unet)
+    before = weight_fingerprint(unet)
     weight = unet.conv_in.weight
     saved = weight.detach().clone()
     with torch.no_grad():
         weight.add_(0.5)  # what fusing a LoRA does to a layer: every value moves
     try:
-        assert aoti.weights_fingerprint(unet) != before
+        assert weight_fingerprint(unet) != before
     finally:
         with torch.no_grad():
             weight.copy_(saved)
-    assert aoti.weights_fingerprint(unet) == before
+    assert weight_fingerprint(unet) == before
 
 
 def test_a_corrupt_artifact_is_removed_for_a_rebuild_with_a_log_line(built, tiny_components, tmp_path, monkeypatch,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import bench, imageops
+from core import bench, bench_probes, imageops
 from core.host_copies import host_copy
 
 pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
@@ -37,7 +37,7 @@ def test_one_engine_per_setting_serves_every_output_size(tmp_path, monkeypatch):
 def test_a_reused_engine_takes_each_rows_settings(tiny_components, tiny_config):
     config = tiny_config.replace(t_index_list=(30,))
     engine = bench.build_engine(tiny_components, config)
-    frames = bench.synthetic_frames(3, 48, 80)
+    frames = bench_probes.synthetic_frames(3, 48, 80)
     row = config.replace(output_width=96, output_height=64, resize_mode="letterbox", smoothing=0.4)
     bench.bench_engine(tiny_components, row, frames, 1, engine=engine)
     assert engine.config.output_size == (64, 96) and engine.config.resize_mode == "letterbox"
@@ -47,17 +47,17 @@ def test_a_reused_engine_takes_each_rows_settings(tiny_components, tiny_config):
 
 def test_steadiness_puts_the_engines_smoothing_back(tiny_components, tiny_config):
     engine = bench.build_engine(tiny_components, tiny_config.replace(t_index_list=(30,), smoothing=0.2))
-    frames = bench.synthetic_frames(4, 64, 64, static=True, noise=4.0)
-    result = bench.steadiness(engine, frames, 1, (0.0, 0.6))
+    frames = bench_probes.synthetic_frames(4, 64, 64, static=True, noise=4.0)
+    result = bench_probes.steadiness(engine, frames, 1, (0.0, 0.6))
     engine.process(frames[0])  # queued settings land at the next frame
     assert engine.config.smoothing == pytest.approx(0.2)
-    assert result["input frames, levels"] == pytest.approx(bench.mean_frame_difference(frames[1:]))
+    assert result["input frames, levels"] == pytest.approx(bench_probes.mean_frame_difference(frames[1:]))
 
 
 def test_mean_frame_difference_counts_levels():
     a = np.zeros((4, 4, 3), np.uint8)
     b = np.full((4, 4, 3), 3, np.uint8)
-    assert bench.mean_frame_difference([a, b, a]) == 3.0
+    assert bench_probes.mean_frame_difference([a, b, a]) == 3.0
 
 
 def test_host_copy_is_an_independent_array():

@@ -78,13 +78,8 @@ def test_the_model_panel_and_status_bar_say_what_actually_runs(qtbot, open_windo
         acceleration = "none"
         acceleration_note = "tensorrt needs a CUDA GPU"
 
-    class Factory(FakeFactory):
-        def __call__(self, config, progress=None):
-            engine = CpuEngine(config, gpu_ms=5)
-            self.built.append(engine)
-            return engine
-
-    window = open_window(small(acceleration="tensorrt"), factory=Factory())
+    factory = FakeFactory(make=lambda config: CpuEngine(config, gpu_ms=5))
+    window = open_window(small(acceleration="tensorrt"), factory=factory)
     until(qtbot, lambda: "tensorrt needs a CUDA GPU" in window.model_panel.status_label.text())
     assert "cpu" in window.model_panel.status_label.text() and "eager" in window.model_panel.status_label.text()
     window.session.start()
@@ -107,13 +102,7 @@ def test_the_model_panel_follows_the_start_stage_to_full_speed(qtbot, open_windo
         def stage(self):
             return self.startup.stage()
 
-    class Factory(FakeFactory):
-        def __call__(self, config, progress=None):
-            engine = StagedEngine(config, gpu_ms=5)
-            self.built.append(engine)
-            return engine
-
-    window = open_window(small(), factory=Factory())
+    window = open_window(small(), factory=FakeFactory(make=lambda c: StagedEngine(c, gpu_ms=5)))
     label = window.model_panel.status_label
     until(qtbot, lambda: "quick start, compiling ~10%" in label.text())
     assert "CUDA graph of the eager kernels" in label.text()
@@ -191,13 +180,7 @@ def test_the_wheel_scrolls_the_panel_not_an_unfocused_control(qtbot, open_window
 
 
 def test_stop_says_stopping_until_it_has_stopped(qtbot, open_window):
-    class SlowFactory(FakeFactory):
-        def __call__(self, config, progress=None):
-            engine = StandInEngine(config, gpu_ms=600)
-            self.built.append(engine)
-            return engine
-
-    window = open_window(small(), factory=SlowFactory())
+    window = open_window(small(), factory=FakeFactory(make=lambda c: StandInEngine(c, gpu_ms=600)))
     window.session.start()
     until(qtbot, lambda: window.preview.frames_shown >= 1)
     window.actions.start.trigger()

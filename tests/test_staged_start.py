@@ -165,16 +165,22 @@ def test_an_offer_after_close_is_refused_even_when_the_build_misses_the_cancel(t
     assert startup.wait(30) and startup.state == "cancelled" and engine.acceleration != "compile"
 
 
+def gpu_reference(tiny_config, dtype):
+    """The tiny model on CUDA with compile asked for, and a prepared eager engine to compare against."""
+    from core.models import load_components
+
+    config = tiny_config.replace(device="cuda", dtype=dtype, cfg_type="self", acceleration="compile")
+    components = load_components(config)
+    return components, config, prepared(components, config)
+
+
 @cuda
 @pytest.mark.gpu
 def test_a_staged_start_swaps_inductor_in_between_frames_and_matches_eager(tiny_config, make_frame, monkeypatch, cache):
     from core.accel import accelerate
-    from core.models import load_components
 
     monkeypatch.setenv("LIVEDIFFUSION_INDUCTOR", "1")
-    config = tiny_config.replace(device="cuda", dtype="float32", cfg_type="self", acceleration="compile")
-    components = load_components(config)
-    eager = prepared(components, config)
+    components, config, eager = gpu_reference(tiny_config, "float32")
     engine = StreamEngine(components, config)
     assert accelerate(engine, staged=True) == "graph"
     engine.warm_up()
@@ -207,12 +213,9 @@ def test_a_staged_start_swaps_inductor_in_between_frames_and_matches_eager(tiny_
 def test_a_stored_compiled_engine_loads_and_replays_in_a_graph(tiny_config, make_frame, monkeypatch, cache):
     from core.accel import accelerate, aoti
     from core.accel.compile import prepare_layout
-    from core.models import load_components
 
     monkeypatch.setenv("LIVEDIFFUSION_AOTI", "1")
-    config = tiny_config.replace(device="cuda", dtype="float16", cfg_type="self", acceleration="compile")
-    components = load_components(config)
-    eager = prepared(components, config)
+    components, config, eager = gpu_reference(tiny_config, "float16")
     first = prepared(components, config)
     prepare_layout(first)  # as use_compile does before any build or load
     aoti.build(first)

@@ -28,7 +28,7 @@ from app.gui.source_panel import SourcePanel, build_source, discover_devices
 from app.gui.status import StatusBar
 from app.gui.style_panel import StylePanel
 from app.gui.widgets import guard_wheel
-from app.pipeline.engine_policy import describe_engine, engine_device
+from app.pipeline.engine_policy import engine_device
 from app.gui.settings import AppSettings, SettingsStore, StartOverrides
 from core.config import ConfigError, StreamConfig
 from core.presets import stand_in_preset
@@ -58,7 +58,6 @@ class MainWindow(QMainWindow):
         self.session = Session(engine_factory, self)
         self._region_dialog: RegionPickerDialog | None = None
         self._shut_down = False
-        self._ready_text = self._shown_runs = ""  # the loaded model line, and the stage last shown under it
 
         self.preview = PreviewWidget()
         self.style_panel = StylePanel()
@@ -279,9 +278,7 @@ class MainWindow(QMainWindow):
         out_h, out_w = config.output_size
         if (out_w, out_h) != (config.width, config.height):
             text += f", output {out_w}×{out_h}"
-        runs = describe_engine(engine)
-        self._ready_text, self._shown_runs = text, runs
-        self.model_panel.show_loaded(f"{text}\n{runs}" if runs else text)
+        runs = self.model_panel.show_engine(text, engine)
         self.status.show_note(f"{text} ({runs})" if runs else text)
         random = getattr(getattr(engine, "components", None), "random_weights", False) or config.model.startswith("preset:")
         self.preview.set_model_badge("Random weights: real speed, no real style" if random else "")
@@ -354,11 +351,8 @@ class MainWindow(QMainWindow):
     def update_stats(self) -> None:
         engine = self.session.engine
         device = None if engine is None else engine_device(engine)
-        if engine is not None and getattr(engine, "startup", None) is not None and self._ready_text:
-            runs = describe_engine(engine)  # the stage moves on: quick start, compiling ~N%, full speed
-            if runs != self._shown_runs:
-                self._shown_runs = runs
-                self.model_panel.show_loaded(f"{self._ready_text}\n{runs}")
+        if engine is not None:
+            self.model_panel.follow_stage(engine)
         self.status.show_stats(self.session.pipeline.stats(), self.session.running, device, self.session.is_stopping)
 
     # ------------------------------------------------------------------------------------- screens

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from app.gui.widgets import find_data, hint_label
 from app.gui.settings import AppSettings
+from app.pipeline.engine_policy import describe_engine
 from core.config import ACCELERATIONS, DEFAULT_MODEL
 
 MODEL_CHOICES = (
@@ -59,6 +60,7 @@ class ModelPanel(QGroupBox):
         super().__init__("Model", parent)
         self._loading_values = False
         self._custom_size = (512, 512)
+        self._ready = self._runs = ""  # the loaded model's line, and what runs as last shown under it
         form = QFormLayout()
 
         self.model_combo = QComboBox(editable=True)
@@ -204,6 +206,20 @@ class ModelPanel(QGroupBox):
 
     def show_loaded(self, description: str) -> None:
         self.set_busy(False, description)
+
+    def show_engine(self, ready: str, engine) -> str:
+        """The loaded model's line and, under it, what runs; returns the latter (empty when it says nothing)."""
+        self._ready, self._runs = ready, describe_engine(engine)
+        self.show_loaded(f"{ready}\n{self._runs}" if self._runs else ready)
+        return self._runs
+
+    def follow_stage(self, engine) -> None:
+        """A start in stages moves on (quick start, compiling ~N%, full speed): show where it is now."""
+        if getattr(engine, "startup", None) is None or not self._ready:
+            return
+        runs = describe_engine(engine)
+        if runs != self._runs:
+            self.show_engine(self._ready, engine)
 
     # ----------------------------------------------------------------------------------- browsing
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.accel.keys import digest, weight_fingerprint
 from core.cache import cache_root
 from core.vae import vae_decode, vae_encode
 
@@ -40,20 +41,6 @@ def project_version() -> str:
         return metadata.version("livediffusion")
     except metadata.PackageNotFoundError:
         return "source"
-
-
-def weights_fingerprint(module: nn.Module) -> str:
-    """A hash of every tensor's name, shape, dtype and a strided sample of its values: a changed checkpoint or
-    a fused LoRA changes it; reading all 1.7 GB of a UNet would cost seconds."""
-    digest = hashlib.sha256()
-    samples = []
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        flat = tensor.detach().reshape(-1)
-        samples.append(flat[:: max(1, flat.numel() // 16)][:16].float())
-    if samples:
-        digest.update(torch.cat(samples).cpu().numpy().tobytes())  # one device-to-host copy
-    return digest.hexdigest()
 
 
 def _channels_last(module: nn.Module) -> bool:
@@ -78,8 +65,8 @@ def artifact_key(engine) -> dict:
         "gpu": torch.cuda.get_device_name(engine.device) if cuda else "cpu",
         "driver": _driver_version() if cuda else "none",
         "model": cfg.model,
-        "unet": weights_fingerprint(engine.unet),
-        "vae": weights_fingerprint(engine.vae),
+        "unet": weight_fingerprint(engine.unet),
+        "vae": weight_fingerprint(engine.vae),
         # A package reads its weights with the strides it was compiled for (prepare_layout makes them
         # channels-last before any build or load).
         "layout": [_channels_last(engine.unet), _channels_last(engine.vae)],
@@ -92,8 +79,7 @@ def artifact_key(engine) -> dict:
 
 
 def artifact_dir(key: dict) -> Path:
-    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_root() / "compiled" / name
+    return cache_root() / "compiled" / digest(key)[:24]
 
 
 class UNetCall(nn.Module):

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from core.cache import cache_root
+from core.cache import cache_root, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,7 @@ def record_build_s(key: str, seconds: float) -> None:
     path = times_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes never share one
-        temporary.write_text(json.dumps(times, indent=1))
-        os.replace(temporary, path)
+        write_atomic(path, json.dumps(times, indent=1).encode())
     except OSError as error:
         log.info("could not keep the build time in %s: %s", path, error)
 

@@ -17,7 +17,6 @@ is captured in a CUDA graph (TensorRT's enqueue is capturable), via compile's Fr
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import torch
 from core.accel import onnx_export
 from core.accel.trt_runtime import (EngineRunner, TensorRTBuildError, TensorRTUnavailable, build_plan,
                                     import_tensorrt)
+from core.accel.keys import config_digest, digest, weight_fingerprint
 from core.cache import cache_root
 
 log = logging.getLogger(__name__)
@@ -48,37 +48,10 @@ def cache_dir() -> Path:
 # ----- cache keys --------------------------------------------------------------------------------------
 
 
-def _digest(payload) -> str:
-    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def config_digest(config) -> str:
-    """A diffusers module config (a FrozenDict) reduced to a stable hash."""
-    return _digest({key: value for key, value in dict(config).items() if not key.startswith("_")})[:16]
-
-
-@torch.no_grad()
-def weight_fingerprint(module: torch.nn.Module, samples: int = 16) -> str:
-    """A few evenly spaced values of every tensor: cheap, yet a fused LoRA or another checkpoint changes it."""
-    digest = hashlib.sha256()
-    picks = []
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        flat = tensor.detach().reshape(-1)
-        if flat.numel() == 0 or not tensor.is_floating_point():
-            continue
-        index = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel())).long().to(flat.device)
-        picks.append(flat.index_select(0, index).float())
-    if picks:  # one device-to-host copy for the whole model
-        digest.update(torch.cat(picks).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def engine_cache_key(*, kind: str, model: str, module_config: str, weights: str, inputs: dict, batch: int,
                      gpu_name: str, trt_version: str, dtype: str, opset: int = onnx_export.OPSET) -> str:
     """What a plan depends on, hashed: a change of any part builds a new engine, none reuses the old one."""
-    return _digest({
+    return digest({
         "format": CACHE_FORMAT, "kind": kind, "model": model, "module_config": module_config, "weights": weights,
         "inputs": {name: list(shape) for name, shape in inputs.items()}, "batch": batch, "gpu": gpu_name,
         "tensorrt": trt_version, "dtype": dtype, "opset": opset,
@@ -107,7 +80,7 @@ class _Builder:
         self.gpu_name = torch.cuda.get_device_name(device)
         self.root = cache_dir()
         self.root.mkdir(parents=True, exist_ok=True)
-        tag = _digest([self.gpu_name, trt.__version__])[:12]
+        tag = digest([self.gpu_name, trt.__version__])[:12]
         self.timing_cache = self.root / f"timing-{tag}.cache"
 
     def runner(self, engine, kind: str, spec: onnx_export.ExportSpec, module: torch.nn.Module) -> EngineRunner:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+from core.cache import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,6 @@ def progress_monitor(trt, say, label: str, every_s: float = 15.0):
 
 
 # ----- build ------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data) -> None:
-    """Readers (another app instance, the next start) never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 def build_plan(trt, onnx_path: Path, plan_path: Path, *, label: str, dtype: torch.dtype, log_path: Path,
