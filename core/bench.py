@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
+from core.bench_timing import BenchResult, reset_peak_memory, print_table, summarize, time_calls
 from core.config import StreamConfig
 from core.logs import configure_logging
 from core.schedule import strength_to_t_index_list
@@ -26,58 +26,6 @@ from core.bench_probes import (BENCH_NEGATIVE, BENCH_PROMPT, print_steadiness, r
 from core.sizes import parse_size
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass
-class BenchResult:
-    name: str
-    steps: int
-    frames: int
-    fps: float
-    median_ms: float
-    p95_ms: float
-    peak_gpu_mib: float | None
-    extra: dict = field(default_factory=dict)
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_mib(device) -> float | None:
-    if torch.device(device).type != "cuda":
-        return None
-    return torch.cuda.max_memory_allocated(device) / 2**20
-
-
-def time_calls(fn, inputs, warmup: int, device) -> tuple[list[float], float]:
-    """Per-call latency (ms) of ``fn`` over ``inputs`` after ``warmup`` calls, and the wall time."""
-    for frame in inputs[:warmup]:
-        fn(frame)
-    _sync(device)
-    latencies = []
-    start = time.perf_counter()
-    for frame in inputs[warmup:]:
-        t0 = time.perf_counter()
-        fn(frame)  # host numpy in, host numpy out: the call has synchronised when it returns
-        latencies.append((time.perf_counter() - t0) * 1000.0)
-    return latencies, time.perf_counter() - start
-
-
-def summarize(name, steps, latencies, wall, device, **extra) -> BenchResult:
-    ordered = sorted(latencies)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
-    return BenchResult(
-        name, steps, len(latencies), len(latencies) / wall, statistics.median(latencies), p95, _peak_mib(device), extra
-    )
 
 
 def time_overlapped(engine, frames, warmup: int) -> tuple[list[float], float]:
@@ -121,7 +69,7 @@ def bench_engine(
 
     ``change_every`` > 0: a new prompt and seed every that many frames, so a transition is always under way
     when ``config.transition_frames`` is as long."""
-    _reset_peak(config.resolved_device())
+    reset_peak_memory(config.resolved_device())
     extra = {}
     started = time.perf_counter()
     if engine is None:
@@ -131,7 +79,7 @@ def bench_engine(
         engine.set_resize_mode(config.resize_mode)
         engine.set_smoothing(config.smoothing)
         engine.set_transition_frames(config.transition_frames)
-        engine.set_feature_reuse(config.feature_reuse, config.feature_reuse_interval)
+        engine.set_feature_reuse(config.feature_reuse, config.feature_reuse_interval, config.feature_reuse_depth)
     engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
     engine.process(frames[0])
     first_frame_s = time.perf_counter() - started
@@ -190,7 +138,7 @@ def _variant(config: StreamConfig, frame, change_every: int) -> str:
     if config.smoothing:
         parts.append(f"smoothing {config.smoothing}")
     if config.feature_reuse:
-        parts.append("feature reuse" + (f" every {config.feature_reuse_interval}" if config.feature_reuse_interval
+        parts.append(f"feature reuse ({config.feature_reuse_depth})" + (f" every {config.feature_reuse_interval}" if config.feature_reuse_interval
                                         else ""))
     if change_every:
         parts.append(f"prompt+seed change every {change_every} frames, {config.transition_frames}-frame transitions")
@@ -217,32 +165,14 @@ def bench_diffusers(components, config: StreamConfig, steps: int, tiny_vae: bool
 
     def call(frame):
         image = Image.fromarray(frame)
-        out = img2img(
-            prompt, image=image, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0,
-            generator=generator, output_type="pil",
-        ).images[0]
+        out = img2img(prompt, image=image, num_inference_steps=2 * steps, strength=0.5, guidance_scale=0.0,
+                      generator=generator, output_type="pil").images[0]
         return np.asarray(out)
 
-    _reset_peak(device)
+    reset_peak_memory(device)
     latencies, wall = time_calls(call, frames, warmup, device)
     name = f"diffusers img2img {steps} step, {'tiny VAE' if tiny_vae else 'full VAE'}"
     return summarize(name, steps, latencies, wall, device, tiny_vae=tiny_vae)
-
-
-def print_table(results: list[BenchResult], baselines: dict[int, BenchResult], file=sys.stdout) -> None:
-    header = "| setting | fps | median ms | p95 ms | peak GPU MiB | x diffusers (full VAE) | x diffusers (tiny VAE) |"
-    print(header, file=file)
-    print("| --- | --- | --- | --- | --- | --- | --- |", file=file)
-    for r in results:
-        full = baselines.get((r.steps, False))
-        tiny = baselines.get((r.steps, True))
-        speedup_full = f"{r.fps / full.fps:.2f}" if full and not r.name.startswith("diffusers") else ""
-        speedup_tiny = f"{r.fps / tiny.fps:.2f}" if tiny and not r.name.startswith("diffusers") else ""
-        peak = f"{r.peak_gpu_mib:.0f}" if r.peak_gpu_mib is not None else "-"
-        print(
-            f"| {r.name} | {r.fps:.1f} | {r.median_ms:.2f} | {r.p95_ms:.2f} | {peak} | {speedup_full} | {speedup_tiny} |",
-            file=file,
-        )
 
 
 def parse_args(argv):
@@ -250,11 +180,8 @@ def parse_args(argv):
     parser.add_argument("--model", default="preset:sd-turbo", help="hub id, folder, .safetensors or preset:NAME")
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=512)
-    parser.add_argument(
-        "--settings",
-        default="1:none,2:none,4:self",
-        help="comma-separated STEPS:CFG_TYPE pairs to time (default: 1:none,2:none,4:self)",
-    )
+    parser.add_argument("--settings", default="1:none,2:none,4:self",
+                        help="comma-separated STEPS:CFG_TYPE pairs to time (default: 1:none,2:none,4:self)")
     parser.add_argument("--input-size", metavar="WxH", help="size of the source frames (default: the generated size)")
     parser.add_argument("--output-size", metavar="WxH[,WxH...]",
                         help="size(s) of the frames handed out, a row each (default: the generated size)")
@@ -276,6 +203,8 @@ def parse_args(argv):
     parser.add_argument("--feature-reuse", action="store_true",
                         help="also time each setting with deep-feature reuse, and report the FLOPs it skips and how "
                              "far its output moves from the whole computation")
+    parser.add_argument("--feature-reuse-depth", default="block", metavar="block,layer",
+                        help="with --feature-reuse: the reuse depths to time, a row each")
     parser.add_argument("--feature-reuse-interval", type=int, default=0, metavar="N",
                         help="with --feature-reuse: refresh every row every N frames (0: only after a change)")
     parser.add_argument("--startup", action="store_true",
@@ -286,6 +215,9 @@ def parse_args(argv):
                         help="with --startup: the step count of the steps change (0: none)")
     parser.add_argument("--no-quick-start", action="store_true",
                         help="with --startup: build the compiled engine before the first frame, as before")
+    parser.add_argument("--gpus", default="1", metavar="N[,N...]",
+                        help="also time each setting spread over N GPUs (core.parallel), a row per count")
+    parser.add_argument("--parallel", default="auto", choices=("auto", "frames", "asyncdiff"), help="with --gpus")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
@@ -333,8 +265,9 @@ def main(argv=None) -> int:
                 timed(sized, overlap=True)
             if args.smoothing:
                 timed(sized.replace(smoothing=args.smoothing))
-            if args.feature_reuse:
-                timed(sized.replace(feature_reuse=True, feature_reuse_interval=args.feature_reuse_interval))
+            for depth in args.feature_reuse_depth.split(",") if args.feature_reuse else ():
+                timed(sized.replace(feature_reuse=True, feature_reuse_interval=args.feature_reuse_interval,
+                                    feature_reuse_depth=depth))
             if args.transition:  # the same changes at once and blended: the difference is the transitions' cost
                 for frames_each in (0, args.transition):
                     timed(sized.replace(transition_frames=frames_each), change_every=args.transition)
@@ -343,11 +276,15 @@ def main(argv=None) -> int:
             engine.set_output_size(out_w, out_h)
             noisy = synthetic_frames(args.frames + args.warmup, in_h, in_w, static=True, noise=4.0)
             steady = steadiness(engine, noisy, args.warmup, (0.0, args.smoothing or 0.5))
-        if args.feature_reuse and steps > 1:
-            reuse[f"{steps} steps, cfg {cfg_type}"] = reuse_deviation(engine, frames[: min(len(frames), 60)],
-                                                                       min(args.warmup, 10), args.feature_reuse_interval)
+        for depth in args.feature_reuse_depth.split(",") if args.feature_reuse and steps > 1 else ():
+            reuse[f"{steps} steps, cfg {cfg_type}, depth {depth}"] = reuse_deviation(
+                engine, frames[: min(len(frames), 60)], min(args.warmup, 10), args.feature_reuse_interval, depth)
         engine.close()
         del engine
+        from core.bench_parallel import parallel_rows
+
+        parallel_rows(components, config, [int(n) for n in args.gpus.split(",")], args.parallel, frames,
+                      args.warmup, results)
     if args.similarity:
         static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
         config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)

@@ -55,14 +55,14 @@ def steadiness(engine, frames, warmup: int, smoothings=(0.0, 0.5)) -> dict[str, 
     return result
 
 
-def reuse_deviation(engine, frames, warmup: int, interval: int = 0) -> dict[str, float]:
+def reuse_deviation(engine, frames, warmup: int, interval: int = 0, depth: str = "block") -> dict[str, float]:
     """What deep-feature reuse skips and changes: the fraction of the UNet's FLOPs a reuse frame skips, and the
     mean absolute difference of the uint8 output from the whole computation on the same frames."""
     from core.roofline import feature_reuse_savings
 
     outputs = {}
     for reuse in (False, True):
-        engine.set_feature_reuse(reuse, interval)
+        engine.set_feature_reuse(reuse, interval, depth)
         engine.prepare(BENCH_PROMPT, BENCH_NEGATIVE)
         outputs[reuse] = [engine.process(frame).astype(np.int16) for frame in frames]
     engine.set_feature_reuse(False)

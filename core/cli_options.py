@@ -14,6 +14,7 @@ from core.config import (
     DEFAULT_MODEL,
     DTYPES,
     MODES,
+    PARALLEL_MODES,
     RESIZE_MODES,
     ConfigError,
     LoraSpec,
@@ -128,6 +129,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
     g.add_argument("--feature-reuse-interval", type=int, default=d.feature_reuse_interval, metavar="N",
                    help="with --feature-reuse: refresh every row's deep features every N frames (0: only after a "
                         "change; default: %(default)s)")
+    g.add_argument("--feature-reuse-depth", choices=("block", "layer"), default=d.feature_reuse_depth,
+                   help="with --feature-reuse: reuse from the last up block (block) or only its last layer (layer: "
+                        "skips more, moves further; default: %(default)s)")
+    g.add_argument("--gpus", type=int, default=d.gpus, metavar="N",
+                   help="spread the work over N GPUs of this machine (default: %(default)s)")
+    g.add_argument("--parallel", choices=PARALLEL_MODES, default=d.parallel,
+                   help="with --gpus: frames (one engine per GPU, frames dealt in turn), asyncdiff (the UNet's "
+                        "stages on the GPUs side by side) or auto (frames at 1 step, asyncdiff at more)")
+    g.add_argument("--split-at", type=parse_index_list, default=d.split_at, metavar="I,J,...",
+                   help="with asyncdiff: the first UNet unit of each stage after the first (default: balanced by "
+                        "FLOPs; `doctor` lists the units)")
     g.add_argument("--quick-start", action=argparse.BooleanOptionalAction, default=d.quick_start,
                    help="compile: frames within seconds on a CUDA graph of the eager kernels while the compiled "
                         "engine builds in the background, swapped in between two frames (default: on)")
@@ -219,8 +231,12 @@ def config_from_args(args: argparse.Namespace, source_size: tuple[int, int] | No
         dtype=args.dtype,
         acceleration=args.acceleration,
         quick_start=args.quick_start,
+        gpus=args.gpus,
+        parallel=args.parallel,
+        split_at=tuple(args.split_at),
         feature_reuse=args.feature_reuse,
         feature_reuse_interval=args.feature_reuse_interval,
+        feature_reuse_depth=args.feature_reuse_depth,
         resize_mode=args.resize,
         output_width=args.output_size[0],
         output_height=args.output_size[1],

@@ -17,11 +17,13 @@ CfgType = Literal["none", "full", "self", "initialize"]
 Mode = Literal["img2img", "txt2img"]
 Acceleration = Literal["none", "compile", "tensorrt"]
 ResizeMode = Literal["crop", "letterbox"]
+ParallelMode = Literal["auto", "frames", "asyncdiff"]
 
 CFG_TYPES = tuple(GUIDANCE_RULES)
 MODES = ("img2img", "txt2img")
 ACCELERATIONS = ("none", "compile", "tensorrt")
 RESIZE_MODES = ("crop", "letterbox")
+PARALLEL_MODES = ("auto", "frames", "asyncdiff")
 DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_MODEL = "stabilityai/sd-turbo"
 MAX_SMOOTHING = 0.95  # at 1.0 the output would stop following the camera
@@ -87,7 +89,14 @@ class StreamConfig:
     # the deep features their sample produced at step 0; refreshed every N frames (0: only after a change).
     feature_reuse: bool = False
     feature_reuse_interval: int = 0
+    feature_reuse_depth: str = "block"  # "block" or "layer": how much stays fresh (core.feature_reuse)
     transition_frames: int = 0  # prompt and seed changes blend in over this many frames (0: at once)
+    # Several GPUs (core.parallel): "frames" deals frames to one engine per GPU, "asyncdiff" spreads the UNet's
+    # stages over them; "auto" takes frames at one step, asyncdiff at more. ``split_at``: the first UNet unit of
+    # each stage after the first (empty: balanced by FLOPs).
+    gpus: int = 1
+    parallel: ParallelMode = "auto"
+    split_at: tuple[int, ...] = ()
     allow_pickle: bool = False  # load .ckpt / .bin pickles only when the user opts in
     cache_dir: str | None = None
     single_file_config: str | None = None  # diffusers config folder or hub id for a single-file model
@@ -98,6 +107,8 @@ class StreamConfig:
             object.__setattr__(self, "t_index_list", tuple(self.t_index_list))
         if not isinstance(self.loras, tuple):
             object.__setattr__(self, "loras", tuple(self.loras))
+        if not isinstance(self.split_at, tuple):
+            object.__setattr__(self, "split_at", tuple(self.split_at))
         self._validate()
 
     def _validate(self) -> None:
@@ -140,10 +151,16 @@ class StreamConfig:
                 raise ConfigError(name, f"must be an even number from 64 to 4096 (or 0: the generated size), got {value!r}")
         _float_range("smoothing", self.smoothing, 0.0, MAX_SMOOTHING)
         _int_range("feature_reuse_interval", self.feature_reuse_interval, 0, 1000)
+        _choice("feature_reuse_depth", self.feature_reuse_depth, ("block", "layer"))
         _int_range("transition_frames", self.transition_frames, 0, 600)
         for name in ("source_width", "source_height"):
             _int_range(name, getattr(self, name), 0, 16384)
         _int_range("max_skip_frames", self.max_skip_frames, 0, 10_000)
+        _int_range("gpus", self.gpus, 1, 16)
+        _choice("parallel", self.parallel, PARALLEL_MODES)
+        if self.split_at and len(self.split_at) != self.gpus - 1:
+            raise ConfigError("split_at", f"needs one unit index per GPU after the first ({self.gpus - 1}), "
+                                          f"got {list(self.split_at)}")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for lora in self.loras:
@@ -183,7 +200,7 @@ class StreamConfig:
     #: Settings a running engine takes between frames (its setters); every other field needs a new engine.
     LIVE_FIELDS = ("seed", "guidance_scale", "delta", "similarity_filter", "similarity_threshold", "max_skip_frames",
                    "output_width", "output_height", "smoothing", "transition_frames", "resize_mode", "source_width",
-                   "source_height", "feature_reuse", "feature_reuse_interval")
+                   "source_height", "feature_reuse", "feature_reuse_interval", "feature_reuse_depth")
 
     def needs_new_engine(self, other: "StreamConfig") -> bool:
         """Whether going from this config to ``other`` takes a new engine (and, accelerated, new graphs):

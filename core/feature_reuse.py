@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 
-def _embeddings(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs):
+def unet_embeddings(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs):
     t_emb = unet.get_time_embed(sample=sample, timestep=timestep)
     emb = unet.time_embedding(t_emb, None)
     aug_emb = unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states,
@@ -35,21 +35,40 @@ def _embeddings(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs
     return emb, encoder_hidden_states
 
 
-def _down(block, hidden, emb, encoder_hidden_states):
+def run_down_block(block, hidden, emb, encoder_hidden_states):
     if getattr(block, "has_cross_attention", False):
         return block(hidden_states=hidden, temb=emb, encoder_hidden_states=encoder_hidden_states)
     return block(hidden_states=hidden, temb=emb)
 
 
-def _up(block, hidden, emb, res_samples, encoder_hidden_states, upsample_size):
+def run_up_block(block, hidden, emb, res_samples, encoder_hidden_states, upsample_size):
     if getattr(block, "has_cross_attention", False):
         return block(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res_samples,
                      encoder_hidden_states=encoder_hidden_states, upsample_size=upsample_size)
     return block(hidden_states=hidden, temb=emb, res_hidden_states_tuple=res_samples, upsample_size=upsample_size)
 
 
-def unet_split_forward(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, deep=None):
-    """The UNet's noise prediction and its deep features (the hidden state entering the last up block).
+DEPTHS = ("block", "layer")
+
+
+def up_block_layers(block, hidden, emb, res_samples, encoder_hidden_states, indices):
+    """Layers ``indices`` of an up block without an upsampler (its resnets and their attentions), each taking
+    the skip at the end of ``res_samples``: diffusers' up-block forward, re-stated per layer so that the last
+    block can be cut between its layers. Returns the hidden state and the skips left."""
+    attentions = getattr(block, "attentions", None)
+    for i in indices:
+        hidden = block.resnets[i](torch.cat([hidden, res_samples[-1]], dim=1), emb)
+        res_samples = res_samples[:-1]
+        if attentions is not None:
+            hidden = attentions[i](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+    return hidden, res_samples
+
+
+def unet_split_forward(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, deep=None,
+                       depth="block"):
+    """The UNet's noise prediction and its deep features: the hidden state entering the last up block
+    (``depth="block"``: the shallow path is conv_in, the first down block, the last up block and the head) or its
+    last layer (``"layer"``: only conv_in, that layer and the head stay fresh; DeepCache's shallowest branch).
 
     ``deep`` given: the shallow path only, on those deep features (one per row of ``sample``); the deep
     features returned are then ``deep`` itself.
@@ -58,31 +77,48 @@ def unet_split_forward(unet, sample, timestep, encoder_hidden_states, added_cond
         sample = 2 * sample - 1.0
     upsample_factor = 2 ** unet.num_upsamplers
     needs_size = any(dim % upsample_factor for dim in sample.shape[-2:])
-    emb, encoder_hidden_states = _embeddings(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs)
+    emb, encoder_hidden_states = unet_embeddings(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs)
     hidden = unet.conv_in(sample)
     res = (hidden,)
-    hidden, first_res = _down(unet.down_blocks[0], hidden, emb, encoder_hidden_states)
-    res += first_res
     last = unet.up_blocks[-1]
+    layer = depth == "layer"
+    if layer and deep is not None:  # the last layer's skip is conv_in's output: no down block runs
+        out, _ = up_block_layers(last, deep, emb, res, encoder_hidden_states, [len(last.resnets) - 1])
+        return _head(unet, out), deep
+    hidden, first_res = run_down_block(unet.down_blocks[0], hidden, emb, encoder_hidden_states)
+    res += first_res
     shallow_res = res[: len(last.resnets)]  # the last up block's skips: conv_in's and the first block's resnets
     if deep is None:
-        for block in unet.down_blocks[1:]:
-            hidden, block_res = _down(block, hidden, emb, encoder_hidden_states)
-            res += block_res
-        if unet.mid_block is not None:
-            if getattr(unet.mid_block, "has_cross_attention", False):
-                hidden = unet.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states)
-            else:
-                hidden = unet.mid_block(hidden, emb)
-        for block in unet.up_blocks[:-1]:
-            block_res, res = res[-len(block.resnets):], res[: -len(block.resnets)]
-            size = res[-1].shape[2:] if needs_size else None
-            hidden = _up(block, hidden, emb, block_res, encoder_hidden_states, size)
-        deep = hidden
-    out = _up(last, deep, emb, shallow_res, encoder_hidden_states, None)
+        deep = _deep_path(unet, hidden, res, emb, encoder_hidden_states, needs_size)
+        if layer:
+            deep, shallow_res = up_block_layers(last, deep, emb, shallow_res, encoder_hidden_states,
+                                                range(len(last.resnets) - 1))
+            out, _ = up_block_layers(last, deep, emb, shallow_res, encoder_hidden_states, [len(last.resnets) - 1])
+            return _head(unet, out), deep
+    return _head(unet, run_up_block(last, deep, emb, shallow_res, encoder_hidden_states, None)), deep
+
+
+def _deep_path(unet, hidden, res, emb, encoder_hidden_states, needs_size):
+    """The down blocks after the first, the middle block and the up blocks before the last."""
+    for block in unet.down_blocks[1:]:
+        hidden, block_res = run_down_block(block, hidden, emb, encoder_hidden_states)
+        res += block_res
+    if unet.mid_block is not None:
+        if getattr(unet.mid_block, "has_cross_attention", False):
+            hidden = unet.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states)
+        else:
+            hidden = unet.mid_block(hidden, emb)
+    for block in unet.up_blocks[:-1]:
+        block_res, res = res[-len(block.resnets):], res[: -len(block.resnets)]
+        size = res[-1].shape[2:] if needs_size else None
+        hidden = run_up_block(block, hidden, emb, block_res, encoder_hidden_states, size)
+    return hidden
+
+
+def _head(unet, out):
     if unet.conv_norm_out is not None:
         out = unet.conv_act(unet.conv_norm_out(out))
-    return unet.conv_out(out), deep
+    return unet.conv_out(out)
 
 
 class FeatureCache:
@@ -177,12 +213,12 @@ class FeatureCache:
 
 
 def predict_with_reuse(split, cache: FeatureCache, refresh: bool, x_in, timesteps, encoder_hidden_states,
-                       added_cond_kwargs=None):
+                       added_cond_kwargs=None, depth: str = "block"):
     """One UNet pass over the stream batch's rows: the whole UNet where ``refresh`` or for the new frames, the
     shallow path on cached deep features elsewhere; the cache advances. ``split`` is ``unet_split_forward``
     bound to the UNet, or its compiled form."""
     if refresh or len(cache.groups) == 0 or all(size <= cache.fb for size in cache.groups):
-        eps, deep = split(x_in, timesteps, encoder_hidden_states, added_cond_kwargs)
+        eps, deep = split(x_in, timesteps, encoder_hidden_states, added_cond_kwargs, depth=depth)
         cache.advance(deep)
         return eps
     rows = (x_in, timesteps, encoder_hidden_states) + tuple((added_cond_kwargs or {}).values())
@@ -192,8 +228,8 @@ def predict_with_reuse(split, cache: FeatureCache, refresh: bool, x_in, timestep
     def extra(part):
         return {name: parts[3 + i][part] for i, name in enumerate(names)} or None
 
-    eps_full, deep_full = split(parts[0][0], parts[1][0], parts[2][0], extra(0))
+    eps_full, deep_full = split(parts[0][0], parts[1][0], parts[2][0], extra(0), depth=depth)
     cached = cache.cached_for_shallow()
-    eps_shallow, _ = split(parts[0][1], parts[1][1], parts[2][1], extra(1), deep=cached)
+    eps_shallow, _ = split(parts[0][1], parts[1][1], parts[2][1], extra(1), deep=cached, depth=depth)
     cache.advance(cache.merge(deep_full, cached))
     return cache.merge(eps_full, eps_shallow)

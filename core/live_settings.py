@@ -38,10 +38,10 @@ class LiveSettings:
         """Latent feedback, 0 (off) to 0.95: steadier frames on a still scene, slower to follow motion."""
         self._queue(smoothing=float(smoothing))
 
-    def set_feature_reuse(self, enabled: bool, interval: int | None = None) -> None:
-        """Deep-feature reuse on or off (core.feature_reuse), and how often every row refreshes (0: only after
-        a change)."""
-        self._queue(**_given(feature_reuse=bool(enabled), feature_reuse_interval=interval))
+    def set_feature_reuse(self, enabled: bool, interval: int | None = None, depth: str | None = None) -> None:
+        """Deep-feature reuse on or off (core.feature_reuse), how often every row refreshes (0: only after a
+        change), and how deep the reused features start ("block" or "layer")."""
+        self._queue(**_given(feature_reuse=bool(enabled), feature_reuse_interval=interval, feature_reuse_depth=depth))
 
     def set_transition_frames(self, frames: int) -> None:
         """Prompt and seed changes blend in over ``frames`` frames (0: at once)."""

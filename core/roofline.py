@@ -49,10 +49,11 @@ def feature_reuse_savings(engine) -> dict:
     x = torch.randn((1, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
     args = (x, engine.batch.unet_timesteps[:1], cond.encoder_hidden_states[:1],
             {name: value[:1] for name, value in cond.added_cond_kwargs.items()} if cond.added_cond_kwargs else None)
+    depth = engine.config.feature_reuse_depth
     with FlopCounterMode(display=False) as whole:
-        _, deep = unet_split_forward(engine.unet, *args)
+        _, deep = unet_split_forward(engine.unet, *args, depth=depth)
     with FlopCounterMode(display=False) as shallow:
-        unet_split_forward(engine.unet, *args, deep=deep)
+        unet_split_forward(engine.unet, *args, deep=deep, depth=depth)
     rows = engine.unet_batch_size
     cache = FeatureCache(engine.batch.negative_count, engine.config.batch_size, engine.config.frame_buffer_size)
     shallow_rows = cache.full_and_shallow(torch.empty(rows))[1].numel()

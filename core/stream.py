@@ -82,6 +82,7 @@ class StreamEngine(LiveSettings):
         self._host = PinnedCopies(self.device)
         self.acceleration = "none"  # what actually runs; core.accel sets it
         self.acceleration_note = ""  # why it is not what the config asked for, when it is not
+        self.parallel = ""  # how the work spreads over several devices (core.parallel), when it does
         self.batch = StreamBatch(self.scheduler, self.timesteps, config, self.guidance, self.latent_shape, self.device,
                                  self.dtype)
         self.transitions = Transitions()
@@ -90,10 +91,16 @@ class StreamEngine(LiveSettings):
         self._reuse_refused = False
 
     @classmethod
-    def from_config(cls, config: StreamConfig, progress=None) -> "StreamEngine":
+    def from_config(cls, config: StreamConfig, progress=None, components=None) -> "StreamEngine":
+        """The model loaded (or ``components`` given), accelerated and warmed up. ``config.gpus`` > 1: an engine
+        over several GPUs (core.parallel; frame-parallel engines are not this class but take the same calls)."""
         from core.models import load_components
 
-        engine = cls(load_components(config, progress), config)
+        if config.gpus > 1:
+            from core.parallel import build_parallel_engine
+
+            return build_parallel_engine(cls, config, progress, components)
+        engine = cls(components or load_components(config, progress), config)
         if config.acceleration != "none":
             from core.accel import accelerate
 
@@ -242,8 +249,8 @@ class StreamEngine(LiveSettings):
         if "seed" in changes:
             self.transitions.start("seed", [(self.batch.noise, self.batch.noise_for(cfg.seed))], frames, spherical=True)
         self.transitions.advance()
-        if prompt is not None or {"seed", "t_index_list"} & set(changes):
-            self.batch.features.invalidate()  # the deep features in the cache belong to the old conditions
+        if prompt is not None or {"seed", "t_index_list", "feature_reuse_depth"} & set(changes):
+            self.batch.conditions_changed()  # the deep features carried over belong to the old conditions
         if not changes:
             return
         if "t_index_list" in changes:
@@ -273,7 +280,7 @@ class StreamEngine(LiveSettings):
         if self.reuse_refresh is not None:
             split = self.accelerated.unet_split or functools.partial(unet_split_forward, self.unet)
             return predict_with_reuse(split, self.batch.features, self.reuse_refresh, x_in, timesteps,
-                                      cond.encoder_hidden_states, cond.added_cond_kwargs)
+                                      cond.encoder_hidden_states, cond.added_cond_kwargs, self.config.feature_reuse_depth)
         return self.unet_forward(x_in, timesteps, encoder_hidden_states=cond.encoder_hidden_states,
                                  added_cond_kwargs=cond.added_cond_kwargs, return_dict=False)[0]
 
@@ -307,14 +314,23 @@ class StreamEngine(LiveSettings):
 
     def frame_step(self, frames_u8: torch.Tensor) -> torch.Tensor:
         """Device uint8 NxHxWx3 in (any size), device uint8 N x height x width x 3 out."""
+        return self.frame_back(self.predict_noise(self.frame_front(frames_u8), self.batch.unet_timesteps))
+
+    def frame_front(self, frames_u8: torch.Tensor | None) -> torch.Tensor:
+        """The frame up to the UNet: preprocess, encode, noise; the UNet's input rows out (``StreamBatch.begin``)."""
         cfg = self.config
         if cfg.mode == "txt2img":
             x_new = torch.zeros((cfg.frame_buffer_size, *self.latent_shape), device=self.device, dtype=self.dtype)
         else:
             images = imageops.to_model_input(frames_u8, cfg.height, cfg.width, self.dtype, cfg.resize_mode == "letterbox")
             x_new = self.encode_images(images)
+        return self.batch.begin(x_new, txt2img=cfg.mode == "txt2img")
+
+    def frame_back(self, eps: torch.Tensor) -> torch.Tensor:
+        """The frame after the UNet: the step, decode and uint8, from the UNet's noise for ``frame_front``'s rows."""
+        cfg = self.config
         out_h, out_w = cfg.output_size
-        return imageops.to_output_frames(self.decode_latents(self.denoise(x_new)), out_h, out_w,
+        return imageops.to_output_frames(self.decode_latents(self.batch.finish(eps)), out_h, out_w,
                                          cfg.resize_mode == "letterbox")
 
     # ----- the public per-frame call --------------------------------------------------------------

@@ -47,6 +47,10 @@ class StreamBatch:
         self.has_feedback = torch.zeros((), device=device, dtype=dtype)
         # Deep features per UNet row, for feature reuse (allocated at the first frame that uses it).
         self.features = FeatureCache(self.negative_count, batch, fb, config.feature_reuse_interval)
+        # Counts the changes after which features carried from earlier frames belong to old conditions
+        # (a prompt, seed, strength or stream reset): feature reuse and AsyncDiff's hand-offs start afresh.
+        self.epoch = 0
+        self._begun: tuple | None = None
 
     def _coefficients(self, t_index_list) -> schedule.StepCoefficients:
         sub_timesteps = schedule.sub_timesteps(self.timesteps, t_index_list)
@@ -72,7 +76,12 @@ class StreamBatch:
         """Empty the frames in flight and forget the feedback (a new prompt from scratch, a new source)."""
         for tensor in (self.latents, self.anchors, self.feedback, self.has_feedback):
             tensor.zero_()
+        self.conditions_changed()
+
+    def conditions_changed(self) -> None:
+        """Features carried from earlier frames are stale from the next frame on."""
         self.features.invalidate()
+        self.epoch += 1
 
     def snapshot(self) -> StreamSnapshot:
         return StreamSnapshot(self.latents.clone(), self.anchors.clone(), self.feedback.clone(),
@@ -110,15 +119,37 @@ class StreamBatch:
         ``predict_noise(x_in, timesteps)`` is one UNet call over ``x_in``: the rule's negative inputs
         (the first ``negative_count`` elements again) followed by the whole batch.
         """
+        return self.finish(predict_noise(self.begin(x_new, txt2img), self.unet_timesteps))
+
+    def begin(self, x_new: torch.Tensor, txt2img: bool = False) -> torch.Tensor:
+        """The first half of ``step``: the UNet's input rows for this frame (kept for ``finish``). A pipeline
+        that computes the noise elsewhere (on other GPUs, core.parallel) runs the halves apart."""
         fb, a, b = self.frame_buffer_size, self.alpha, self.beta
         if not txt2img:
             x_new = self.smooth(x_new)
         x_t_new = self.noise[:fb] if txt2img else schedule.add_noise(x_new, self.noise[:fb], a[:fb], b[:fb])
         x_t = torch.cat([x_t_new, self.latents])
-        anchors = torch.cat([x_new, self.anchors])
-        k, rule = self.negative_count, self.rule
+        self._begun = (x_t, torch.cat([x_new, self.anchors]))
+        k = self.negative_count
         # A slice and cat only: an index tensor built from a list would be a host copy inside a graph.
-        eps = predict_noise(torch.cat([x_t[:k], x_t]) if k else x_t, self.unet_timesteps)
+        return torch.cat([x_t[:k], x_t]) if k else x_t
+
+    @property
+    def pending(self) -> tuple | None:
+        """What ``begin`` keeps for ``finish`` (this frame's noisy latents and anchors; None after ``finish``):
+        a runner that captures the halves as separate graphs hands it from one to the other."""
+        return self._begun
+
+    @pending.setter
+    def pending(self, begun: tuple | None) -> None:
+        self._begun = begun
+
+    def finish(self, eps: torch.Tensor) -> torch.Tensor:
+        """The second half of ``step``: the UNet's noise for the rows ``begin`` gave in, the denoised latents of
+        the frames leaving out; the frames in flight move one step on."""
+        (x_t, anchors), self._begun = self._begun, None
+        fb, a, b = self.frame_buffer_size, self.alpha, self.beta
+        k, rule = self.negative_count, self.rule
         eps_negative, eps = eps[:k], eps[k:]
         if rule.unconditional == "none":
             guided = eps

@@ -131,8 +131,8 @@ def test_doctor_reports_every_area(capsys):
     rc = main(["doctor", "--json"])
     findings = json.loads(capsys.readouterr().out)
     names = {f["name"] for f in findings}
-    assert {"Python", "torch", "TensorRT", "Window (Qt)", "Cameras", "Virtual camera", "Recording", "Screen capture",
-            "Model cache"} <= names
+    assert {"Python", "torch", "several GPUs", "TensorRT", "Window (Qt)", "Cameras", "Virtual camera", "Recording",
+            "Screen capture", "Model cache"} <= names
     recording = next(f for f in findings if f["name"] == "Recording")
     assert recording["status"] == "ok" and recording["detail"].startswith("H.264 with ")
     # Exit 1 exactly when something the app needs is missing (warnings alone leave it at 0).

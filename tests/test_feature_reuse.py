@@ -19,8 +19,9 @@ def prepared(components, config):
     return engine
 
 
+@pytest.mark.parametrize("depth", ["block", "layer"])
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
-def test_the_split_unet_is_diffusers_unet(family, tiny_components, tiny_sdxl_components, tiny_config):
+def test_the_split_unet_is_diffusers_unet(family, depth, tiny_components, tiny_sdxl_components, tiny_config):
     components = tiny_components if family == "sd" else tiny_sdxl_components
     engine = prepared(components, tiny_config.replace(model="preset:tiny-sdxl") if family == "sdxl" else tiny_config)
     cond = engine.conditioning
@@ -31,9 +32,10 @@ def test_the_split_unet_is_diffusers_unet(family, tiny_components, tiny_sdxl_com
     with torch.no_grad():
         expected = engine.unet(x, timesteps, encoder_hidden_states=cond.encoder_hidden_states,
                                added_cond_kwargs=cond.added_cond_kwargs, return_dict=False)[0]
-        eps, deep = unet_split_forward(engine.unet, x, timesteps, cond.encoder_hidden_states, cond.added_cond_kwargs)
+        eps, deep = unet_split_forward(engine.unet, x, timesteps, cond.encoder_hidden_states, cond.added_cond_kwargs,
+                                       depth=depth)
         shallow, same = unet_split_forward(engine.unet, x, timesteps, cond.encoder_hidden_states,
-                                           cond.added_cond_kwargs, deep=deep)
+                                           cond.added_cond_kwargs, deep=deep, depth=depth)
     torch.testing.assert_close(eps, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(shallow, eps, rtol=1e-6, atol=1e-7)  # the shallow path on its own deep features
     assert same is deep
@@ -222,14 +224,14 @@ def test_a_scratch_batch_has_its_own_feature_cache(tiny_components, tiny_config,
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
-@pytest.mark.parametrize("inductor", ["0", "1"])
-def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(inductor, tiny_config, make_frame, monkeypatch):
+@pytest.mark.parametrize("inductor,depth", [("0", "block"), ("1", "block"), ("1", "layer")])
+def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(inductor, depth, tiny_config, make_frame, monkeypatch):
     from core.accel import accelerate
     from core.models import load_components
 
     monkeypatch.setenv("LIVEDIFFUSION_INDUCTOR", inductor)  # 0: the eager kernels' graph; 1: the split compiled
     config = tiny_config.replace(device="cuda", dtype="float32", t_index_list=(10, 25, 40), cfg_type="self",
-                                 acceleration="compile", feature_reuse=True)
+                                 acceleration="compile", feature_reuse=True, feature_reuse_depth=depth)
     components = load_components(config)
     eager = prepared(components, config)
     graphed = StreamEngine(components, config)
@@ -242,7 +244,7 @@ def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(inductor, tiny_con
         frame = make_frame(i)
         np.testing.assert_allclose(graphed.process(frame), eager.process(frame), atol=2)
         assert graphed.reuse_refresh == eager.reuse_refresh
-    assert {key[-1] for key in graphed.accelerated.frame_runner.graphs} == {True, False}
+    assert {key[-2:] for key in graphed.accelerated.frame_runner.graphs} == {(True, depth), (False, depth)}
     assert (graphed.accelerated.unet_split is not None) == (inductor == "1")
 
 
@@ -267,16 +269,17 @@ def test_an_accelerators_split_unet_is_the_one_reuse_runs(tiny_components, tiny_
     assert calls == [False, False, True, False, True] and "plain UNet runs" not in caplog.text
 
 
-@pytest.mark.parametrize("steps,frame_buffer,cfg_type", [(3, 1, "self"), (2, 2, "full"), (3, 2, "initialize"),
-                                                        (4, 1, "full")])
-def test_reuse_frames_equal_an_independent_reference(steps, frame_buffer, cfg_type, tiny_components, tiny_config,
-                                                     make_frame, monkeypatch):
+@pytest.mark.parametrize("steps,frame_buffer,cfg_type,depth", [
+    (3, 1, "self", "block"), (2, 2, "full", "block"), (3, 2, "initialize", "block"), (4, 1, "full", "block"),
+    (3, 1, "self", "layer"), (2, 2, "full", "layer"), (3, 2, "initialize", "layer")])
+def test_reuse_frames_equal_an_independent_reference(steps, frame_buffer, cfg_type, depth, tiny_components,
+                                                     tiny_config, make_frame, monkeypatch):
     # Every row's noise recomputed outside the engine: the whole UNet for a sample's first step (or a refresh),
     # the shallow path on that same sample's deep features afterwards.
     import core.stream
 
     config = tiny_config.replace(t_index_list=tuple(range(10, 10 + 10 * steps, 10)), cfg_type=cfg_type,
-                                 frame_buffer_size=frame_buffer, feature_reuse=True)
+                                 frame_buffer_size=frame_buffer, feature_reuse=True, feature_reuse_depth=depth)
     engine = prepared(tiny_components, config)
     unet, fb = engine.unet, frame_buffer
     groups = engine.feature_cache.groups
@@ -285,8 +288,9 @@ def test_reuse_frames_equal_an_independent_reference(steps, frame_buffer, cfg_ty
     checked = [0]
     real = core.stream.predict_with_reuse
 
-    def spy(split, cache, refresh, x_in, timesteps, encoder_hidden_states, added_cond_kwargs=None):
-        eps = real(split, cache, refresh, x_in, timesteps, encoder_hidden_states, added_cond_kwargs)
+    def spy(split, cache, refresh, x_in, timesteps, encoder_hidden_states, added_cond_kwargs=None, used_depth=None):
+        assert used_depth == depth
+        eps = real(split, cache, refresh, x_in, timesteps, encoder_hidden_states, added_cond_kwargs, used_depth)
         f, start = frame_index[0], 0
         for g, size in enumerate(groups):
             for element in range(size):
@@ -294,9 +298,9 @@ def test_reuse_frames_equal_an_independent_reference(steps, frame_buffer, cfg_ty
                 sample = (g, f - element // fb, element % fb)
                 args = (x_in[r : r + 1], timesteps[r : r + 1], encoder_hidden_states[r : r + 1])
                 if refresh or element < fb:
-                    expected, deep_of[sample] = unet_split_forward(unet, *args)
+                    expected, deep_of[sample] = unet_split_forward(unet, *args, depth=depth)
                 else:
-                    expected, _ = unet_split_forward(unet, *args, deep=deep_of[sample])
+                    expected, _ = unet_split_forward(unet, *args, deep=deep_of[sample], depth=depth)
                     checked[0] += 1
                 torch.testing.assert_close(eps[r : r + 1], expected, rtol=1e-4, atol=1e-5)
             start += size

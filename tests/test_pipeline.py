@@ -304,6 +304,28 @@ def test_real_tiny_engine_in_the_pipeline(tiny_components, tiny_config):
 
 
 @pytest.mark.filterwarnings("ignore:running on the CPU")
+def test_a_frame_parallel_engine_in_the_pipeline_keeps_every_frame_with_its_own_data(tiny_components, tiny_config):
+    from core.stream import StreamEngine
+
+    config = tiny_config.replace(t_index_list=(30,))
+    engine = StreamEngine.from_config(config.replace(gpus=2, parallel="frames"), components=tiny_components)
+    engine.prepare("a watercolor", "")
+    single = StreamEngine(tiny_components, config)
+    single.prepare("a watercolor", "")
+    got = Collector()
+    pipe = Pipeline(engine, TestPattern(64, 64, fps=None, limit=9), PipelineConfig(lossless=True, keep_input=True),
+                    **got.wire())
+    pipe.start()
+    assert pipe.wait(60)
+    pipe.stop()
+    # Outputs come out frames later than their inputs went in; each keeps its own frame's index and input, and
+    # the ones still in flight at the end of the source are flushed.
+    assert got.errors == [] and [f.index for f in got.frames] == list(range(9))
+    for f in got.frames:
+        assert np.abs(f.image.astype(int) - single.process(f.input).astype(int)).max() <= 1
+
+
+@pytest.mark.filterwarnings("ignore:running on the CPU")
 def test_a_swapped_out_engine_frees_its_model_even_while_something_still_holds_it(tiny_config, make_frame):
     import gc
     import weakref

@@ -204,8 +204,21 @@ def check_model_cache() -> Check:
     return Check("Model cache", OK, listed)
 
 
+def check_several_gpus() -> Check:
+    """How ``--gpus`` would spread the work here: frames at 1 step, AsyncDiff's UNet stages at 2-4 (core.parallel)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return Check("several GPUs", OK, f"{count} GPU(s): --gpus needs two or more; one engine runs")
+    from core.parallel import split_plan
+
+    return Check("several GPUs", OK, f"{count} GPUs: --gpus {count} deals frames to one engine per GPU at 1 step; at "
+                                     f"2-4 steps (asyncdiff) the sd-turbo UNet splits as {split_plan(gpus=count)}")
+
+
 CHECKS: list[Callable[[], Check | list[Check]]] = [
-    check_python, check_packages, check_torch, check_tensorrt, check_window, check_cameras, check_virtualcam,
+    check_python, check_packages, check_torch, check_several_gpus, check_tensorrt, check_window, check_cameras, check_virtualcam,
     check_recording, check_screen, check_model_cache,
 ]
 

@@ -30,6 +30,7 @@ ENGINE_OPTIONS = {
     "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
     "num_inference_steps": "num_inference_steps", "quick_start": "quick_start",
     "feature_reuse": "feature_reuse", "feature_reuse_interval": "feature_reuse_interval",
+    "feature_reuse_depth": "feature_reuse_depth", "gpus": "gpus", "parallel": "parallel", "split_at": "split_at",
 }
 
 

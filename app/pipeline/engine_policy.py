@@ -36,6 +36,9 @@ def run_engine(engine, frames: list[Frame], keep_input: bool) -> list[OutputFram
     """One engine call on ``frames`` (padded to the engine's frame buffer with the last frame, whose
     extra outputs are dropped). Raises whatever the engine raises."""
     wanted = frames_per_call(engine)
+    if hasattr(engine, "submit") and wanted == 1:  # several GPUs, frames in flight: earlier frames come out
+        done = [out for f in frames for out in engine.submit(f.image, tag=f)]
+        return emitted_frames(engine, done, keep_input)
     if wanted == 1 and len(frames) == 1:
         images = [engine.process(frames[0].image)]
     else:
@@ -46,6 +49,20 @@ def run_engine(engine, frames: list[Frame], keep_input: bool) -> list[OutputFram
     gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0) / len(images)
     return [OutputFrame(image, f.image if keep_input else None, f.index, f.capture_time, True, skipped, gpu_ms)
             for f, image in zip(frames, images)]
+
+
+def emitted_frames(engine, done, keep_input: bool) -> list[OutputFrame]:
+    """Outputs of a frame-parallel engine (core.parallel.frame_parallel.Emitted), each with its own frame's data."""
+    gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0)
+    return [OutputFrame(out.image, out.tag.image if keep_input else None, out.tag.index, out.tag.capture_time, True,
+                        out.skipped, gpu_ms) for out in done]
+
+
+def flush_engine(engine, keep_input: bool) -> list[OutputFrame]:
+    """At the end of a finite source: the frames still in flight in a frame-parallel engine."""
+    if engine is None or not hasattr(engine, "flush"):
+        return []
+    return emitted_frames(engine, engine.flush(), keep_input)
 
 
 def engine_error_message(exc: BaseException, config=None) -> str:

@@ -33,8 +33,8 @@ from app.outputs import Output
 from app.pipeline.capture import SourceReader
 from app.pipeline.config import Engine, OutputShape, PipelineConfig
 from app.pipeline.engine_loader import BackgroundLoader
-from app.pipeline.engine_policy import (engine_error_message, frames_per_call, free_gpu_memory, passthrough,
-                                        release_engine, run_engine)
+from app.pipeline.engine_policy import (engine_error_message, flush_engine, frames_per_call, free_gpu_memory,
+                                        passthrough, release_engine, run_engine)
 from app.pipeline.frames import Frame, OutputFrame
 from app.pipeline.output_set import OutputSet
 from app.pipeline.reporting import Reporter
@@ -318,6 +318,7 @@ class Pipeline(Reporter):
                 if batch:  # a finite source ended mid-batch: pad it, emit only the real frames
                     self._emit(self._process_frames(batch))
                     batch = []
+                self._emit(self._flush_engine())
                 out_slot.put(END)
                 continue
             if batch and batch[-1].image.shape != item.image.shape:
@@ -344,8 +345,16 @@ class Pipeline(Reporter):
             self._engine_failed(engine, exc)
             return passthrough(frames, keep, self.output_shape)
         self._engine_failures = 0
-        self._skipped = int(getattr(engine, "skipped_frames", self._skipped + outputs[0].skipped))
+        skipped = getattr(engine, "skipped_frames", None)
+        self._skipped = int(skipped if skipped is not None else self._skipped + sum(o.skipped for o in outputs))
         return outputs
+
+    def _flush_engine(self) -> list[OutputFrame]:
+        try:
+            return flush_engine(None if self.bypass else self._engine, self.config.keep_input)
+        except Exception as exc:  # noqa: BLE001
+            self._engine_failed(self._engine, exc)
+            return []
 
     def _engine_failed(self, engine, exc: Exception) -> None:
         self._engine_failures += 1

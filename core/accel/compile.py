@@ -30,6 +30,16 @@ from core.vae import vae_decode, vae_encode
 log = logging.getLogger(__name__)
 
 CAPTURE_LOCK = threading.Lock()  # held while a thread captures a CUDA graph (or runs next to no capture)
+_CAPTURE_STREAMS: dict = {}
+
+
+def capture_stream(device) -> "torch.cuda.Stream":
+    """A capture stream on ``device``. torch.cuda.graph's own default is one stream, made on whichever GPU was
+    current at its first use: a capture for another GPU (several GPUs, core.parallel) must name its own."""
+    device = torch.device(device)
+    if device not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[device] = torch.cuda.Stream(device)
+    return _CAPTURE_STREAMS[device]
 
 
 def cache_dir() -> Path:
@@ -203,8 +213,9 @@ class FrameGraph:
         """One graph per input shape, output size, fit and kind of feature-reuse frame: all are baked into a
         capture."""
         config = engine.config
+        reuse = getattr(engine, "reuse_refresh", None)
         return (None if frames_u8 is None else tuple(frames_u8.shape), config.output_size, config.resize_mode,
-                getattr(engine, "reuse_refresh", None))
+                reuse, None if reuse is None else config.feature_reuse_depth)
 
     def key(self, frames_u8) -> tuple:
         return self.key_for(self.engine, frames_u8)
@@ -263,7 +274,8 @@ class FrameGraph:
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # thread_local: the other threads' CUDA calls (frames of a running engine) stay legal meanwhile.
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), torch.no_grad():
+            with torch.cuda.graph(graph, pool=self.pool, stream=capture_stream(device),
+                                  capture_error_mode="thread_local"), torch.no_grad():
                 static_out = record.frame_step(static_in)
         self.pool = graph.pool()
         return graph, static_in, static_out

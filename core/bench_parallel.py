@@ -1,0 +1,76 @@
+"""``bench --gpus 1,2,4``: the same setting on one GPU and spread over several (core.parallel), host uint8 to
+host uint8. Frame-parallel engines are timed through ``submit`` (frames in flight on every GPU; a frame's
+latency runs from its submit to its output), AsyncDiff engines like any engine; their rows carry the split
+and each device's share of a frame replayed alone (the balance)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from core.bench_timing import print_table, summarize, time_calls
+
+
+def time_submitted(engine, frames, warmup: int) -> tuple[list[float], float]:
+    for frame in frames[:warmup]:
+        engine.submit(frame)
+    engine.flush()
+    submitted, latencies = {}, []
+
+    def collect(outputs):
+        now = time.perf_counter()
+        latencies.extend((now - submitted.pop(out.tag)) * 1000.0 for out in outputs)
+
+    start = time.perf_counter()
+    for i, frame in enumerate(frames[warmup:]):
+        submitted[i] = time.perf_counter()
+        collect(engine.submit(frame, tag=i))
+    collect(engine.flush())
+    return latencies, time.perf_counter() - start
+
+
+def bench_parallel_engine(components, config, frames, warmup: int):
+    """One row: ``config`` (gpus > 1) built over its GPUs and timed."""
+    from core.stream import StreamEngine
+
+    started = time.perf_counter()
+    engine = StreamEngine.from_config(config, components=components)
+    engine.prepare("a portrait, oil painting", "blurry")
+    engine.process(frames[0])
+    first_frame_s = time.perf_counter() - started
+    extra = {}
+    if hasattr(engine, "submit"):
+        latencies, wall = time_submitted(engine, frames, warmup)
+    else:
+        latencies, wall = time_calls(engine.process, frames, warmup, config.resolved_device())
+        parts = engine.accelerated.frame_runner.part_times_ms(_device_frame(engine, frames[0]))
+        extra["parts_ms"] = {name: round(ms, 2) for name, ms in parts.items()}
+    result = summarize(_name(engine, config), config.denoising_steps, latencies, wall, config.resolved_device(),
+                       cfg_type=config.cfg_type, acceleration=engine.acceleration, parallel=engine.parallel,
+                       first_frame_s=round(first_frame_s, 2), **extra)
+    engine.close()
+    return result
+
+
+def _name(engine, config) -> str:
+    mode = "frame-parallel" if hasattr(engine, "submit") else "asyncdiff"
+    return (f"ours {config.denoising_steps} step, cfg {config.cfg_type}, {engine.acceleration}, {mode} on "
+            f"{config.gpus} GPUs")
+
+
+def _device_frame(engine, frame):
+    from core import imageops
+
+    frames = imageops.as_uint8_tensor(frame)
+    return (frames if frames.ndim == 4 else frames[None]).to(engine.device)
+
+
+def parallel_rows(components, config, gpu_counts, mode: str, frames, warmup: int, results: list) -> None:
+    """A row per GPU count above one (the one-GPU row is the setting's own)."""
+    for count in gpu_counts:
+        if count > 1:
+            results.append(bench_parallel_engine(components, config.replace(gpus=count, parallel=mode), frames,
+                                                 warmup))
+            print_table(results[-1:], {}, file=sys.stderr)
+            for name, ms in results[-1].extra.get("parts_ms", {}).items():
+                print(f"  {name}: {ms} ms", file=sys.stderr)

@@ -1,0 +1,214 @@
+"""Frame parallelism: one engine per GPU, frames dealt round-robin, outputs in the order the frames came.
+
+For one denoising step every frame is independent of the others but for two pieces of state, which stay
+consistent here:
+
+- the similarity filter runs once, in front of the engines, on every frame in order (the same decisions as
+  one engine); a skipped frame leaves as the last processed output before it;
+- smoothing leans each frame on its engine's last output, the processed frame ``engines`` places earlier
+  (one engine: the frame before), the newest one finished when it starts.
+
+Prompt, seed, strength and the other live settings go to every engine, applied before each one's next frame.
+``submit`` keeps up to two frames per engine in flight (one running, one waiting), so the GPUs never wait for
+the host; the latency grows by the frames in flight. ``process`` is the one-frame-at-a-time form (no
+overlap) for callers that need each frame's own output at once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from core import imageops
+from core.live_settings import LiveSettings
+from core.similarity import SimilarityFilter
+
+_SKIPPED = object()
+_STOP = object()
+
+
+class Emitted(NamedTuple):
+    tag: object  # what the caller passed with the frame
+    image: np.ndarray
+    skipped: bool  # the similarity filter skipped the frame: this is the last processed output again
+
+
+class FrameParallelEngine:
+    def __init__(self, engines: list, in_flight_per_engine: int = 2):
+        if not engines:
+            raise ValueError("frame parallelism needs at least one engine")
+        self.engines = engines
+        first = engines[0]
+        self.config, self.device = first.config, first.device
+        self.filter = SimilarityFilter(first.config.similarity_threshold, first.config.max_skip_frames,
+                                       seed=first.config.seed)
+        self.similarity_enabled = first.config.similarity_filter
+        for engine in engines:
+            engine.similarity_enabled = False
+            engine.set_similarity_filter(False)
+        self.depth = in_flight_per_engine * len(engines)
+        self._filter_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._results: dict[int, object] = {}
+        self._done = threading.Condition()
+        self._submitted = self._emitted = self._dealt = 0
+        self._tags: dict[int, object] = {}
+        self._last_output = None
+        self._error: BaseException | None = None
+        self.last_frame_skipped, self.skipped_frames, self.last_gpu_ms = False, 0, 0.0
+        self._queues = [queue.Queue(maxsize=in_flight_per_engine) for _ in engines]
+        self._workers = [threading.Thread(target=self._work, args=(engine, q), daemon=True,
+                                          name=f"frame-parallel-{engine.device}")
+                         for engine, q in zip(engines, self._queues)]
+        for worker in self._workers:
+            worker.start()
+
+    # ----- what the app and run read of an engine ------------------------------------------------------
+
+    @property
+    def frames_processed(self) -> int:
+        return sum(engine.frames_processed for engine in self.engines)
+
+    @property
+    def acceleration(self) -> str:
+        return self.engines[0].acceleration
+
+    @property
+    def acceleration_note(self) -> str:
+        return self.engines[0].acceleration_note
+
+    @property
+    def stage(self) -> str:
+        return self.engines[0].stage
+
+    @property
+    def parallel(self) -> str:
+        return f"frame-parallel over {', '.join(str(engine.device) for engine in self.engines)}"
+
+    def prepare(self, prompt: str, negative_prompt: str = "") -> None:
+        for engine in self.engines:
+            engine.prepare(prompt, negative_prompt)
+        self.filter.reset()
+
+    def warm_up(self) -> None:
+        for engine in self.engines:
+            engine.warm_up()
+
+    # ----- frames ------------------------------------------------------------------------------------
+
+    def submit(self, frame, tag=None) -> list[Emitted]:
+        """Queue one host frame (HxWx3 uint8); return the outputs now due, oldest first: none while
+        the engines fill up, then about one per call. Blocks while every engine has its frames in flight."""
+        self._raise_error()
+        seq = self._submitted
+        self._submitted += 1
+        self._tags[seq] = tag
+        if self._should_skip(frame):
+            self.skipped_frames += 1
+            with self._done:
+                self._results[seq] = _SKIPPED
+        else:
+            self._queues[self._dealt % len(self.engines)].put((seq, frame))
+            self._dealt += 1
+        return self._collect(until=seq - self.depth + 1)
+
+    def flush(self) -> list[Emitted]:
+        """Every output still due, in order."""
+        return self._collect(until=self._submitted)
+
+    def process(self, frame):
+        """One frame in, its own output out (no overlap between engines)."""
+        outputs = self.submit(frame) + self.flush()
+        return outputs[-1].image
+
+    def _collect(self, until: int) -> list:
+        out = []
+        with self._done:
+            while self._emitted < self._submitted:
+                seq = self._emitted
+                if seq not in self._results:
+                    if seq >= until and self._error is None:
+                        break
+                    self._done.wait_for(lambda: seq in self._results or self._error is not None)
+                    if self._error is not None:
+                        break
+                result = self._results.pop(seq)
+                self._emitted += 1
+                self.last_frame_skipped = result is _SKIPPED
+                if result is not _SKIPPED:
+                    self._last_output = result
+                if self._last_output is not None:  # a skip before any output cannot happen: see _should_skip
+                    out.append(Emitted(self._tags.pop(seq), self._last_output, result is _SKIPPED))
+        self._raise_error()
+        return out
+
+    def _should_skip(self, frame) -> bool:
+        if not self.similarity_enabled:
+            return False
+        frames = imageops.as_uint8_tensor(frame)
+        frames = frames if frames.ndim == 4 else frames[None]
+        if self._filter_stream is None:
+            skip = self.filter.should_skip_frames(frames.to(self.device))
+        else:
+            # On its own stream: the decision's host sync waits for this frame's copy only, not the engines.
+            with torch.cuda.stream(self._filter_stream):
+                skip = self.filter.should_skip_frames(frames.to(self.device, non_blocking=False))
+        return skip and (self._dealt > 0)
+
+    def _work(self, engine, jobs: queue.Queue) -> None:
+        if engine.device.type == "cuda":
+            torch.cuda.set_device(engine.device)  # this thread's graph replays and syncs go to its own GPU
+        while True:
+            job = jobs.get()
+            if job is _STOP:
+                return
+            seq, frame = job
+            try:
+                output = engine.process(frame)
+                self.last_gpu_ms = engine.last_gpu_ms
+                with self._done:
+                    self._results[seq] = output
+                    self._done.notify_all()
+            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+                with self._done:
+                    self._error = error
+                    self._done.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        for q in self._queues:
+            q.put(_STOP)
+        for worker in self._workers:
+            worker.join(timeout=5.0)
+        for engine in self.engines:
+            engine.close()
+
+    # ----- live settings: every engine, the filter here ----------------------------------------------
+
+    def set_similarity_filter(self, enabled: bool, threshold: float | None = None, max_skip_frames: int | None = None):
+        self.similarity_enabled = bool(enabled)
+        if threshold is not None:
+            self.filter.threshold = threshold
+        if max_skip_frames is not None:
+            self.filter.max_skip_frames = max_skip_frames
+
+
+def _broadcast(name: str):
+    def setter(self, *args, **kwargs):
+        for engine in self.engines:
+            getattr(engine, name)(*args, **kwargs)
+    setter.__name__ = name
+    setter.__doc__ = getattr(LiveSettings, name).__doc__
+    return setter
+
+
+for _name in [n for n in vars(LiveSettings) if not n.startswith("_") and callable(getattr(LiveSettings, n))]:
+    if _name not in vars(FrameParallelEngine):
+        setattr(FrameParallelEngine, _name, _broadcast(_name))
