@@ -134,10 +134,30 @@ class FeatureCache:
         self.groups = [g for g in (negative_count, batch_size) if g]
         self.fb = frame_buffer_size
         self.interval = interval  # 0: refresh only after a change; N: also every N frames
-        self.deep: torch.Tensor | None = None  # one row per UNet row; rows of new frames unused
+        # One buffer per depth, each kept for good once made: a captured graph of that depth writes and reads it.
+        self.depth = "block"
+        self._deep: dict[str, torch.Tensor] = {}  # one row per UNet row; rows of new frames unused
         self.refresh_next = True
         self.frames = 0
         self.since_refresh = 0  # reuse frames since the last refresh
+
+    @property
+    def deep(self) -> torch.Tensor | None:
+        """The deep features of the current depth."""
+        return self._deep.get(self.depth)
+
+    @deep.setter
+    def deep(self, value: torch.Tensor | None) -> None:
+        if value is None:
+            self._deep.pop(self.depth, None)
+        else:
+            self._deep[self.depth] = value
+
+    def set_depth(self, depth: str) -> None:
+        """Reuse from another depth: its own buffer, refreshed at the next frame."""
+        if depth != self.depth:
+            self.depth = depth
+            self.refresh_next = True
 
     def invalidate(self) -> None:
         """The next frame runs the whole UNet for every row (a new prompt, seed, strength or stream)."""
@@ -192,10 +212,12 @@ class FeatureCache:
             self.since_refresh += 1
 
     def state(self) -> tuple:
-        return (None if self.deep is None else self.deep.clone(), self.frames, self.refresh_next, self.since_refresh)
+        return (None if self.deep is None else self.deep.clone(), self.frames, self.refresh_next, self.since_refresh,
+                self.depth)
 
     def restore(self, state: tuple) -> None:
-        deep, self.frames, self.refresh_next, self.since_refresh = state
+        deep, self.frames, self.refresh_next, self.since_refresh, *depth = state
+        self.depth = depth[0] if depth else self.depth
         if deep is None:
             if self.deep is not None:  # keep the storage: a graph captured meanwhile writes into it
                 self.deep.zero_()
@@ -208,6 +230,7 @@ class FeatureCache:
     def copy(self) -> "FeatureCache":
         twin = FeatureCache(0, 0, self.fb, self.interval)
         twin.groups = list(self.groups)
+        twin.depth = self.depth
         twin.restore(self.state())
         return twin
 

@@ -249,7 +249,7 @@ class StreamEngine(LiveSettings):
         if "seed" in changes:
             self.transitions.start("seed", [(self.batch.noise, self.batch.noise_for(cfg.seed))], frames, spherical=True)
         self.transitions.advance()
-        if prompt is not None or {"seed", "t_index_list", "feature_reuse_depth"} & set(changes):
+        if prompt is not None or {"seed", "t_index_list"} & set(changes):
             self.batch.conditions_changed()  # the deep features carried over belong to the old conditions
         if not changes:
             return
@@ -305,6 +305,7 @@ class StreamEngine(LiveSettings):
             self.batch.features.invalidate()
             return
         self.batch.features.interval = self.config.feature_reuse_interval
+        self.batch.features.set_depth(self.config.feature_reuse_depth)
         self.reuse_refresh = self.batch.features.is_refresh()
 
     def denoise(self, x_new: torch.Tensor) -> torch.Tensor:

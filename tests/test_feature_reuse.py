@@ -237,14 +237,19 @@ def test_feature_reuse_in_the_frame_graph_matches_eager_reuse(inductor, depth, t
     graphed = StreamEngine(components, config)
     assert accelerate(graphed) == "compile"
     graphed.prepare("a cat", "blurry")
-    for i in range(6):
+    other = "layer" if depth == "block" else "block"
+    for i in range(10):
         if i == 3:
             for engine in (eager, graphed):
                 engine.update_prompt("a dog")  # a refresh frame, then reuse again
+        if i in (5, 8):  # the other depth, then back: each keeps its own buffer, which its graphs read
+            for engine in (eager, graphed):
+                engine.set_feature_reuse(True, depth=other if i == 5 else depth)
         frame = make_frame(i)
         np.testing.assert_allclose(graphed.process(frame), eager.process(frame), atol=2)
-        assert graphed.reuse_refresh == eager.reuse_refresh
-    assert {key[-2:] for key in graphed.accelerated.frame_runner.graphs} == {(True, depth), (False, depth)}
+        assert graphed.reuse_refresh == eager.reuse_refresh == (i in (0, 3, 5, 8))
+    assert {key[-2:] for key in graphed.accelerated.frame_runner.graphs} == {
+        (True, depth), (False, depth), (True, other), (False, other)}
     assert (graphed.accelerated.unet_split is not None) == (inductor == "1")
 
 
@@ -311,6 +316,25 @@ def test_reuse_frames_equal_an_independent_reference(steps, frame_buffer, cfg_ty
     for i in range(steps + 2):
         engine.process(np.stack([make_frame(i * fb + j) for j in range(fb)]))
     assert checked[0] > 0
+
+
+def test_each_depth_keeps_its_own_buffer_and_a_switch_refreshes(tiny_components, tiny_config, make_frame):
+    engine = prepared(tiny_components, tiny_config.replace(t_index_list=(10, 20, 30), feature_reuse=True))
+    kinds, buffers = [], {}
+    for i in range(9):
+        if i in (3, 6):
+            engine.set_feature_reuse(True, depth="layer" if i == 3 else "block")
+        engine.process(make_frame(i))
+        kinds.append(engine.reuse_refresh)
+        cache = engine.feature_cache
+        buffers.setdefault(cache.depth, cache.deep)
+        assert cache.deep is buffers[cache.depth]  # allocated once per depth, never replaced
+    assert kinds == [True, False, False] * 3
+    assert buffers["block"].shape != buffers["layer"].shape
+    saved = cache.state()
+    cache.set_depth("layer")
+    cache.restore(saved)
+    assert cache.depth == "block" and cache.deep is buffers["block"]
 
 
 def test_reuse_switched_back_on_refreshes_first(tiny_components, tiny_config, make_frame):

@@ -271,3 +271,19 @@ def test_run_gui_opens_and_quits(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "prompt: from the file" in done.stdout
     assert "geometry" in settings.read_text()  # saved on quit
+
+
+def test_the_gpus_choice_shows_only_with_several_gpus_and_reaches_the_engine(qtbot, open_window, monkeypatch):
+    from app.gui import model_panel
+
+    window = open_window(small())
+    assert window.model_panel.gpus_spin.isHidden() or not window.model_panel.gpus_spin.isVisible()
+    assert window.factory.built[-1].config.gpus == 1
+    window.close()
+    monkeypatch.setattr(model_panel, "gpu_count", lambda: 4)
+    window = open_window(small(), settings_file="four.ini")
+    assert window.model_panel.gpus_spin.isVisible() and window.model_panel.gpus_spin.maximum() == 4
+    built = len(window.factory.built)
+    window.model_panel.gpus_spin.setValue(2)
+    until(qtbot, lambda: len(window.factory.built) > built and window.session.engine is window.factory.built[-1])
+    assert window.factory.built[-1].config.gpus == 2

@@ -107,7 +107,7 @@ def test_asyncdiff_two_stages_equal_a_one_step_stale_reference(steps, frame_buff
                                  cfg_type=cfg_type, gpus=2, parallel="asyncdiff", split_at=split)
     engine = StreamEngine.from_config(config, components=tiny_components)
     engine.prepare("a cat", "blurry")
-    assert engine.parallel.startswith("asyncdiff over 2 devices")
+    assert engine.parallel.startswith("asyncdiff over 2 devices: cpu: in")
     plain = prepared(tiny_components, config.replace(gpus=1, split_at=()))
     reference = prepared(tiny_components, config.replace(gpus=1, split_at=()))
     first, second = (UNetStage(reference.unet, run, reference.latent_shape[1:])
@@ -176,6 +176,9 @@ def test_frame_parallel_gives_one_engines_frames_in_order(tiny_components, tiny_
     parallel = StreamEngine.from_config(config.replace(gpus=2, parallel="frames"), components=tiny_components)
     parallel.prepare("a cat", "blurry")
     assert parallel.parallel == "frame-parallel over cpu, cpu"
+    from app.pipeline.engine_policy import describe_engine  # app imports OpenCV, which the GPU machine lacks
+
+    assert describe_engine(parallel).endswith("frame-parallel over cpu, cpu")
     frames = repeated_frames(make_frame, 12)
     expected = [single.process(frame) for frame in frames]
     got = []

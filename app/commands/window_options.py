@@ -21,7 +21,7 @@ SETTING_OPTIONS = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "seed", "cfg_type": "cfg_type",
     "guidance": "guidance", "delta": "delta", "similarity_filter": "similarity_filter",
     "similarity_threshold": "similarity_threshold", "acceleration": "acceleration", "quality": "quality",
-    "smoothing": "smoothing", "transition": "transition_s", "resize": "resize_mode",
+    "smoothing": "smoothing", "transition": "transition_s", "resize": "resize_mode", "gpus": "gpus",
 }
 #: Engine options the window has no control for: they go into every engine it loads in this start.
 ENGINE_OPTIONS = {
@@ -30,7 +30,7 @@ ENGINE_OPTIONS = {
     "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
     "num_inference_steps": "num_inference_steps", "quick_start": "quick_start",
     "feature_reuse": "feature_reuse", "feature_reuse_interval": "feature_reuse_interval",
-    "feature_reuse_depth": "feature_reuse_depth", "gpus": "gpus", "parallel": "parallel", "split_at": "split_at",
+    "feature_reuse_depth": "feature_reuse_depth", "parallel": "parallel", "split_at": "split_at",
 }
 
 

@@ -237,7 +237,7 @@ class MainWindow(QMainWindow):
             seed=self.style_panel.seed_spin.value(),
             similarity_filter=self.style_panel.filter_check.isChecked(),
             similarity_threshold=self.style_panel.threshold_spin.value(),
-            acceleration=self.model_panel.acceleration(),
+            acceleration=self.model_panel.acceleration(), gpus=self.model_panel.gpus(),
             resize_mode="letterbox" if self.output_panel.letterbox() else "crop",
             output_width=params.output_width,
             output_height=params.output_height,

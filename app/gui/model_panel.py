@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QMenu,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -41,6 +42,16 @@ ACCELERATION_TIPS = {
     "compile": "torch.compile: faster frames after a compile of a minute or more",
     "tensorrt": "TensorRT engines: fastest on NVIDIA GPUs; the first build takes minutes and is cached",
 }
+
+
+def gpu_count() -> int:
+    """CUDA GPUs torch sees (0 without CUDA or without torch)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken driver is doctor's to explain; one engine runs meanwhile
+        return 0
 
 
 QUALITY_LABELS = (
@@ -110,6 +121,15 @@ class ModelPanel(QGroupBox):
         self.accel_combo.currentIndexChanged.connect(lambda _i: self._request())
         form.addRow("Acceleration", self.accel_combo)
 
+        # Shown only where there is a choice: two or more GPUs (core.parallel).
+        self.gpus_spin = QSpinBox()
+        self.gpus_spin.setRange(1, max(1, gpu_count()))
+        self.gpus_spin.setToolTip("Spread the work over this many GPUs: at 1 step each GPU takes every Nth frame; "
+                                  "at 2-4 steps the UNet's stages run side by side on them (AsyncDiff)")
+        self.gpus_spin.valueChanged.connect(lambda _v: self._request())
+        form.addRow("GPUs", self.gpus_spin)
+        form.setRowVisible(self.gpus_spin, gpu_count() > 1)
+
         self.load_button = QPushButton("Load")
         self.load_button.setToolTip("Load the model with these settings")
         self.load_button.clicked.connect(self._request)
@@ -153,6 +173,9 @@ class ModelPanel(QGroupBox):
     def acceleration(self) -> str:
         return self.accel_combo.currentText()
 
+    def gpus(self) -> int:
+        return self.gpus_spin.value()
+
     def load(self, settings: AppSettings) -> None:
         self._loading_values = True
         try:
@@ -161,6 +184,7 @@ class ModelPanel(QGroupBox):
             self.quality_combo.setCurrentIndex(max(0, find_data(self.quality_combo, settings.quality)))
             self.size_combo.setEnabled(self.quality() == "custom")
             self.accel_combo.setCurrentText(settings.acceleration)
+            self.gpus_spin.setValue(settings.gpus)
         finally:
             self._loading_values = False
         self._custom_size = (settings.width, settings.height)
@@ -171,6 +195,7 @@ class ModelPanel(QGroupBox):
         # The custom size is kept while a quality picks sizes, so that going back to Custom restores it.
         settings.width, settings.height = self.size() if self.quality() == "custom" else self._custom_size
         settings.acceleration = self.acceleration()
+        settings.gpus = self.gpus()
 
     def set_model(self, model: str) -> None:
         index = self.model_combo.findText(model)

@@ -51,6 +51,7 @@ class AppSettings:
     width: int = StreamConfig.width  # the custom size
     height: int = StreamConfig.height
     acceleration: str = StreamConfig.acceleration  # eager on machines without CUDA
+    gpus: int = StreamConfig.gpus  # several GPUs: the model panel shows the choice where there are two or more
     source_kind: str = "test"
     camera_index: int = 0
     monitor: int = 1
@@ -172,6 +173,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "width": _size,
     "height": _size,
     "acceleration": _choice(ACCELERATIONS),
+    "gpus": _integer(1, 16),
     "source_kind": _choice(SOURCE_KINDS),
     "camera_index": _integer(0, 63),
     "monitor": _integer(0, 64),

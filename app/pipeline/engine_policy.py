@@ -117,4 +117,7 @@ def describe_engine(engine) -> str:
         parts.append(f"{text} ({note})" if note else text)
     if getattr(engine, "startup", None) is not None:
         parts.append(engine.stage)
+    parallel = getattr(engine, "parallel", "")
+    if isinstance(parallel, str) and parallel:  # several GPUs: the mode and the devices (the split in the log)
+        parts.append(parallel.split(": ", 1)[0])
     return " · ".join(parts)
