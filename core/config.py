@@ -158,6 +158,8 @@ class StreamConfig:
         _int_range("max_skip_frames", self.max_skip_frames, 0, 10_000)
         _int_range("gpus", self.gpus, 1, 16)
         _choice("parallel", self.parallel, PARALLEL_MODES)
+        if self.gpus > 1 and self.parallel == "frames" and self.frame_buffer_size > 1:
+            raise ConfigError("parallel", "frame parallelism deals one frame per call; use frame buffer 1 or asyncdiff")
         if self.split_at and len(self.split_at) != self.gpus - 1:
             raise ConfigError("split_at", f"needs one unit index per GPU after the first ({self.gpus - 1}), "
                                           f"got {list(self.split_at)}")

@@ -139,6 +139,39 @@ def test_asyncdiff_two_stages_equal_a_one_step_stale_reference(steps, frame_buff
     assert differs > 1e-4  # the staleness is real: not the plain engine's frames
 
 
+def test_asyncdiff_follows_changes_however_its_first_device_is_spelled(tiny_components, tiny_config, make_frame):
+    # "cuda" and "cuda:0" are one GPU: the first stage must read the engine's own prompt and timesteps, not a copy
+    # made once. The CPU spelled "cpu" and "cpu:0" stands in for it.
+    config = tiny_config.replace(t_index_list=(10, 20, 30), cfg_type="self")
+    plain, spelled = prepared(tiny_components, config), prepared(tiny_components, config)
+    use_asyncdiff(plain, [torch.device("cpu")] * 2, split_at=(3,))
+    use_asyncdiff(spelled, [torch.device("cpu", 0), torch.device("cpu")], split_at=(3,))
+    for i in range(6):
+        if i == 3:
+            for engine in (plain, spelled):
+                engine.update_prompt("a dog")
+                engine.set_strength(0.8)
+        assert_frames_close(spelled.process(make_frame(i)), plain.process(make_frame(i)), atol=1)
+
+
+def test_one_device_spelled_two_ways_is_one_device(monkeypatch):
+    from core.parallel.asyncdiff import canonical
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert canonical("cuda") == canonical(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert canonical("cuda") != canonical("cuda:0")
+    assert canonical(torch.device("cpu", 0)) == canonical("cpu")
+
+
+def test_frame_parallel_needs_one_frame_per_call(tiny_config):
+    with pytest.raises(ConfigError, match="parallel"):
+        tiny_config.replace(gpus=2, parallel="frames", frame_buffer_size=2)
+    from core.parallel import parallel_mode
+
+    assert parallel_mode(tiny_config.replace(gpus=2, frame_buffer_size=2, t_index_list=(30,))) == "asyncdiff"
+    assert parallel_mode(tiny_config.replace(gpus=2, t_index_list=(30,))) == "frames"
+
+
 def test_asyncdiff_split_at_is_checked(tiny_components, tiny_config):
     with pytest.raises(ConfigError, match="split_at"):
         tiny_config.replace(gpus=3, split_at=(2,))
@@ -222,8 +255,14 @@ def test_frame_parallel_settings_reach_every_engine_and_errors_reach_the_caller(
     for i in range(4):
         assert_frames_close(parallel.process(make_frame(i)), single.process(make_frame(i)), atol=1)
     with pytest.raises(ValueError, match="frame"):
-        parallel.submit(np.zeros((64, 64), dtype=np.uint8))  # not HxWx3
+        parallel.submit(np.zeros((64, 64), dtype=np.uint8), tag="bad")  # not HxWx3
         parallel.flush()
+    # The failure is raised once; the stream goes on, in order, without the failed frame.
+    got = []
+    for i in range(4, 10):
+        got += parallel.submit(make_frame(i), tag=i)
+    got += parallel.flush()
+    assert [out.tag for out in got] == list(range(4, 10))
     parallel.close()
     with pytest.raises(RuntimeError, match="closed"):
         parallel.engines[0].process(make_frame(0))

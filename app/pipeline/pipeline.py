@@ -338,12 +338,14 @@ class Pipeline(Reporter):
     def _process_frames(self, frames: list[Frame]) -> list[OutputFrame]:
         engine, keep = self._engine, self.config.keep_input
         if engine is None or self.bypass:
-            return passthrough(frames, keep, self.output_shape)
+            # Frames still in flight in a frame-parallel engine are older: they leave first, in order.
+            return self._flush_engine() + passthrough(frames, keep, self.output_shape)
         try:
             outputs = run_engine(engine, frames, keep)
         except Exception as exc:  # noqa: BLE001 - the stream must survive a bad frame or an out-of-memory
             self._engine_failed(engine, exc)
-            return passthrough(frames, keep, self.output_shape)
+            # A frame-parallel engine still holds these frames (the failure was an earlier one's): no copy of them.
+            return [] if hasattr(engine, "submit") else passthrough(frames, keep, self.output_shape)
         self._engine_failures = 0
         skipped = getattr(engine, "skipped_frames", None)
         self._skipped = int(skipped if skipped is not None else self._skipped + sum(o.skipped for o in outputs))
@@ -351,7 +353,7 @@ class Pipeline(Reporter):
 
     def _flush_engine(self) -> list[OutputFrame]:
         try:
-            return flush_engine(None if self.bypass else self._engine, self.config.keep_input)
+            return flush_engine(self._engine, self.config.keep_input)
         except Exception as exc:  # noqa: BLE001
             self._engine_failed(self._engine, exc)
             return []

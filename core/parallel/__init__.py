@@ -38,7 +38,7 @@ def parallel_devices(config) -> list[torch.device]:
 def parallel_mode(config) -> str:
     if config.parallel != "auto":
         return config.parallel
-    return "frames" if config.denoising_steps == 1 else "asyncdiff"
+    return "frames" if config.denoising_steps == 1 and config.frame_buffer_size == 1 else "asyncdiff"
 
 
 def components_on(components, device: torch.device):
@@ -69,10 +69,17 @@ def build_parallel_engine(engine_class, config, progress=None, components=None):
         from core.parallel.frame_parallel import FrameParallelEngine
 
         return FrameParallelEngine(engines)
-    engine = engine_class(components, config.replace(gpus=1, split_at=(), feature_reuse=False))
+    # The first stage's device by its index: one GPU spelled two ways ("cuda", "cuda:0") must not look like two.
+    engine = engine_class(components, config.replace(gpus=1, split_at=(), feature_reuse=False,
+                                                     device=str(devices[0])))
     if config.feature_reuse:
         log.info("feature reuse is off under asyncdiff: the stages already run on features one step old")
-    use_asyncdiff(engine, devices, config.split_at, say)
+    split_at = config.split_at
+    if split_at and len(split_at) != len(devices) - 1:
+        log.warning("--split-at names %d cuts for %d GPUs, but %d are here: balancing by FLOPs instead",
+                    len(split_at), config.gpus, len(devices))
+        split_at = ()
+    use_asyncdiff(engine, devices, split_at, say)
     engine.warm_up()
     return engine
 

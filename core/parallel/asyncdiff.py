@@ -76,11 +76,12 @@ class AsyncDiffRunner:
     def __init__(self, engine, devices: list[torch.device], starts: tuple[int, ...], graphs: bool,
                  compile_stages: bool = False):
         self.engine = engine
-        self.devices = [torch.device(d) for d in devices]
+        self.home = canonical(engine.device)
+        self.devices = [canonical(d) for d in devices]
         units = unet_units(engine.unet)
         self.starts = tuple(starts)
         latent_hw = engine.latent_shape[1:]
-        unets = {engine.device: engine.unet}
+        unets = {self.home: engine.unet}
         for device in self.devices:
             if device not in unets:
                 unets[device] = copy.deepcopy(engine.unet).to(device)
@@ -118,7 +119,7 @@ class AsyncDiffRunner:
         engine = self.engine
         cond = engine.conditioning
         here = (engine.batch.unet_timesteps, cond.encoder_hidden_states, cond.added_cond_kwargs)
-        if self.devices[j] == engine.device:
+        if self.devices[j] == self.home:
             return here
         if len(self.conds) <= j or self.conds[j] is None:
             device = self.devices[j]
@@ -131,8 +132,8 @@ class AsyncDiffRunner:
     def _refresh_conditioning(self) -> None:
         engine = self.engine
         cond = engine.conditioning
-        for j in range(1, len(self.stages)):
-            if self.devices[j] == engine.device:
+        for j in range(len(self.stages)):
+            if self.devices[j] == self.home:
                 continue
             t, ehs, added = self._conditioning(j)
             t.copy_(engine.batch.unet_timesteps)
@@ -150,7 +151,7 @@ class AsyncDiffRunner:
         self.outputs = [p.empty(d) for p, d in zip(self.packings, self.devices)]
         self.staging = [None] + [self.packings[j - 1].empty(self.devices[j]) for j in range(1, len(self.stages))]
         self.handoffs = [None] + [self.packings[j - 1].empty(self.devices[j]) for j in range(1, len(self.stages))]
-        self.eps = torch.empty_like(self.outputs[-1], device=self.engine.device)
+        self.eps = torch.empty_like(self.outputs[-1], device=self.home)
 
     def front(self, frames_u8) -> torch.Tensor:
         """Device 0: the frame up to the UNet, then stage 1 on it (packed)."""
@@ -287,6 +288,16 @@ class AsyncDiffRunner:
         self.engine.restore_stream(saved)
         self.epoch_seen = None
         return times
+
+
+def canonical(device) -> torch.device:
+    """``cuda`` as ``cuda:N`` (the current GPU), so that one GPU spelled two ways is one device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cpu":
+        return torch.device("cpu")
+    return device
 
 
 def _on(device: torch.device):

@@ -31,6 +31,13 @@ _SKIPPED = object()
 _STOP = object()
 
 
+class _Failed:
+    """A frame's result when the engine (or the filter) raised on it."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
 class Emitted(NamedTuple):
     tag: object  # what the caller passed with the frame
     image: np.ndarray
@@ -57,7 +64,8 @@ class FrameParallelEngine:
         self._submitted = self._emitted = self._dealt = 0
         self._tags: dict[int, object] = {}
         self._last_output = None
-        self._error: BaseException | None = None
+        self._pending_error: BaseException | None = None
+        self._undelivered: list = []
         self.last_frame_skipped, self.skipped_frames, self.last_gpu_ms = False, 0, 0.0
         self._queues = [queue.Queue(maxsize=in_flight_per_engine) for _ in engines]
         self._workers = [threading.Thread(target=self._work, args=(engine, q), daemon=True,
@@ -67,6 +75,12 @@ class FrameParallelEngine:
             worker.start()
 
     # ----- what the app and run read of an engine ------------------------------------------------------
+
+    startup = None  # every engine is built to full speed before the first frame (no quick start: see core.parallel)
+
+    @property
+    def components(self):
+        return self.engines[0].components
 
     @property
     def frames_processed(self) -> int:
@@ -101,12 +115,18 @@ class FrameParallelEngine:
 
     def submit(self, frame, tag=None) -> list[Emitted]:
         """Queue one host frame (HxWx3 uint8); return the outputs now due, oldest first: none while
-        the engines fill up, then about one per call. Blocks while every engine has its frames in flight."""
-        self._raise_error()
+        the engines fill up, then about one per call. Blocks while every engine has its frames in flight. A frame
+        that failed raises here, in order, once the frames before it are out (they come with the next call)."""
         seq = self._submitted
         self._submitted += 1
         self._tags[seq] = tag
-        if self._should_skip(frame):
+        try:
+            skip = self._should_skip(frame)
+        except Exception as error:  # noqa: BLE001 - this frame's result, raised in order by _collect
+            with self._done:
+                self._results[seq] = _Failed(error)
+            return self._collect(until=seq + 1)
+        if skip:
             self.skipped_frames += 1
             with self._done:
                 self._results[seq] = _SKIPPED
@@ -130,19 +150,25 @@ class FrameParallelEngine:
             while self._emitted < self._submitted:
                 seq = self._emitted
                 if seq not in self._results:
-                    if seq >= until and self._error is None:
+                    if seq >= until:
                         break
-                    self._done.wait_for(lambda: seq in self._results or self._error is not None)
-                    if self._error is not None:
-                        break
+                    self._done.wait_for(lambda: seq in self._results)
                 result = self._results.pop(seq)
                 self._emitted += 1
+                if isinstance(result, _Failed):  # the frames before it are out; the caller hears of it now
+                    self._tags.pop(seq, None)
+                    self._pending_error = result.error
+                    break
                 self.last_frame_skipped = result is _SKIPPED
                 if result is not _SKIPPED:
                     self._last_output = result
                 if self._last_output is not None:  # a skip before any output cannot happen: see _should_skip
                     out.append(Emitted(self._tags.pop(seq), self._last_output, result is _SKIPPED))
-        self._raise_error()
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            self._undelivered = out  # emitted before the failure: handed out with the next call
+            raise error
+        out, self._undelivered = self._undelivered + out, []
         return out
 
     def _should_skip(self, frame) -> bool:
@@ -167,27 +193,27 @@ class FrameParallelEngine:
                 return
             seq, frame = job
             try:
-                output = engine.process(frame)
+                result = engine.process(frame)
                 self.last_gpu_ms = engine.last_gpu_ms
-                with self._done:
-                    self._results[seq] = output
-                    self._done.notify_all()
-            except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
-                with self._done:
-                    self._error = error
-                    self._done.notify_all()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            except BaseException as error:  # noqa: BLE001 - this frame's result, raised in the caller's thread
+                result = _Failed(error)
+            with self._done:
+                self._results[seq] = result
+                self._done.notify_all()
 
     def close(self) -> None:
+        """Stop the workers (frames still waiting are dropped) and close the engines they have let go of."""
         for q in self._queues:
+            while True:
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
             q.put(_STOP)
-        for worker in self._workers:
-            worker.join(timeout=5.0)
-        for engine in self.engines:
+        for worker, engine in zip(self._workers, self.engines):
+            worker.join(timeout=30.0)
+            if worker.is_alive():  # still inside a frame: closing its engine now would pull the model from under it
+                continue
             engine.close()
 
     # ----- live settings: every engine, the filter here ----------------------------------------------
