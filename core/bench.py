@@ -203,7 +203,7 @@ def parse_args(argv):
     parser.add_argument("--feature-reuse", action="store_true",
                         help="also time each setting with deep-feature reuse, and report the FLOPs it skips and how "
                              "far its output moves from the whole computation")
-    parser.add_argument("--feature-reuse-depth", default="block", metavar="block,layer",
+    parser.add_argument("--feature-reuse-depth", default="layer", metavar="layer,block",
                         help="with --feature-reuse: the reuse depths to time, a row each")
     parser.add_argument("--feature-reuse-interval", type=int, default=0, metavar="N",
                         help="with --feature-reuse: refresh every row every N frames (0: only after a change)")

@@ -55,7 +55,7 @@ def steadiness(engine, frames, warmup: int, smoothings=(0.0, 0.5)) -> dict[str, 
     return result
 
 
-def reuse_deviation(engine, frames, warmup: int, interval: int = 0, depth: str = "block") -> dict[str, float]:
+def reuse_deviation(engine, frames, warmup: int, interval: int = 0, depth: str = "layer") -> dict[str, float]:
     """What deep-feature reuse skips and changes: the fraction of the UNet's FLOPs a reuse frame skips, and the
     mean absolute difference of the uint8 output from the whole computation on the same frames."""
     from core.roofline import feature_reuse_savings

@@ -130,8 +130,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
                    help="with --feature-reuse: refresh every row's deep features every N frames (0: only after a "
                         "change; default: %(default)s)")
     g.add_argument("--feature-reuse-depth", choices=("block", "layer"), default=d.feature_reuse_depth,
-                   help="with --feature-reuse: reuse from the last up block (block) or only its last layer (layer: "
-                        "skips more, moves further; default: %(default)s)")
+                   help="with --feature-reuse: keep only the last up layer fresh (layer: skips most) or the "
+                        "full-resolution blocks (block: moves the picture less; default: %(default)s)")
     g.add_argument("--gpus", type=int, default=d.gpus, metavar="N",
                    help="spread the work over N GPUs of this machine (default: %(default)s)")
     g.add_argument("--parallel", choices=PARALLEL_MODES, default=d.parallel,

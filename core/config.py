@@ -89,7 +89,9 @@ class StreamConfig:
     # the deep features their sample produced at step 0; refreshed every N frames (0: only after a change).
     feature_reuse: bool = False
     feature_reuse_interval: int = 0
-    feature_reuse_depth: str = "block"  # "block" or "layer": how much stays fresh (core.feature_reuse)
+    # How much stays fresh (core.feature_reuse): "layer" (the last up layer: met the targets on the H100)
+    # or "block" (the full-resolution blocks: moves the picture less, gains less).
+    feature_reuse_depth: str = "layer"
     transition_frames: int = 0  # prompt and seed changes blend in over this many frames (0: at once)
     # Several GPUs (core.parallel): "frames" deals frames to one engine per GPU, "asyncdiff" spreads the UNet's
     # stages over them; "auto" takes frames at one step, asyncdiff at more. ``split_at``: the first UNet unit of

@@ -65,7 +65,7 @@ def up_block_layers(block, hidden, emb, res_samples, encoder_hidden_states, indi
 
 
 def unet_split_forward(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, deep=None,
-                       depth="block"):
+                       depth="layer"):
     """The UNet's noise prediction and its deep features: the hidden state entering the last up block
     (``depth="block"``: the shallow path is conv_in, the first down block, the last up block and the head) or its
     last layer (``"layer"``: only conv_in, that layer and the head stay fresh; DeepCache's shallowest branch).
@@ -135,7 +135,7 @@ class FeatureCache:
         self.fb = frame_buffer_size
         self.interval = interval  # 0: refresh only after a change; N: also every N frames
         # One buffer per depth, each kept for good once made: a captured graph of that depth writes and reads it.
-        self.depth = "block"
+        self.depth = "layer"
         self._deep: dict[str, torch.Tensor] = {}  # one row per UNet row; rows of new frames unused
         self.refresh_next = True
         self.frames = 0
@@ -236,7 +236,7 @@ class FeatureCache:
 
 
 def predict_with_reuse(split, cache: FeatureCache, refresh: bool, x_in, timesteps, encoder_hidden_states,
-                       added_cond_kwargs=None, depth: str = "block"):
+                       added_cond_kwargs=None, depth: str = "layer"):
     """One UNet pass over the stream batch's rows: the whole UNet where ``refresh`` or for the new frames, the
     shallow path on cached deep features elsewhere; the cache advances. ``split`` is ``unet_split_forward``
     bound to the UNet, or its compiled form."""

@@ -92,8 +92,7 @@ class StreamEngine(LiveSettings):
 
     @classmethod
     def from_config(cls, config: StreamConfig, progress=None, components=None) -> "StreamEngine":
-        """The model loaded (or ``components`` given), accelerated and warmed up. ``config.gpus`` > 1: an engine
-        over several GPUs (core.parallel; frame-parallel engines are not this class but take the same calls)."""
+        """The model loaded (or given), accelerated, warmed up; ``gpus`` > 1: over several GPUs (core.parallel)."""
         from core.models import load_components
 
         if config.gpus > 1:
@@ -289,19 +288,19 @@ class StreamEngine(LiveSettings):
         return self.batch.features
 
     def _decide_feature_reuse(self) -> None:
-        """Before a frame: whether it reuses deep features, and if so whether it refreshes them all (a captured
-        graph per kind of frame). Reuse runs the UNet's two paths: eager, or compiled where the accelerator
-        gives them (``unet_split``); a TensorRT or stored engine without them keeps the plain UNet (said once in
-        the log)."""
+        """Before a frame: whether it reuses deep features, and if so whether it refreshes them all (a graph per
+        kind of frame). Reuse runs the UNet's two paths, eager or compiled (``unet_split``); an accelerator
+        without them (TensorRT, a stored engine, AsyncDiff) keeps the plain UNet, said once in the log."""
         self.reuse_refresh = None
         if not self.config.feature_reuse or self.config.denoising_steps == 1:  # one step: every row is new
             self.batch.features.invalidate()  # frames without reuse leave the cache behind the stream
             return
-        if self.accelerated.unet is not None and self.accelerated.unet_split is None:
+        own_unet = getattr(self.accelerated.frame_runner, "runs_its_own_unet", False)  # AsyncDiff's stages
+        if own_unet or (self.accelerated.unet is not None and self.accelerated.unet_split is None):
             if not self._reuse_refused:
                 self._reuse_refused = True
-                log.info("feature reuse needs the UNet's parts, which %s does not expose yet; the plain UNet runs",
-                         self.acceleration)
+                log.info("feature reuse needs the UNet's parts, which %s does not expose; the plain UNet runs",
+                         "AsyncDiff's stages" if own_unet else self.acceleration)
             self.batch.features.invalidate()
             return
         self.batch.features.interval = self.config.feature_reuse_interval

@@ -319,7 +319,8 @@ def test_reuse_frames_equal_an_independent_reference(steps, frame_buffer, cfg_ty
 
 
 def test_each_depth_keeps_its_own_buffer_and_a_switch_refreshes(tiny_components, tiny_config, make_frame):
-    engine = prepared(tiny_components, tiny_config.replace(t_index_list=(10, 20, 30), feature_reuse=True))
+    engine = prepared(tiny_components, tiny_config.replace(t_index_list=(10, 20, 30), feature_reuse=True,
+                                                           feature_reuse_depth="block"))
     kinds, buffers = [], {}
     for i in range(9):
         if i in (3, 6):

@@ -287,3 +287,17 @@ def test_the_gpus_choice_shows_only_with_several_gpus_and_reaches_the_engine(qtb
     window.model_panel.gpus_spin.setValue(2)
     until(qtbot, lambda: len(window.factory.built) > built and window.session.engine is window.factory.built[-1])
     assert window.factory.built[-1].config.gpus == 2
+
+
+def test_the_reuse_choice_is_live_saved_and_only_for_several_steps(qtbot, open_window, tmp_path):
+    window = open_window(small(steps=2))
+    style = window.style_panel
+    assert style.reuse_check.isEnabled() and not style.reuse_check.isChecked()
+    engine = window.session.engine
+    style.reuse_check.setChecked(True)
+    until(qtbot, lambda: engine.last("set_feature_reuse") == ("set_feature_reuse", True))
+    assert window.session.engine is engine  # live: no reload
+    window.save_settings()
+    assert SettingsStore(str(tmp_path / "settings.ini")).load().feature_reuse is True
+    style.steps_spin.setValue(1)
+    assert not style.reuse_check.isEnabled()

@@ -60,6 +60,9 @@ class StandInEngine:
     def set_transition_frames(self, frames):
         self._record("set_transition_frames", frames)
 
+    def set_feature_reuse(self, enabled, interval=None, depth=None):
+        self._record("set_feature_reuse", enabled)
+
     def set_resize_mode(self, mode):
         self._record("set_resize_mode", mode)
         self.config = self.config.replace(resize_mode=mode)

@@ -22,6 +22,7 @@ SETTING_OPTIONS = {
     "guidance": "guidance", "delta": "delta", "similarity_filter": "similarity_filter",
     "similarity_threshold": "similarity_threshold", "acceleration": "acceleration", "quality": "quality",
     "smoothing": "smoothing", "transition": "transition_s", "resize": "resize_mode", "gpus": "gpus",
+    "feature_reuse": "feature_reuse",
 }
 #: Engine options the window has no control for: they go into every engine it loads in this start.
 ENGINE_OPTIONS = {
@@ -29,8 +30,7 @@ ENGINE_OPTIONS = {
     "cache_dir": "cache_dir", "model_config": "single_file_config",
     "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
     "num_inference_steps": "num_inference_steps", "quick_start": "quick_start",
-    "feature_reuse": "feature_reuse", "feature_reuse_interval": "feature_reuse_interval",
-    "feature_reuse_depth": "feature_reuse_depth", "parallel": "parallel", "split_at": "split_at",
+    "feature_reuse_interval": "feature_reuse_interval", "feature_reuse_depth": "feature_reuse_depth", "parallel": "parallel", "split_at": "split_at",
 }
 
 

@@ -27,6 +27,7 @@ class PictureControls(QObject):
         output.output_mirror_changed.connect(session.set_output_mirror)
         output.bypass_toggled.connect(self._on_bypass)
         style.smoothing_changed.connect(session.set_smoothing)
+        style.feature_reuse_changed.connect(session.set_feature_reuse)
         style.transition_changed.connect(lambda seconds: session.set_transition_frames(self.transition_frames(seconds)))
 
     def apply_settings(self, settings) -> None:
@@ -34,6 +35,7 @@ class PictureControls(QObject):
         session, output = self.window.session, self.window.output_panel
         session.params.output_width, session.params.output_height = output.output_size()
         session.params.smoothing = settings.smoothing
+        session.params.feature_reuse = settings.feature_reuse
         session.params.transition_frames = self.transition_frames(settings.transition_s)
         session.letterbox = settings.resize_mode == "letterbox"
         session.params.resize_mode = settings.resize_mode

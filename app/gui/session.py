@@ -40,6 +40,7 @@ class LiveParams:
     output_width: int = 0  # 0 x 0: the generated size
     output_height: int = 0
     smoothing: float = StreamConfig.smoothing
+    feature_reuse: bool = StreamConfig.feature_reuse
     transition_frames: int = StreamConfig.transition_frames
     resize_mode: str = StreamConfig.resize_mode
 
@@ -50,6 +51,7 @@ class LiveParams:
         engine.set_similarity_filter(self.similarity_filter, threshold=self.similarity_threshold)
         engine.set_output_size(self.output_width, self.output_height)
         engine.set_smoothing(self.smoothing)
+        engine.set_feature_reuse(self.feature_reuse)
         engine.set_transition_frames(self.transition_frames)
         engine.set_resize_mode(self.resize_mode)
 
@@ -149,6 +151,10 @@ class Session(QObject):
     def set_smoothing(self, smoothing: float) -> None:
         self.params.smoothing = smoothing
         self._call_engine(lambda e: e.set_smoothing(smoothing))
+
+    def set_feature_reuse(self, enabled: bool) -> None:
+        self.params.feature_reuse = enabled
+        self._call_engine(lambda e: e.set_feature_reuse(enabled))
 
     def set_transition_frames(self, frames: int) -> None:
         self.params.transition_frames = frames

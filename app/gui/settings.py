@@ -64,6 +64,7 @@ class AppSettings:
     output_size: str = DEFAULT_OUTPUT_SIZE  # a key of core.sizes.OUTPUT_SIZES or WxH
     resize_mode: str = StreamConfig.resize_mode
     smoothing: float = StreamConfig.smoothing
+    feature_reuse: bool = StreamConfig.feature_reuse  # deep-feature reuse at 2-4 steps (live)
     transition_s: float = 0.5  # prompt, preset and seed changes blend in over this time
     virtual_camera: bool = False
     output_dir: str = ""
@@ -186,6 +187,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "output_size": _output_size,
     "resize_mode": _choice(RESIZE_MODES),
     "smoothing": _number(0.0, MAX_SMOOTHING),
+    "feature_reuse": _flag,
     "transition_s": _number(0.0, 10.0),
     "virtual_camera": _flag,
     "output_dir": _text,

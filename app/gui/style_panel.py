@@ -42,6 +42,7 @@ class StylePanel(QWidget):
     guidance_changed = Signal(float, float)  # guidance scale, delta
     filter_changed = Signal(bool, float)  # enabled, threshold
     smoothing_changed = Signal(float)
+    feature_reuse_changed = Signal(bool)
     transition_changed = Signal(float)  # seconds
     rebuild_needed = Signal()  # steps or cfg type: these change shapes, so a new engine
     preset_chosen = Signal(object)  # StylePreset
@@ -100,6 +101,12 @@ class StylePanel(QWidget):
         self.steps_spin.setToolTip("Denoising steps per frame: more is finer and slower (reloads the engine)")
         self.steps_spin.valueChanged.connect(self._on_rebuild)
         form.addRow("Steps", self.steps_spin)
+        self.reuse_check = QCheckBox("Reuse deep features")
+        self.reuse_check.setToolTip("Faster at 2-4 steps: steps after the first reuse the deep features their frame "
+                                    "made at its first step (DeepCache); the picture moves a little from the full "
+                                    "computation")
+        self.reuse_check.toggled.connect(self._on_reuse)
+        form.addRow("", self.reuse_check)
 
         self.seed_spin = QSpinBox(minimum=0, maximum=MAX_SEED)
         self.seed_spin.setToolTip("The noise seed: the same seed gives the same look for the same input")
@@ -223,6 +230,8 @@ class StylePanel(QWidget):
             self.negative_edit.setCursorPosition(0)  # show the start of a long text, not its end
             self.strength_slider.setValue(settings.strength)
             self.steps_spin.setValue(settings.steps)
+            self.reuse_check.setChecked(settings.feature_reuse)
+            self.reuse_check.setEnabled(settings.steps > 1)
             self.seed_spin.setValue(min(settings.seed, MAX_SEED))
             self.filter_check.setChecked(settings.similarity_filter)
             self.threshold_spin.setValue(max(0.5, settings.similarity_threshold))
@@ -241,6 +250,7 @@ class StylePanel(QWidget):
         settings.negative_prompt = self.negative_edit.text()
         settings.strength = round(self.strength_slider.value(), 4)
         settings.steps = self.steps_spin.value()
+        settings.feature_reuse = self.reuse_check.isChecked()
         settings.seed = self.seed_spin.value()
         settings.similarity_filter = self.filter_check.isChecked()
         settings.similarity_threshold = round(self.threshold_spin.value(), 4)
@@ -303,6 +313,11 @@ class StylePanel(QWidget):
         if not self._loading:
             self.filter_changed.emit(self.filter_check.isChecked(), self.threshold_spin.value())
 
+    def _on_reuse(self, enabled: bool) -> None:
+        if not self._loading:
+            self.feature_reuse_changed.emit(enabled)
+
     def _on_rebuild(self, *_args) -> None:
+        self.reuse_check.setEnabled(self.steps_spin.value() > 1)  # one step: every row is a new frame
         if not self._loading:
             self.rebuild_needed.emit()

@@ -36,4 +36,4 @@ class StreamSnapshot:
     anchors: torch.Tensor
     feedback: torch.Tensor
     has_feedback: torch.Tensor
-    features: tuple = (None, 0, True, 0, "block")  # the deep-feature cache (core.feature_reuse.FeatureCache.state)
+    features: tuple = (None, 0, True, 0, "layer")  # the deep-feature cache (core.feature_reuse.FeatureCache.state)

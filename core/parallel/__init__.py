@@ -160,7 +160,7 @@ def split_plan(preset: str = "sd-turbo", gpus: int = 2, rows: int = 4, size: int
     the meta device (no memory, no weights): what ``doctor`` shows for the GPUs it sees."""
     from diffusers import UNet2DConditionModel
 
-    from core.parallel.unet_stages import balanced_starts, split_units, unet_units, unit_flops
+    from core.parallel.unet_stages import balanced_starts, describe_units, split_units, unet_units, unit_flops
     from core.presets import preset_dir
 
     folder = preset_dir(preset) / "unet"
@@ -178,5 +178,5 @@ def split_plan(preset: str = "sd-turbo", gpus: int = 2, rows: int = 4, size: int
     starts = balanced_starts(costs, gpus)
     runs = split_units(list(range(len(units))), starts)
     total = sum(costs)
-    return " | ".join(f"{'+'.join(str(units[i]) for i in run)} ({sum(costs[i] for i in run) / total:.0%})"
+    return " | ".join(f"{describe_units([units[i] for i in run], units)} ({sum(costs[i] for i in run) / total:.0%})"
                       for run in runs)

@@ -73,6 +73,8 @@ class Packing:
 class AsyncDiffRunner:
     """The engine's frame runner (``AcceleratedParts.frame_runner``) over ``devices``: stage j on device j."""
 
+    runs_its_own_unet = True  # the engine's UNet paths (feature reuse) do not apply
+
     def __init__(self, engine, devices: list[torch.device], starts: tuple[int, ...], graphs: bool,
                  compile_stages: bool = False):
         self.engine = engine

@@ -15,45 +15,89 @@ from dataclasses import dataclass
 
 import torch
 
-from core.feature_reuse import run_down_block, run_up_block, unet_embeddings
+from core.feature_reuse import unet_embeddings
 
 
 @dataclass(frozen=True)
 class Unit:
     kind: str  # "in", "down", "mid", "up" or "out"
     index: int = 0  # the block's index for "down" and "up"
+    layer: int = 0  # the layer (resnet and its attention) within that block
 
     def __str__(self) -> str:
-        return f"{self.kind}{self.index}" if self.kind in ("down", "up") else self.kind
+        return f"{self.kind}{self.index}.{self.layer}" if self.kind in ("down", "up") else self.kind
 
 
 def unet_units(unet) -> list[Unit]:
-    units = [Unit("in")] + [Unit("down", i) for i in range(len(unet.down_blocks))]
+    """Layer by layer: a cut may fall inside a block, where the time is (the full-resolution blocks)."""
+    units = [Unit("in")]
+    units += [Unit("down", i, l) for i, block in enumerate(unet.down_blocks) for l in range(len(block.resnets))]
     if unet.mid_block is not None:
         units.append(Unit("mid"))
-    return units + [Unit("up", i) for i in range(len(unet.up_blocks))] + [Unit("out")]
+    units += [Unit("up", i, l) for i, block in enumerate(unet.up_blocks) for l in range(len(block.resnets))]
+    return units + [Unit("out")]
+
+
+def describe_units(run, units) -> str:
+    """``in+down0+down1.0`` for a ``run`` of ``units`` (all of the UNet's): whole blocks by name, part of a block by
+    its layers."""
+    sizes: dict[tuple, int] = {}
+    for unit in units:
+        sizes[unit.kind, unit.index] = sizes.get((unit.kind, unit.index), 0) + 1
+    names, i = [], 0
+    while i < len(run):
+        unit = run[i]
+        j = i + 1
+        if unit.kind in ("down", "up"):
+            while j < len(run) and (run[j].kind, run[j].index) == (unit.kind, unit.index):
+                j += 1
+        if unit.kind in ("down", "up") and j - i < sizes[unit.kind, unit.index]:
+            first, last = run[i].layer, run[j - 1].layer
+            names.append(f"{unit.kind}{unit.index}.{first}" + (f"-{last}" if last != first else ""))
+        else:
+            names.append(f"{unit.kind}{unit.index}" if unit.kind in ("down", "up") else str(unit))
+        i = j
+    return "+".join(names)
+
+
+def _attend(block, layer: int, hidden, encoder_hidden_states):
+    attentions = getattr(block, "attentions", None)
+    if attentions is None:
+        return hidden
+    return attentions[layer](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
 def run_unit(unet, unit: Unit, hidden, res: tuple, emb, encoder_hidden_states, needs_size: bool):
-    """One unit: (hidden, skip stack) in, (hidden, skip stack) out."""
+    """One unit: (hidden, skip stack) in, (hidden, skip stack) out; diffusers' block forwards re-stated per
+    layer (what the presets use: no adapters, no FreeU)."""
     if unit.kind == "in":
         if unet.config.center_input_sample:
             hidden = 2 * hidden - 1.0
         hidden = unet.conv_in(hidden)
         return hidden, (hidden,)
     if unit.kind == "down":
-        hidden, block_res = run_down_block(unet.down_blocks[unit.index], hidden, emb, encoder_hidden_states)
-        return hidden, res + block_res
+        block = unet.down_blocks[unit.index]
+        hidden = _attend(block, unit.layer, block.resnets[unit.layer](hidden, emb), encoder_hidden_states)
+        res = res + (hidden,)
+        if unit.layer == len(block.resnets) - 1 and block.downsamplers is not None:
+            for downsampler in block.downsamplers:
+                hidden = downsampler(hidden)
+            res = res + (hidden,)
+        return hidden, res
     if unit.kind == "mid":
         if getattr(unet.mid_block, "has_cross_attention", False):
             return unet.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states), res
         return unet.mid_block(hidden, emb), res
     if unit.kind == "up":
         block = unet.up_blocks[unit.index]
-        block_res, res = res[-len(block.resnets):], res[: -len(block.resnets)]
-        last = unit.index == len(unet.up_blocks) - 1
-        size = res[-1].shape[2:] if needs_size and not last else None
-        return run_up_block(block, hidden, emb, block_res, encoder_hidden_states, size), res
+        hidden = block.resnets[unit.layer](torch.cat([hidden, res[-1]], dim=1), emb)
+        hidden, res = _attend(block, unit.layer, hidden, encoder_hidden_states), res[:-1]
+        if unit.layer == len(block.resnets) - 1 and block.upsamplers is not None:
+            last = unit.index == len(unet.up_blocks) - 1
+            size = res[-1].shape[2:] if needs_size and not last else None
+            for upsampler in block.upsamplers:
+                hidden = upsampler(hidden, size)
+        return hidden, res
     if unet.conv_norm_out is not None:
         hidden = unet.conv_act(unet.conv_norm_out(hidden))
     return unet.conv_out(hidden), ()
@@ -66,6 +110,7 @@ class UNetStage:
 
     def __init__(self, unet, units: list[Unit], latent_hw: tuple[int, int]):
         self.unet, self.units = unet, list(units)
+        self.all_units = unet_units(unet)
         factor = 2 ** unet.num_upsamplers
         self.needs_size = any(dim % factor for dim in latent_hw)
 
@@ -82,7 +127,7 @@ class UNetStage:
         return (hidden, *res)
 
     def __str__(self) -> str:
-        return "+".join(str(unit) for unit in self.units)
+        return describe_units(self.units, self.all_units)
 
 
 def split_units(units: list, starts: tuple[int, ...]) -> list[list]:
