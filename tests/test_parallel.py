@@ -203,6 +203,18 @@ def repeated_frames(make_frame, count):
     return [make_frame(i // 3) for i in range(count)]
 
 
+def assert_one_engines_frames_in_order(parallel, single, frames, atol):
+    """``parallel`` fed through submit/flush gives ``single``'s frames, each with its own tag, in order."""
+    expected = [single.process(frame) for frame in frames]
+    got = []
+    for i, frame in enumerate(frames):
+        got += parallel.submit(frame, tag=i)
+    got += parallel.flush()
+    assert [out.tag for out in got] == list(range(len(frames)))
+    for (_, image, _), reference in zip(got, expected):
+        assert_frames_close(image, reference, atol=atol)
+
+
 def test_frame_parallel_gives_one_engines_frames_in_order(tiny_components, tiny_config, make_frame):
     config = tiny_config.replace(t_index_list=(30,), similarity_filter=True, similarity_threshold=0.5)
     single = prepared(tiny_components, config)
@@ -212,15 +224,7 @@ def test_frame_parallel_gives_one_engines_frames_in_order(tiny_components, tiny_
     from app.pipeline.engine_policy import describe_engine  # app imports OpenCV, which the GPU machine lacks
 
     assert describe_engine(parallel).endswith("frame-parallel over cpu, cpu")
-    frames = repeated_frames(make_frame, 12)
-    expected = [single.process(frame) for frame in frames]
-    got = []
-    for i, frame in enumerate(frames):
-        got += parallel.submit(frame, tag=i)
-    got += parallel.flush()
-    assert [out.tag for out in got] == list(range(12))
-    for (_, image, _), reference in zip(got, expected):
-        assert_frames_close(image, reference, atol=1)
+    assert_one_engines_frames_in_order(parallel, single, repeated_frames(make_frame, 12), atol=1)
     assert parallel.skipped_frames == single.skipped_frames > 0
     assert sum(engine.frames_processed for engine in parallel.engines) == single.frames_processed
     assert min(engine.frames_processed for engine in parallel.engines) > 0  # both engines took frames
@@ -312,13 +316,5 @@ def test_frame_parallel_graphs_on_each_gpu_give_one_engines_frames(make_frame, m
     single.prepare("a cat", "blurry")
     parallel = StreamEngine.from_config(config.replace(gpus=gpus, parallel="frames"), components=components)
     parallel.prepare("a cat", "blurry")
-    frames = repeated_frames(make_frame, 16)
-    expected = [single.process(frame) for frame in frames]
-    got = []
-    for i, frame in enumerate(frames):
-        got += parallel.submit(frame, tag=i)
-    got += parallel.flush()
-    assert [out.tag for out in got] == list(range(16))
-    for (_, image, _), reference in zip(got, expected):
-        assert_frames_close(image, reference, atol=2)
+    assert_one_engines_frames_in_order(parallel, single, repeated_frames(make_frame, 16), atol=2)
     parallel.close()
