@@ -337,8 +337,7 @@ class Pipeline(Reporter):
 
     def _process_frames(self, frames: list[Frame]) -> list[OutputFrame]:
         engine, keep = self._engine, self.config.keep_input
-        if engine is None or self.bypass:
-            # Frames still in flight in a frame-parallel engine are older: they leave first, in order.
+        if engine is None or self.bypass:  # frames in flight in a frame-parallel engine are older: first out
             return self._flush_engine() + passthrough(frames, keep, self.output_shape)
         try:
             outputs = run_engine(engine, frames, keep)
