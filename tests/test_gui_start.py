@@ -301,3 +301,19 @@ def test_the_reuse_choice_is_live_saved_and_only_for_several_steps(qtbot, open_w
     assert SettingsStore(str(tmp_path / "settings.ini")).load().feature_reuse is True
     style.steps_spin.setValue(1)
     assert not style.reuse_check.isEnabled()
+
+
+def test_a_prepared_step_count_switches_without_a_load(qtbot, open_window):
+    window = open_window(small(steps=1))
+    window.session.prepared.should_prepare = lambda engine, config: True
+    window.style_panel.steps_spin.setValue(2)  # a load; once it runs, the other counts are prepared
+    until(qtbot, lambda: window.session.engine_config.denoising_steps == 2)
+    until(qtbot, lambda: window.session.prepared.ready_steps() == [1, 3, 4])
+    built = len(window.factory.built)
+    window.style_panel.steps_spin.setValue(4)
+    until(qtbot, lambda: window.session.engine_config.denoising_steps == 4)
+    engine = window.session.engine
+    assert engine in window.factory.built[:built]  # one of the prepared engines, not a new load
+    assert engine.config.denoising_steps == 4 and engine.last("update_prompt") is not None
+    assert not window.model_panel.progress.isVisible()
+    window.close()

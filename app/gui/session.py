@@ -13,12 +13,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.gui.bridge import FrameBridge
 from app.gui.loader import EngineLoader
 from app.outputs import Recorder, VirtualCamera, snapshot, virtualcam_available
 from app.pipeline import OutputFrame, OutputShape, Pipeline, PipelineConfig
+from app.pipeline.prepared import PreparedEngines
 from core.config import StreamConfig
 from core.model_errors import user_message
 
@@ -74,6 +75,9 @@ class Session(QObject):
         self.loader = EngineLoader(engine_factory, self)
         self.loader.loaded.connect(self._on_loaded)
         self.loader.failed.connect(self.engine_failed)
+        # The other step counts, built once the running engine is at full speed: the steps control then
+        # switches at once (a test may set ``prepared.should_prepare``).
+        self.prepared = PreparedEngines(lambda config, **kwargs: self.loader.factory(config, **kwargs))
         self.params = LiveParams()
         self.pipeline = Pipeline(
             config=PipelineConfig(keep_input=True),
@@ -104,6 +108,11 @@ class Session(QObject):
     def load_engine(self, config: StreamConfig) -> None:
         if self.source_shape is not None:  # the load captures its graph for the frames that will arrive
             config = config.replace(source_width=self.source_shape[0], source_height=self.source_shape[1])
+        engine = self.prepared.take(config)
+        if engine is not None:  # after the caller's own bookkeeping, as a load's result would come
+            self.loader.cancel()
+            QTimer.singleShot(0, lambda: self._on_loaded(engine, config))
+            return
         params = LiveParams(**vars(self.params))
         self.loader.load(config, params.prompt, params.negative_prompt, setup=params.apply_to)
 
@@ -118,6 +127,8 @@ class Session(QObject):
         self.engine_config = config
         self._apply_output_shape()
         self.engine_ready.emit(config, engine)
+        params = LiveParams(**vars(self.params))
+        self.prepared.prepare_for(engine, config, params.prompt, params.negative_prompt, params.apply_to)
 
     def _call_engine(self, action, engine=None) -> None:
         engine = engine if engine is not None else self.pipeline.engine
@@ -232,6 +243,7 @@ class Session(QObject):
     def shutdown(self) -> None:
         """Stop everything now, on the calling thread: used on quit, when blocking is expected."""
         self.loader.cancel()
+        self.prepared.clear()
         recorder, self._recorder = self._recorder, None
         self.pipeline.stop(close_outputs=True)
         self._finish_recording(recorder)

@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[..., Any]  # (config, progress=None) -> engine
 
 
-def default_engine_factory(config, progress=None):
+def default_engine_factory(config, progress=None, components=None):
+    """``components``: a model already loaded (the running engine's), shared instead of loaded again."""
     from core.stream import StreamEngine
 
-    return StreamEngine.from_config(config, progress=progress)
+    return StreamEngine.from_config(config, progress=progress, components=components)
 
 
 def build_engine(config, prompt: str, negative_prompt: str = "", progress: Callable | None = None,

@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -49,6 +50,17 @@ def _build_ended() -> None:
         _switch["builds"] -= 1
         if _switch["builds"] == 0 and _switch["saved"] is not None:
             sys.setswitchinterval(_switch["saved"])
+
+
+@contextmanager
+def lowered_switch_interval():
+    """Any build beside running frames (this module's, or the app's prepared engines): the switch interval is
+    ``BUILD_SWITCH_INTERVAL_S`` while at least one runs."""
+    _build_started()
+    try:
+        yield
+    finally:
+        _build_ended()
 
 
 def build_key(engine) -> str:
@@ -171,11 +183,8 @@ class BackgroundBuild:
         return "quick start"
 
     def _work(self) -> None:
-        _build_started()
-        try:
+        with lowered_switch_interval():
             self._run()
-        finally:
-            _build_ended()
 
     def _run(self) -> None:
         try:

@@ -1,0 +1,140 @@
+"""Engines for the other step counts, built in the background once the running one is at full speed, so that
+the steps control (and a preset with another step count) switches within a frame instead of after a compile.
+
+They share the running engine's model (weights are not loaded twice); each has its own compiled graphs and
+stream state. Preparing is worth it only for a compiled engine on one GPU with room to spare
+(``worth_preparing``); a change of anything but the step count and the live settings throws them away.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable
+
+from app.pipeline.engine_loader import build_engine
+from app.pipeline.engine_policy import release_engine
+from core.model_errors import is_out_of_memory
+
+log = logging.getLogger(__name__)
+
+STEP_COUNTS = (1, 2, 3, 4)
+MIN_FREE_GPU_BYTES = 4 * 2**30  # an engine's graphs take 1-2 GiB at 512x512; leave the running one room
+
+
+def worth_preparing(engine, config) -> bool:
+    """A compiled engine on one CUDA GPU with at least ``MIN_FREE_GPU_BYTES`` free."""
+    device = getattr(engine, "device", None)
+    if getattr(device, "type", None) != "cuda" or config.acceleration == "none" or config.gpus > 1:
+        return False
+    import torch
+
+    try:
+        free, _total = torch.cuda.mem_get_info(device)
+    except Exception:  # noqa: BLE001 - no answer: do not risk the running engine's memory
+        return False
+    return free >= MIN_FREE_GPU_BYTES
+
+
+def same_but_steps(a, b) -> bool:
+    """``a`` and ``b`` differ at most in the step count, the strength, how the start went and the live settings."""
+    return not a.replace(t_index_list=b.t_index_list, num_inference_steps=b.num_inference_steps,
+                         quick_start=b.quick_start).needs_new_engine(b)
+
+
+class PreparedEngines:
+    """``prepare_for(engine, config, ...)`` after an engine goes live; ``take(config)`` when the user asks for
+    another one; ``clear()`` when the window closes. One background thread builds one engine at a time."""
+
+    def __init__(self, factory: Callable[..., Any], should_prepare: Callable[[Any, Any], bool] = worth_preparing,
+                 poll_s: float = 1.0):
+        self.factory = factory
+        self.should_prepare = should_prepare
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._ready: dict[int, tuple[Any, Any]] = {}  # step count -> (config, engine)
+        self._generation = 0
+        self.building: int | None = None  # the step count being built now
+
+    def ready_steps(self) -> list[int]:
+        with self._lock:
+            return sorted(self._ready)
+
+    def take(self, config):
+        """A prepared engine for ``config`` (its step count, the same model, size and acceleration), or None.
+        The caller applies the prompt and live settings, as after any load."""
+        with self._lock:
+            entry = self._ready.get(len(config.t_index_list))
+            if entry is None or not same_but_steps(entry[0], config):
+                return None
+            del self._ready[len(config.t_index_list)]
+        return entry[1]
+
+    def prepare_for(self, engine, config, prompt: str, negative_prompt: str, setup=None) -> None:
+        """``engine`` now runs ``config``: keep the prepared engines that still match, build the missing step
+        counts once it runs at full speed."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            stale = {steps: entry for steps, entry in self._ready.items()
+                     if steps == len(config.t_index_list) or not same_but_steps(entry[0], config)}
+            for steps in stale:
+                del self._ready[steps]
+        for _config, old in stale.values():
+            release_engine(old)
+        if not self.should_prepare(engine, config):
+            return
+        threading.Thread(target=self._work, args=(generation, engine, config, prompt, negative_prompt, setup),
+                         name="prepare-steps", daemon=True).start()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            ready, self._ready = self._ready, {}
+        for _config, engine in ready.values():
+            release_engine(engine)
+
+    def _current(self, generation: int) -> bool:
+        with self._lock:
+            return generation == self._generation
+
+    def _work(self, generation, engine, config, prompt, negative_prompt, setup) -> None:
+        from core.accel.staged import lowered_switch_interval
+        from core.schedule import strength_to_t_index_list, t_index_list_to_strength
+
+        startup = getattr(engine, "startup", None)
+        while startup is not None and not startup.wait(self.poll_s):  # its own build first
+            if not self._current(generation):
+                return
+        strength = t_index_list_to_strength(config.t_index_list, config.num_inference_steps)
+        components = getattr(engine, "components", None)
+        extra = {} if components is None else {"components": components}
+        for steps in STEP_COUNTS:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                if steps == len(config.t_index_list) or steps in self._ready:
+                    continue
+                self.building = steps
+            wanted = config.replace(t_index_list=strength_to_t_index_list(strength, steps, config.num_inference_steps),
+                                    quick_start=False)
+            try:
+                with lowered_switch_interval():  # the running engine's thread keeps getting the interpreter
+                    built = build_engine(wanted, prompt, negative_prompt, None, setup,
+                                         lambda c, progress=None: self.factory(c, progress=progress, **extra))
+            except Exception as exc:  # noqa: BLE001 - preparing is a bonus: the running engine is untouched
+                log.info("preparing %d step(s) failed (%s: %s)%s", steps, type(exc).__name__, exc,
+                         "; preparing no more" if is_out_of_memory(exc) else "")
+                if is_out_of_memory(exc):
+                    break
+                continue
+            finally:
+                self.building = None
+            with self._lock:
+                keep = generation == self._generation
+                if keep:
+                    self._ready[steps] = (wanted, built)
+            if not keep:
+                release_engine(built)
+                return
+            log.info("%d step(s) prepared: the steps control switches to it at once", steps)
