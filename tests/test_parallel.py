@@ -318,3 +318,73 @@ def test_frame_parallel_graphs_on_each_gpu_give_one_engines_frames(make_frame, m
     parallel.prepare("a cat", "blurry")
     assert_one_engines_frames_in_order(parallel, single, repeated_frames(make_frame, 16), atol=2)
     parallel.close()
+
+
+def test_the_gpus_full_speed_builds_run_one_after_another():
+    import threading
+    import time
+
+    from core.parallel.frame_parallel import ChainedBuilds
+
+    class Build:  # the parts of core.accel.staged.BackgroundBuild that the chain uses
+        def __init__(self, log):
+            self.log, self.built, self.state = log, threading.Event(), "waiting"
+
+        def start(self):
+            self.log.append(("start", self))
+            self.state = "building"
+
+        def wait_built(self, timeout_s=None):
+            return self.built.wait(timeout_s)
+
+        def wait(self, timeout_s=None):
+            return self.built.wait(timeout_s)
+
+        def cancel(self):
+            self.state = "cancelled"
+
+        def stage(self):
+            return "full speed" if self.built.is_set() else f"quick start, {self.state}"
+
+    log = []
+    first, second = Build(log), Build(log)
+    chain = ChainedBuilds([first, second])
+    chain.start()
+    time.sleep(0.3)
+    assert log == [("start", first)]  # the second waits for the first to finish building
+    assert chain.stage() == "quick start, building (GPU 1 of 2)"
+    first.built.set()
+    deadline = time.monotonic() + 5
+    while len(log) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log == [("start", first), ("start", second)]
+    assert chain.stage() == "quick start, building (GPU 2 of 2)" and not chain.wait(0.01)
+    second.built.set()
+    assert chain.wait(1) and chain.stage() == "full speed"
+    chain.cancel()
+    assert first.state == second.state == "cancelled"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_frame_parallel_quick_start_reaches_full_speed_on_every_gpu_without_losing_frames(make_frame):
+    from core.config import StreamConfig
+
+    gpus = max(2, min(torch.cuda.device_count(), 4))
+    config = StreamConfig(model="preset:tiny", width=64, height=64, device="cuda", dtype="float32",
+                          t_index_list=(30,), gpus=gpus, parallel="frames")
+    parallel = StreamEngine.from_config(config)
+    parallel.prepare("a cat", "blurry")
+    assert parallel.startup is not None and parallel.stage.startswith("quick start")
+    submitted, got = 0, []
+    while not parallel.startup.wait(0.01) and submitted < 5000:
+        got += parallel.submit(make_frame(submitted % 7), tag=submitted)
+        submitted += 1
+    for _ in range(4 * gpus):
+        got += parallel.submit(make_frame(submitted % 7), tag=submitted)
+        submitted += 1
+    got += parallel.flush()
+    assert parallel.stage == "full speed"
+    assert [out.tag for out in got] == list(range(submitted))
+    assert all(engine.acceleration == "compile" for engine in parallel.engines)
+    parallel.close()

@@ -60,15 +60,20 @@ def build_parallel_engine(engine_class, config, progress=None, components=None):
     mode = parallel_mode(config)
     components = components or load_components(config.replace(gpus=1, split_at=()), progress)
     if mode == "frames":
+        from core.parallel.frame_parallel import ChainedBuilds, FrameParallelEngine
+
         engines = []
         for device in devices:
             say(f"frame-parallel: engine on {device}")
-            engine_config = config.replace(gpus=1, split_at=(), device=str(device), quick_start=False)
-            engine = _accelerated(engine_class(components_on(components, device), engine_config), progress)
-            engines.append(engine)
-        from core.parallel.frame_parallel import FrameParallelEngine
-
-        return FrameParallelEngine(engines)
+            engine_config = config.replace(gpus=1, split_at=(), device=str(device))
+            engines.append(_accelerated(engine_class(components_on(components, device), engine_config), progress))
+        parallel = FrameParallelEngine(engines)
+        # Quick start on every GPU at once; their compiles one after another (two at once would share the CPU).
+        builds = [engine.startup for engine in engines if engine.startup is not None]
+        if builds:
+            parallel.startup = ChainedBuilds(builds)
+            parallel.startup.start()
+        return parallel
     # The first stage's device by its index: one GPU spelled two ways ("cuda", "cuda:0") must not look like two.
     engine = engine_class(components, config.replace(gpus=1, split_at=(), feature_reuse=False,
                                                      device=str(devices[0])))
@@ -85,10 +90,12 @@ def build_parallel_engine(engine_class, config, progress=None, components=None):
 
 
 def _accelerated(engine, progress):
+    """``engine`` accelerated and warmed up; with quick start, its full-speed build left in ``engine.startup``,
+    not started."""
     if engine.config.acceleration != "none":
         from core.accel import accelerate
 
-        if accelerate(engine, progress) != "none":
+        if accelerate(engine, progress, staged=engine.config.quick_start) != "none":
             engine.warm_up()
     return engine
 

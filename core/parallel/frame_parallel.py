@@ -76,7 +76,7 @@ class FrameParallelEngine:
 
     # ----- what the app and run read of an engine ------------------------------------------------------
 
-    startup = None  # every engine is built to full speed before the first frame (no quick start: see core.parallel)
+    startup = None  # with quick start: the engines' full-speed builds, one after another (ChainedBuilds)
 
     @property
     def components(self):
@@ -96,7 +96,7 @@ class FrameParallelEngine:
 
     @property
     def stage(self) -> str:
-        return self.engines[0].stage
+        return self.engines[0].stage if self.startup is None else self.startup.stage()
 
     @property
     def parallel(self) -> str:
@@ -203,6 +203,8 @@ class FrameParallelEngine:
 
     def close(self) -> None:
         """Stop the workers (frames still waiting are dropped) and close the engines they have let go of."""
+        if self.startup is not None:
+            self.startup.cancel()
         for q in self._queues:
             while True:
                 try:
@@ -224,6 +226,45 @@ class FrameParallelEngine:
             self.filter.threshold = threshold
         if max_skip_frames is not None:
             self.filter.max_skip_frames = max_skip_frames
+
+
+class ChainedBuilds:
+    """The engines' background builds (core.accel.staged.BackgroundBuild), started one after another; each
+    engine swaps its own in between two of its frames."""
+
+    def __init__(self, builds: list):
+        self.builds = builds
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="frame-parallel-builds", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _work(self) -> None:
+        for build in self.builds:
+            if self._cancelled.is_set():
+                return
+            build.start()
+            while not build.wait_built(0.25):
+                if self._cancelled.is_set():
+                    return
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        for build in self.builds:
+            build.cancel()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Until every engine runs its build's result (or never will)."""
+        return all(build.wait(timeout_s) for build in self.builds)
+
+    def stage(self) -> str:
+        """"full speed" once every GPU is; else the first one still on its quick path, by number."""
+        for number, build in enumerate(self.builds, 1):
+            stage = build.stage()
+            if stage != "full speed":
+                return f"{stage} (GPU {number} of {len(self.builds)})"
+        return "full speed"
 
 
 def _broadcast(name: str):
