@@ -17,7 +17,8 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from core.bench_timing import BenchResult, reset_peak_memory, print_table, summarize, time_calls
+from core.bench_timing import (BenchResult, print_table, reset_peak_memory, summarize, time_calls,
+                               time_overlapped)
 from core.config import StreamConfig
 from core.logs import configure_logging
 from core.schedule import strength_to_t_index_list
@@ -26,25 +27,6 @@ from core.bench_probes import (BENCH_NEGATIVE, BENCH_PROMPT, print_steadiness, r
 from core.sizes import parse_size
 
 log = logging.getLogger(__name__)
-
-
-def time_overlapped(engine, frames, warmup: int) -> tuple[list[float], float]:
-    """Frames through OverlappedRunner; a frame's latency runs from its submit to its output."""
-    from core.accel.overlap import OverlappedRunner
-
-    runner = OverlappedRunner(engine)
-    for frame in frames[:warmup]:
-        runner.submit(frame)
-    runner.flush()
-    starts, latencies = [], []
-    start = time.perf_counter()
-    for frame in frames[warmup:]:
-        starts.append(time.perf_counter())
-        if runner.submit(frame) is not None and len(starts) > 1:
-            latencies.append((time.perf_counter() - starts[-2]) * 1000.0)
-    runner.flush()
-    latencies.append((time.perf_counter() - starts[-1]) * 1000.0)
-    return latencies, time.perf_counter() - start
 
 
 def build_engine(components, config: StreamConfig, progress=None):
@@ -284,7 +266,7 @@ def main(argv=None) -> int:
         from core.bench_parallel import parallel_rows
 
         parallel_rows(components, config, [int(n) for n in args.gpus.split(",")], args.parallel, frames,
-                      args.warmup, results)
+                      args.warmup, results, overlap=args.overlap)
     if args.similarity:
         static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
         config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
-from core.bench_timing import print_table, summarize, time_calls
+from core.bench_timing import print_table, summarize, time_calls, time_overlapped
+from core.parallel import parallel_mode
 
 
 def time_submitted(engine, frames, warmup: int) -> tuple[list[float], float]:
@@ -29,8 +30,9 @@ def time_submitted(engine, frames, warmup: int) -> tuple[list[float], float]:
     return latencies, time.perf_counter() - start
 
 
-def bench_parallel_engine(components, config, frames, warmup: int):
-    """One row: ``config`` (gpus > 1) built over its GPUs and timed."""
+def bench_parallel_engine(components, config, frames, warmup: int, overlap: bool = False):
+    """One row: ``config`` (gpus > 1) built over its GPUs and timed; ``overlap``: an AsyncDiff engine's host
+    copies overlapped with its frames (core.accel.overlap, one frame more latency), as ``bench --overlap``."""
     from core.stream import StreamEngine
 
     started = time.perf_counter()
@@ -41,11 +43,15 @@ def bench_parallel_engine(components, config, frames, warmup: int):
     extra = {}
     if hasattr(engine, "submit"):
         latencies, wall = time_submitted(engine, frames, warmup)
+    elif overlap and engine.device.type == "cuda":
+        latencies, wall = time_overlapped(engine, frames, warmup)
+        extra["overlapped"] = True
     else:
         latencies, wall = time_calls(engine.process, frames, warmup, config.resolved_device())
         parts = engine.accelerated.frame_runner.part_times_ms(_device_frame(engine, frames[0]))
         extra["parts_ms"] = {name: round(ms, 2) for name, ms in parts.items()}
-    result = summarize(_name(engine, config), config.denoising_steps, latencies, wall, config.resolved_device(),
+    name = _name(engine, config) + (", overlapped" if extra.get("overlapped") else "")
+    result = summarize(name, config.denoising_steps, latencies, wall, config.resolved_device(),
                        cfg_type=config.cfg_type, acceleration=engine.acceleration, parallel=engine.parallel,
                        first_frame_s=round(first_frame_s, 2), **extra)
     engine.close()
@@ -65,12 +71,17 @@ def _device_frame(engine, frame):
     return (frames if frames.ndim == 4 else frames[None]).to(engine.device)
 
 
-def parallel_rows(components, config, gpu_counts, mode: str, frames, warmup: int, results: list) -> None:
-    """A row per GPU count above one (the one-GPU row is the setting's own)."""
+def parallel_rows(components, config, gpu_counts, mode: str, frames, warmup: int, results: list,
+                  overlap: bool = False) -> None:
+    """A row per GPU count above one (the one-GPU row is the setting's own); with ``overlap``, AsyncDiff
+    engines get a second row with overlapped host copies."""
     for count in gpu_counts:
-        if count > 1:
-            results.append(bench_parallel_engine(components, config.replace(gpus=count, parallel=mode), frames,
-                                                 warmup))
+        for overlapped in ((False, True) if overlap else (False,)):
+            wanted = config.replace(gpus=count, parallel=mode)
+            cuda = wanted.resolved_device().startswith("cuda")
+            if count < 2 or (overlapped and (parallel_mode(wanted) == "frames" or not cuda)):
+                continue
+            results.append(bench_parallel_engine(components, wanted, frames, warmup, overlap=overlapped))
             print_table(results[-1:], {}, file=sys.stderr)
             for name, ms in results[-1].extra.get("parts_ms", {}).items():
                 print(f"  {name}: {ms} ms", file=sys.stderr)

@@ -75,3 +75,20 @@ def print_table(results: list[BenchResult], baselines: dict[int, BenchResult], f
               f"{speedup_tiny} |", file=file)
 
 
+def time_overlapped(engine, frames, warmup: int) -> tuple[list[float], float]:
+    """Frames through OverlappedRunner; a frame's latency runs from its submit to its output."""
+    from core.accel.overlap import OverlappedRunner
+
+    runner = OverlappedRunner(engine)
+    for frame in frames[:warmup]:
+        runner.submit(frame)
+    runner.flush()
+    starts, latencies = [], []
+    start = time.perf_counter()
+    for frame in frames[warmup:]:
+        starts.append(time.perf_counter())
+        if runner.submit(frame) is not None and len(starts) > 1:
+            latencies.append((time.perf_counter() - starts[-2]) * 1000.0)
+    runner.flush()
+    latencies.append((time.perf_counter() - starts[-1]) * 1000.0)
+    return latencies, time.perf_counter() - start
