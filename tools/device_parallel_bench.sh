@@ -2,7 +2,8 @@
 # Issue 13's figures on a lent multi-GPU machine, in one call: the GPU tests of core.parallel, then sd-turbo
 # 512x512 at 1 step (frame-parallel) and 2 / 4 steps (asyncdiff) on 1, 2 and 4 GPUs, host uint8 to host uint8.
 # MODE=graph (default): every engine on the CUDA graph of its eager kernels (LIVEDIFFUSION_INDUCTOR=0: seconds
-# to build, so one call covers every row); MODE=compile: Inductor, fewer rows (SETTINGS, GPUS).
+# to build, so one call covers every row); MODE=compile: Inductor, fewer rows (SETTINGS, GPUS; OVERLAP=1 adds
+# AsyncDiff rows with overlapped host copies).
 # Carry .whl (diffusers, pytest). Logs under $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -23,5 +24,5 @@ if [ "$MODE" = graph ]; then
 else
   run bench_compile "${BENCH_S:-540}" python3 main.py bench --model preset:sd-turbo --acceleration compile \
     --frames 300 --warmup 20 --diffusers none --settings "${SETTINGS:-4:self}" --gpus "${GPUS:-1,2}" \
-    --json "$OUT/bench_compile.json"
+    ${OVERLAP:+--overlap} --json "$OUT/bench_compile.json"
 fi
