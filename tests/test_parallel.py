@@ -47,6 +47,24 @@ def test_any_chain_of_stages_is_diffusers_unet(family, tiny_components, tiny_sdx
             torch.testing.assert_close(handoff[0], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_stage_copy_holds_only_its_layers_and_runs_like_the_whole_unet(tiny_components, tiny_config):
+    from core.parallel.unet_stages import stage_copy
+
+    engine = prepared(tiny_components, tiny_config)
+    x, t, ehs, added = unet_inputs(engine)
+    units = unet_units(engine.unet)
+    first, second = split_units(units, (len(units) // 2,))
+    copied = stage_copy(engine.unet, second)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(copied) < count(engine.unet)
+    assert not any(p is q for p in copied.parameters() for q in engine.unet.parameters())  # a copy, not a view
+    with torch.no_grad():
+        handoff = UNetStage(engine.unet, first, engine.latent_shape[1:])((x,), t, ehs, added)
+        expected = UNetStage(engine.unet, second, engine.latent_shape[1:])(handoff, t, ehs, added)
+        got = UNetStage(copied, second, engine.latent_shape[1:])(handoff, t, ehs, added)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-6, atol=1e-7)
+
+
 def test_the_units_flops_add_up_to_the_whole_unet(tiny_components, tiny_config):
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -21,13 +21,12 @@ both devices' streams; one host thread launches it all. Elsewhere the same steps
 
 from __future__ import annotations
 
-import copy
 import logging
 from contextlib import nullcontext
 
 import torch
 
-from core.parallel.unet_stages import UNetStage, split_units, unet_units
+from core.parallel.unet_stages import UNetStage, split_units, stage_copy, unet_units
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +82,14 @@ class AsyncDiffRunner:
         units = unet_units(engine.unet)
         self.starts = tuple(starts)
         latent_hw = engine.latent_shape[1:]
-        unets = {self.home: engine.unet}
-        for device in self.devices:
-            if device not in unets:
-                unets[device] = copy.deepcopy(engine.unet).to(device)
-        self.stages = [UNetStage(unets[device], run, latent_hw)
-                       for device, run in zip(self.devices, split_units(units, self.starts))]
+        runs = split_units(units, self.starts)
+        # Each other device holds only the layers its stages run (and the small embedding layers).
+        needed: dict[torch.device, list] = {}
+        for device, run in zip(self.devices, runs):
+            needed.setdefault(device, []).extend(run)
+        unets = {device: engine.unet if device == self.home else stage_copy(engine.unet, wanted).to(device)
+                 for device, wanted in needed.items()}
+        self.stages = [UNetStage(unets[device], run, latent_hw) for device, run in zip(self.devices, runs)]
         self.calls = [stage for stage in self.stages]
         if compile_stages:
             from core.accel.compile import configure_inductor

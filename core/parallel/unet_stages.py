@@ -10,6 +10,7 @@ for what the presets use (a test holds it equal).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 
@@ -128,6 +129,33 @@ class UNetStage:
 
     def __str__(self) -> str:
         return describe_units(self.units, self.all_units)
+
+
+def unit_modules(unet, unit: Unit) -> list[torch.nn.Module]:
+    """The modules ``run_unit`` calls for ``unit``."""
+    if unit.kind == "in":
+        return [unet.conv_in]
+    if unit.kind == "mid":
+        return [unet.mid_block]
+    if unit.kind == "out":
+        return [m for m in (unet.conv_norm_out, unet.conv_act, unet.conv_out) if m is not None]
+    block = (unet.down_blocks if unit.kind == "down" else unet.up_blocks)[unit.index]
+    modules = [block.resnets[unit.layer]]
+    if getattr(block, "attentions", None) is not None:
+        modules.append(block.attentions[unit.layer])
+    samplers = block.downsamplers if unit.kind == "down" else block.upsamplers
+    if unit.layer == len(block.resnets) - 1 and samplers is not None:
+        modules.append(samplers)
+    return modules
+
+
+def stage_copy(unet, units: list[Unit]):
+    """A copy of ``unet`` that holds only what ``units`` run (the embedding layers too): every other unit's
+    modules become ``Identity`` placeholders, never copied, so another GPU gets its share of the weights only."""
+    keep = {id(module) for unit in units for module in unit_modules(unet, unit)}
+    memo = {id(module): torch.nn.Identity() for unit in unet_units(unet) for module in unit_modules(unet, unit)
+            if id(module) not in keep}
+    return copy.deepcopy(unet, memo)
 
 
 def split_units(units: list, starts: tuple[int, ...]) -> list[list]:
