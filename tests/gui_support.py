@@ -28,7 +28,7 @@ class FakeFactory:
         self.make = make or StandInEngine  # (config) -> engine: a test's own stand-in
         self.built: list[StandInEngine] = []
 
-    def __call__(self, config, progress=None):
+    def __call__(self, config, progress=None, components=None):
         if progress is not None:
             progress(f"Loading {config.model}")
         if self.gate is not None and config.model == "slow/model":

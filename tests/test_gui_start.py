@@ -310,10 +310,13 @@ def test_a_prepared_step_count_switches_without_a_load(qtbot, open_window):
     until(qtbot, lambda: window.session.engine_config.denoising_steps == 2)
     until(qtbot, lambda: window.session.prepared.ready_steps() == [1, 3, 4])
     built = len(window.factory.built)
+    window.session.set_prompt("a dog in the rain", "")  # changed after the engines were prepared
+    window.session.set_seed(77)
     window.style_panel.steps_spin.setValue(4)
     until(qtbot, lambda: window.session.engine_config.denoising_steps == 4)
     engine = window.session.engine
     assert engine in window.factory.built[:built]  # one of the prepared engines, not a new load
-    assert engine.config.denoising_steps == 4 and engine.last("update_prompt") is not None
+    assert engine.config.denoising_steps == 4
+    assert engine.last("update_prompt")[1] == "a dog in the rain" and engine.last("set_seed") == ("set_seed", 77)
     assert not window.model_panel.progress.isVisible()
     window.close()

@@ -67,10 +67,40 @@ def test_a_new_setting_drops_what_no_longer_matches_and_keeps_the_rest(tiny_comp
     assert len(built) == 4
     kept = prepared.take(config.replace(t_index_list=(10, 20, 30)))
     prepared.prepare_for(kept, kept.config.replace(width=96), "a cat", "")  # another size: none of them fits
-    assert prepared.ready_steps() == []
+    assert prepared.wait_idle(30) and prepared.ready_steps() == []
     assert [e.closed for e in built] == [False, False, True, True]  # 2 and 3 run or ran; 4 and the new 1 dropped
     assert len(built) == 4  # and nothing is prepared for a setting that is not worth it
     prepared.clear()
+
+
+def test_one_build_at_a_time_and_a_build_cleared_meanwhile_is_dropped(tiny_components, tiny_config):
+    config = tiny_config.replace(t_index_list=(30,))
+    engine = running(tiny_components, config)
+    gate, lock, state = threading.Event(), threading.Lock(), {"now": 0, "most": 0}
+    built = []
+
+    def slow_factory(*args, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        gate.wait(10)
+        try:
+            built.append(factory(*args, **kwargs))
+            return built[-1]
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    prepared = PreparedEngines(slow_factory, should_prepare=lambda e, c: True, poll_s=0.01)
+    prepared.prepare_for(engine, config, "a cat", "")
+    prepared.prepare_for(engine, config, "a cat", "")  # a second worker waits for the first
+    assert wait_for(lambda: prepared.building is not None)
+    prepared.clear()
+    gate.set()
+    assert prepared.wait_idle(60)
+    assert state["most"] == 1
+    # The one build under way ends, is released (it belongs to a cleared generation), and nothing else starts.
+    assert len(built) == 1 and built[0].closed and prepared.ready_steps() == []
 
 
 def test_nothing_is_built_before_the_running_engine_reaches_full_speed(tiny_components, tiny_config):

@@ -19,7 +19,8 @@ from app.gui.bridge import FrameBridge
 from app.gui.loader import EngineLoader
 from app.outputs import Recorder, VirtualCamera, snapshot, virtualcam_available
 from app.pipeline import OutputFrame, OutputShape, Pipeline, PipelineConfig
-from app.pipeline.prepared import PreparedEngines
+from app.pipeline.engine_policy import release_engine
+from app.pipeline.prepared import PreparedEngines, same_but_steps
 from core.config import StreamConfig
 from core.model_errors import user_message
 
@@ -86,6 +87,7 @@ class Session(QObject):
             on_status=self.bridge.post_status,
         )
         self.engine_config: StreamConfig | None = None
+        self._shut_down = False
         self.last_output = None
         self._state = "stopped"  # stopped, running, stopping
         self._restart_after_stop = False
@@ -111,13 +113,21 @@ class Session(QObject):
         engine = self.prepared.take(config)
         if engine is not None:  # after the caller's own bookkeeping, as a load's result would come
             self.loader.cancel()
-            QTimer.singleShot(0, lambda: self._on_loaded(engine, config))
+            QTimer.singleShot(0, lambda: self._take_prepared(engine, config))
             return
+        if self.engine_config is not None and not same_but_steps(self.engine_config, config):
+            self.prepared.clear()  # another model or size: make room for it first
         params = LiveParams(**vars(self.params))
         self.loader.load(config, params.prompt, params.negative_prompt, setup=params.apply_to)
 
     def cancel_load(self) -> None:
         self.loader.cancel()
+
+    def _take_prepared(self, engine, config: StreamConfig) -> None:
+        if self._shut_down:
+            release_engine(engine)
+            return
+        self._on_loaded(engine, config)
 
     def _on_loaded(self, engine, config: StreamConfig) -> None:
         # Settings changed while the model loaded are applied again, so none is lost in the swap.
@@ -243,6 +253,7 @@ class Session(QObject):
     def shutdown(self) -> None:
         """Stop everything now, on the calling thread: used on quit, when blocking is expected."""
         self.loader.cancel()
+        self._shut_down = True
         self.prepared.clear()
         recorder, self._recorder = self._recorder, None
         self.pipeline.stop(close_outputs=True)

@@ -23,9 +23,11 @@ MIN_FREE_GPU_BYTES = 4 * 2**30  # an engine's graphs take 1-2 GiB at 512x512; le
 
 
 def worth_preparing(engine, config) -> bool:
-    """A compiled engine on one CUDA GPU with at least ``MIN_FREE_GPU_BYTES`` free."""
+    """An engine that runs compiled (not merely asked to) on one CUDA GPU with ``MIN_FREE_GPU_BYTES`` free; asked
+    again before each build, as the free memory shrinks."""
     device = getattr(engine, "device", None)
-    if getattr(device, "type", None) != "cuda" or config.acceleration == "none" or config.gpus > 1:
+    if getattr(device, "type", None) != "cuda" or getattr(engine, "acceleration", None) != "compile" \
+            or config.gpus > 1:
         return False
     import torch
 
@@ -54,7 +56,16 @@ class PreparedEngines:
         self._lock = threading.Lock()
         self._ready: dict[int, tuple[Any, Any]] = {}  # step count -> (config, engine)
         self._generation = 0
+        self._thread: threading.Thread | None = None
         self.building: int | None = None  # the step count being built now
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Until the worker has ended (tests; quitting waits through core.accel.staged.wait_for_builds)."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+        return thread is None or not thread.is_alive()
 
     def ready_steps(self) -> list[int]:
         with self._lock:
@@ -72,7 +83,9 @@ class PreparedEngines:
 
     def prepare_for(self, engine, config, prompt: str, negative_prompt: str, setup=None) -> None:
         """``engine`` now runs ``config``: keep the prepared engines that still match, build the missing step
-        counts once it runs at full speed."""
+        counts once it runs at full speed (one worker: a new one waits for the last to end)."""
+        from core.accel.staged import track_build_thread
+
         with self._lock:
             self._generation += 1
             generation = self._generation
@@ -80,14 +93,17 @@ class PreparedEngines:
                      if steps == len(config.t_index_list) or not same_but_steps(entry[0], config)}
             for steps in stale:
                 del self._ready[steps]
+            previous = self._thread
+            self._thread = threading.Thread(target=self._work, name="prepare-steps", daemon=True,
+                                            args=(generation, previous, engine, config, prompt, negative_prompt, setup))
+            thread = self._thread
         for _config, old in stale.values():
             release_engine(old)
-        if not self.should_prepare(engine, config):
-            return
-        threading.Thread(target=self._work, args=(generation, engine, config, prompt, negative_prompt, setup),
-                         name="prepare-steps", daemon=True).start()
+        track_build_thread(thread)  # quitting waits for a build inside torch, as for the engine's own
+        thread.start()
 
     def clear(self) -> None:
+        """Drop every prepared engine; a build under way is dropped when it ends."""
         with self._lock:
             self._generation += 1
             ready, self._ready = self._ready, {}
@@ -98,38 +114,39 @@ class PreparedEngines:
         with self._lock:
             return generation == self._generation
 
-    def _work(self, generation, engine, config, prompt, negative_prompt, setup) -> None:
-        from core.accel.staged import lowered_switch_interval
+    def _work(self, generation, previous, engine, config, prompt, negative_prompt, setup) -> None:
         from core.schedule import strength_to_t_index_list, t_index_list_to_strength
 
+        if previous is not None:
+            previous.join()  # one build at a time
         startup = getattr(engine, "startup", None)
         while startup is not None and not startup.wait(self.poll_s):  # its own build first
             if not self._current(generation):
                 return
-        strength = t_index_list_to_strength(config.t_index_list, config.num_inference_steps)
         components = getattr(engine, "components", None)
         extra = {} if components is None else {"components": components}
+        if getattr(engine, "closed", False) or (hasattr(engine, "components") and components is None):
+            return  # swapped out meanwhile: never load its model again
+        strength = t_index_list_to_strength(config.t_index_list, config.num_inference_steps)
         for steps in STEP_COUNTS:
+            if not self._current(generation) or not self.should_prepare(engine, config):
+                return
             with self._lock:
-                if generation != self._generation:
-                    return
                 if steps == len(config.t_index_list) or steps in self._ready:
                     continue
                 self.building = steps
-            wanted = config.replace(t_index_list=strength_to_t_index_list(strength, steps, config.num_inference_steps),
-                                    quick_start=False)
+            wanted = config.replace(t_index_list=strength_to_t_index_list(strength, steps, config.num_inference_steps))
             try:
-                with lowered_switch_interval():  # the running engine's thread keeps getting the interpreter
-                    built = build_engine(wanted, prompt, negative_prompt, None, setup,
-                                         lambda c, progress=None: self.factory(c, progress=progress, **extra))
+                built = self._build(wanted, prompt, negative_prompt, setup, extra)
             except Exception as exc:  # noqa: BLE001 - preparing is a bonus: the running engine is untouched
                 log.info("preparing %d step(s) failed (%s: %s)%s", steps, type(exc).__name__, exc,
                          "; preparing no more" if is_out_of_memory(exc) else "")
                 if is_out_of_memory(exc):
-                    break
+                    return
                 continue
             finally:
-                self.building = None
+                with self._lock:
+                    self.building = None
             with self._lock:
                 keep = generation == self._generation
                 if keep:
@@ -138,3 +155,17 @@ class PreparedEngines:
                 release_engine(built)
                 return
             log.info("%d step(s) prepared: the steps control switches to it at once", steps)
+
+    def _build(self, config, prompt, negative_prompt, setup, extra):
+        """One engine on the quick path, its full-speed build done (compiled, warmed up, not yet installed: its
+        first frame after ``take`` installs it and records the graph). The compile runs outside the capture lock,
+        so the running engine can record a graph meanwhile."""
+        from core.accel.staged import lowered_switch_interval
+
+        with lowered_switch_interval():  # the running engine's thread keeps getting the interpreter
+            built = build_engine(config, prompt, negative_prompt, None, setup,
+                                 lambda c, progress=None: self.factory(c, progress=progress, **extra))
+            startup = getattr(built, "startup", None)
+            if startup is not None:
+                startup.wait_built()
+        return built

@@ -222,6 +222,12 @@ class BackgroundBuild:
         self._done.set()
 
 
+def track_build_thread(thread: threading.Thread) -> None:
+    """A thread that builds engines elsewhere (the app's prepared step counts): waited for on exit too."""
+    with _BUILDS_LOCK:
+        _BUILDS[:] = [t for t in _BUILDS if t.is_alive()] + [thread]
+
+
 def wait_for_builds(timeout_s: float) -> bool:
     """Wait up to ``timeout_s`` for build threads still inside torch (quitting while one compiles can abort
     the interpreter's exit); True when none is left."""
