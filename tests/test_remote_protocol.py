@@ -69,3 +69,10 @@ def test_a_public_address_needs_tls_or_the_users_word():
         check_bind(host, None, None, insecure=True)
     with pytest.raises(SecurityError, match="both"):
         check_bind("127.0.0.1", "cert.pem", None, insecure=False)
+
+
+def test_serve_refuses_a_public_address_without_tls(capsys):
+    from app.commands.serve import main
+
+    assert main(["--host", "0.0.0.0", "--model", "preset:tiny", "--device", "cpu"]) == 2
+    assert "--cert and --key" in capsys.readouterr().err

@@ -12,6 +12,7 @@ COMMANDS = {
     "run": "stylize a source into a video file or the virtual camera, without a window",
     "bench": "time the diffusion engine (and diffusers' img2img) on synthetic frames",
     "bench-pipeline": "time the frame pipeline itself with an identity engine",
+    "serve": "run the engine as a server for clients on other machines (run --engine URL)",
     "doctor": "check Python, torch, CUDA, TensorRT, cameras, virtual camera, screen capture and model cache",
     "gui": "open the window (the same as giving no command)",
 }
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.commands.bench_pipeline import main as pipeline_bench_main
 
         return pipeline_bench_main(rest)
+    if command == "serve":
+        from app.commands.serve import main as serve_main
+
+        return serve_main(rest)
     if command == "doctor":
         from app.commands.doctor import main as doctor_main
 

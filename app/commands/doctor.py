@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 OK, WARN, MISSING = "ok", "warn", "missing"
@@ -234,14 +235,43 @@ def run_checks() -> list[Check]:
     return results
 
 
+def check_server(url: str, token_file: str | None) -> Check:
+    """A server's /health with the token: reachable, token accepted, and what it serves."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        token = Path(token_file).read_text().strip() if token_file else os.environ.get("LIVEDIFFUSION_TOKEN", "")
+    except OSError as exc:
+        return Check("Server", MISSING, f"cannot read the token: {exc}", "give --token-file with the server's token")
+    request = urllib.request.Request(url.rstrip("/") + "/health", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            info = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            return Check("Server", MISSING, f"{url} refused the token", "use the token the server printed at start")
+        return Check("Server", MISSING, f"{url} answered {exc.code}", "is it main.py serve?")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return Check("Server", MISSING, f"{url} is not reachable: {exc}",
+                     "start it with main.py serve, and check the address, the port and any firewall")
+    return Check("Server", OK, f"{url}: {info.get('model', '?')} at {info.get('size', '?')}, {info.get('steps', '?')} "
+                               f"step(s) on {info.get('gpu', '?')}; {info.get('sessions', 0)} of "
+                               f"{info.get('max_sessions', '?')} sessions in use")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="main.py doctor", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument("--server", metavar="URL", help="also check a server (main.py serve): reachable, token, model")
+    parser.add_argument("--token-file", help="with --server: its token (default: $LIVEDIFFUSION_TOKEN)")
     args = parser.parse_args(argv)
     from app.sources.camera import quiet_opencv
 
     with quiet_opencv():
         results = run_checks()
+    if args.server:
+        results.append(check_server(args.server, args.token_file))
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:

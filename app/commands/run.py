@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--mirror", action="store_true", help="flip the output left to right, like a mirror")
     io.add_argument("--no-engine", action="store_true",
                     help="pass frames through unchanged: checks sources and outputs without loading a model")
+    io.add_argument("--engine", metavar="URL",
+                    help="use the engine of a server (main.py serve) instead of loading a model here")
+    io.add_argument("--token-file", help="with --engine: the server's token (default: $LIVEDIFFUSION_TOKEN)")
     io.add_argument("--quiet", action="store_true", help="no progress bar")
     io.add_argument("--verbose", action="store_true", help="log details and tracebacks to stderr")
     add_engine_arguments(parser)
@@ -65,6 +68,35 @@ def load_engine(config, prompt: str, negative_prompt: str, say):
         if not is_explained(exc):
             logging.getLogger(__name__).debug("engine load failed", exc_info=True)
         return None, load_failure_message(exc)
+
+
+def connect_remote(args, config, say):
+    """The engine of a server (app.remote.client) with this command's prompt and settings; (engine, None) or
+    (None, message)."""
+    from app.remote.security import SecurityError, read_token
+
+    try:
+        token = read_token(args.token_file) if args.token_file else os.environ.get("LIVEDIFFUSION_TOKEN", "")
+        from app.remote.client import RemoteEngine
+
+        say(f"connecting to {args.engine} ...")
+        engine = RemoteEngine(args.engine, token)
+    except ImportError as exc:
+        return None, f"--engine needs the serve extra ({exc}): pip install -e \".[serve]\""
+    except (SecurityError, ConnectionError, TimeoutError) as exc:
+        return None, str(exc) or type(exc).__name__
+    engine.update_prompt(args.prompt, args.negative_prompt)
+    engine.set_strength(schedule_strength(config))
+    engine.set_seed(config.seed)
+    engine.set_guidance(config.guidance_scale, config.delta)
+    engine.set_smoothing(config.smoothing)
+    return engine, None
+
+
+def schedule_strength(config) -> float:
+    from core.schedule import t_index_list_to_strength
+
+    return t_index_list_to_strength(config.t_index_list, config.num_inference_steps)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -231,6 +263,12 @@ def _run(args, progress: Progress, signals: StopSignals) -> int:
     # Unknown for cameras and screens until the first frame.
     width, height = (inner.width, inner.height) if isinstance(inner, TestPattern) else (None, None)
     letterbox = config is not None and config.resize_mode == "letterbox"
+    if config is not None and args.engine:
+        engine, problem = connect_remote(args, config, say)
+        if engine is None:
+            say(f"error: {problem}")
+            return EXIT_ERROR
+        config = None  # the server's size and steps: the frames say what they are
     if config is not None:
         say(f"loading {config.model} ...")
         engine, problem = load_engine(config, args.prompt, args.negative_prompt, say)
@@ -256,7 +294,11 @@ def _run(args, progress: Progress, signals: StopSignals) -> int:
     pipe.set_output_mirror(args.mirror)
     if config is not None:  # frames that miss the engine (a failed frame) keep the outputs' size
         pipe.set_output_shape(OutputShape(width, height, letterbox))
-    return _stream(pipe, outputs, total, progress, signals, engine)
+    try:
+        return _stream(pipe, outputs, total, progress, signals, engine)
+    finally:
+        if args.engine and engine is not None:
+            engine.close()  # ends the server's session now, not at its idle watchdog
 
 
 def _stream(pipe: Pipeline, outputs, total, progress: Progress, signals: StopSignals, engine=None) -> int:

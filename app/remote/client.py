@@ -1,0 +1,243 @@
+"""An engine on a server (``serve``), used like a local one: ``submit``/``flush`` as a frame-parallel engine (the
+outputs come back frames later, each with its own frame's tag), ``process`` for one frame at a time, and the
+live setters, which travel as data-channel messages (app.remote.protocol).
+
+WebRTC keeps only differences between a frame's timestamps across the round trip, so the frames go out with
+small irregular gaps and the client finds the one offset that maps the returned timestamps onto the ones it
+sent (docs/remote-engine.md); a frame the server dropped simply never comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import threading
+import time
+from collections import OrderedDict
+from typing import NamedTuple
+
+import aiohttp
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from app.remote.protocol import encode_message
+
+TIME_BASE = fractions.Fraction(1, 90000)
+STEP = 2997  # about 30 fps; a multiple of 9 ticks, so that VP8's microsecond rounding keeps it exact
+MAX_IN_FLIGHT = 64  # frames sent and not yet back; older ones are forgotten (the server dropped them)
+
+
+class RemoteError(ConnectionError):
+    """The server refused the session or went away; the text says which."""
+
+
+class Returned(NamedTuple):
+    tag: object
+    image: np.ndarray
+    skipped: bool = False
+
+
+class _Outgoing(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self):
+        super().__init__()
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=4)
+
+    async def recv(self):
+        frame = await self.queue.get()
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        return frame
+
+
+class RemoteEngine:
+    def __init__(self, url: str, token: str, timeout_s: float = 15.0):
+        self.url, self.token, self.timeout_s = url.rstrip("/"), token, timeout_s
+        self.device = "remote"
+        self.acceleration, self.acceleration_note, self.parallel = "remote", "", f"engine at {self.url}"
+        self.startup = None
+        self.last_frame_skipped, self.skipped_frames, self.frames_processed, self.last_gpu_ms = False, 0, 0, 0.0
+        self._sent: OrderedDict[int, object] = OrderedDict()  # pts -> tag
+        self._back: list[tuple[int, np.ndarray]] = []
+        self._offset: int | None = None
+        self._pts = 0
+        self._cond = threading.Condition()
+        self._error: str | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="remote-engine", daemon=True)
+        self._thread.start()
+        self._location: str | None = None
+        try:
+            self._call(self._connect())
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, coroutine, timeout_s: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s or self.timeout_s)
+
+    async def _connect(self) -> None:
+        self._pc = pc = RTCPeerConnection()
+        self._out = _Outgoing()
+        pc.addTransceiver(self._out, direction="sendrecv")
+        self._channel = pc.createDataChannel("settings")
+        self._opened = asyncio.Event()
+        self._channel.on("open", self._opened.set)
+        self._channel.on("message", self._on_message)
+
+        @pc.on("track")
+        def on_track(track):
+            asyncio.ensure_future(self._receive(track))
+
+        @pc.on("connectionstatechange")
+        def on_state():
+            if pc.connectionState in ("failed", "closed"):
+                self._fail(f"the connection to {self.url} {pc.connectionState}")
+
+        await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/sdp"}
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.post(self.url + "/whip", data=pc.localDescription.sdp, headers=headers) as reply:
+                    text = await reply.text()
+                    if reply.status != 201:
+                        raise RemoteError(f"{self.url} refused the session ({reply.status}): {text.strip()}")
+                    self._location = reply.headers.get("Location")
+        except aiohttp.ClientError as exc:
+            raise RemoteError(f"cannot reach {self.url}: {exc}") from None
+        await pc.setRemoteDescription(RTCSessionDescription(text, "answer"))
+        await asyncio.wait_for(self._opened.wait(), self.timeout_s)
+
+    def _on_message(self, message) -> None:
+        if isinstance(message, str) and '"error"' in message:
+            self._fail(f"the server refused a setting: {message}")
+
+    def _fail(self, reason: str) -> None:
+        with self._cond:
+            self._error = self._error or reason
+            self._cond.notify_all()
+
+    async def _receive(self, track) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                with self._cond:
+                    self._back.append((frame.pts, frame.to_ndarray(format="rgb24")))
+                    self._cond.notify_all()
+        except MediaStreamError:
+            self._fail("the server stopped sending")
+
+    # ----- frames --------------------------------------------------------------------------------------
+
+    def submit(self, frame: np.ndarray, tag=None) -> list[Returned]:
+        """Send one HxWx3 uint8 frame; the frames that have come back since, oldest first."""
+        self._raise()
+        with self._cond:
+            pts = self._pts
+            self._pts += STEP + 9 * (len(self._sent) % 3 - 1)  # irregular gaps, multiples of 9 ticks
+            self._sent[pts] = tag
+            while len(self._sent) > MAX_IN_FLIGHT:
+                self._sent.popitem(last=False)
+        video = VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video.pts, video.time_base = pts, TIME_BASE
+        self._call(self._out.queue.put(video))
+        return self._collect()
+
+    def flush(self, timeout_s: float = 1.0) -> list[Returned]:
+        """Whatever comes back within ``timeout_s`` (a frame the server dropped never does)."""
+        deadline = time.monotonic() + timeout_s
+        out = []
+        while self._sent and time.monotonic() < deadline:
+            with self._cond:
+                self._cond.wait(0.02)
+            out += self._collect()
+        return out + self._collect()
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        """One frame and its own output (waits for the round trip; sends it again if the server dropped it)."""
+        for _ in range(3):
+            marker = object()
+            for returned in self.submit(frame, tag=marker) + self.flush(self.timeout_s / 3):
+                if returned.tag is marker:
+                    return returned.image
+        raise RemoteError(f"no frame came back from {self.url}")
+
+    def _collect(self) -> list[Returned]:
+        with self._cond:
+            back, self._back = self._back, []
+            if back and self._offset is None:
+                self._offset = self._learn_offset(back)
+            out = []
+            for pts, image in back:
+                key = pts + (self._offset or 0)
+                if key in self._sent:
+                    tag = self._sent.pop(key)
+                    for older in [p for p in self._sent if p < key]:  # dropped on the way: never coming
+                        del self._sent[older]
+                    out.append(Returned(tag, image))
+            self.frames_processed += len(out)
+            return out
+
+    def _learn_offset(self, back) -> int:
+        """The offset that maps the most returned timestamps onto sent ones (each hop restarts them at 0)."""
+        sent = list(self._sent)
+        candidates = [s - back[0][0] for s in sent[:MAX_IN_FLIGHT]]
+        return max(candidates, key=lambda o: sum(p + o in self._sent for p, _ in back))
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RemoteError(self._error)
+
+    # ----- live settings ----------------------------------------------------------------------------------
+
+    def _send(self, **changes) -> None:
+        message = encode_message(**changes)
+        self._loop.call_soon_threadsafe(self._channel.send, message)
+
+    def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
+        self._send(prompt=prompt, **({} if negative_prompt is None else {"negative_prompt": negative_prompt}))
+
+    def prepare(self, prompt: str, negative_prompt: str = "") -> None:
+        self.update_prompt(prompt, negative_prompt)
+
+    def set_strength(self, strength: float) -> None:
+        self._send(strength=float(strength))
+
+    def set_seed(self, seed: int) -> None:
+        self._send(seed=int(seed))
+
+    def set_guidance(self, guidance_scale: float | None = None, delta: float | None = None) -> None:
+        changes = {k: v for k, v in (("guidance", guidance_scale), ("delta", delta)) if v is not None}
+        if changes:
+            self._send(**changes)
+
+    def set_smoothing(self, smoothing: float) -> None:
+        self._send(smoothing=float(smoothing))
+
+    def set_similarity_filter(self, enabled: bool, threshold=None, max_skip_frames=None) -> None:
+        self._send(similarity_filter=bool(enabled))
+
+    def close(self) -> None:
+        async def end():
+            if self._location:
+                try:
+                    async with aiohttp.ClientSession() as http:
+                        await http.delete(self.url + self._location, headers={"Authorization": f"Bearer {self.token}"})
+                except aiohttp.ClientError:
+                    pass
+            if getattr(self, "_out", None) is not None:
+                await self._out.queue.put(None)
+            if getattr(self, "_pc", None) is not None:
+                await self._pc.close()
+
+        if self._loop.is_running():
+            try:
+                self._call(end(), 5.0)
+            except Exception:  # noqa: BLE001 - closing is best effort: the server's watchdog ends it anyway
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5.0)

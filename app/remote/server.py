@@ -1,0 +1,226 @@
+"""``serve``: the engine behind WebRTC. Signaling is WHIP-style HTTP (aiohttp): a client POSTs its SDP offer with
+its token and gets the answer (201, ``Location``); DELETE at that location ends the session. Media and the live
+settings (a data channel, app.remote.protocol) go over the peer connection (aiortc).
+
+Each session has its own engine (its own stream state, filter and settings; the model is shared where the
+factory shares it) and its own engine thread; the newest frame that arrived is the next one processed, so a
+slow engine drops frames rather than building latency (docs/remote-engine.md). Limits: sessions, frame size,
+message size, a connection that never comes up, a client that stops sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from app.remote.protocol import ProtocolError, apply_changes, parse_message
+from app.remote.security import token_accepted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_sessions: int = 4
+    max_frame_pixels: int = 2560 * 1440
+    connect_timeout_s: float = 10.0  # a session whose connection never comes up
+    idle_timeout_s: float = 10.0  # a client that stops sending frames (a killed one is otherwise seen after 30 s)
+
+
+class Session:
+    def __init__(self, session_id: str, pc: RTCPeerConnection, engine, on_closed: Callable[[str], None]):
+        self.id, self.pc, self.engine = session_id, pc, engine
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{session_id[:6]}")
+        self.tasks: list[asyncio.Task] = []
+        self.track: EngineTrack | None = None
+        self.frames_in = 0
+        self._on_closed = on_closed
+        self._closed = False
+
+    async def close(self, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if reason:
+            log.info("session %s closed: %s", self.id[:8], reason)
+        for task in self.tasks:
+            task.cancel()
+        if self.track is not None:
+            self.track.stop()
+        await self.pc.close()
+        # The engine thread may be inside a frame: close the engine after it.
+        await asyncio.get_running_loop().run_in_executor(self.executor, _close_engine, self.engine)
+        self.executor.shutdown(wait=False)
+        self._on_closed(self.id)
+
+
+def _close_engine(engine) -> None:
+    close = getattr(engine, "close", None)
+    if callable(close):
+        close()
+
+
+class EngineTrack(MediaStreamTrack):
+    """What goes back: the newest incoming frame run through the session's engine, with the incoming pts (so the
+    client can tell which of its frames this is)."""
+
+    kind = "video"
+
+    def __init__(self, source, session: Session, limits: ServerLimits):
+        super().__init__()
+        self.source, self.session, self.limits = source, session, limits
+        self.latest: VideoFrame | None = None
+        self.arrived = asyncio.Event()
+        self.ended = False
+        session.tasks.append(asyncio.ensure_future(self._read()))
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                frame = await self.source.recv()
+                if frame.width * frame.height > self.limits.max_frame_pixels:
+                    asyncio.ensure_future(self.session.close(
+                        f"a {frame.width}x{frame.height} frame is over the {self.limits.max_frame_pixels}-pixel limit"))
+                    return
+                self.session.frames_in += 1
+                self.latest = frame  # an older one not yet taken is dropped
+                self.arrived.set()
+        except MediaStreamError:
+            pass
+        finally:
+            self.ended = True
+            self.arrived.set()
+
+    async def recv(self) -> VideoFrame:
+        await self.arrived.wait()
+        self.arrived.clear()
+        frame, self.latest = self.latest, None
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        image = frame.to_ndarray(format="rgb24")
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self.session.executor, self.session.engine.process, image)
+        except Exception as exc:  # noqa: BLE001 - one session's failure must not take the server down
+            asyncio.ensure_future(self.session.close(f"the engine failed: {type(exc).__name__}: {exc}"))
+            self.stop()
+            raise MediaStreamError from exc
+        result = VideoFrame.from_ndarray(out, format="rgb24")
+        result.pts, result.time_base = frame.pts, frame.time_base
+        return result
+
+
+class EngineServer:
+    """The aiohttp application (``app()``) and its sessions. ``make_engine()`` builds one session's engine,
+    prepared with an empty prompt (it runs on a worker thread: loading may take seconds)."""
+
+    def __init__(self, make_engine: Callable[[], Any], token: str, limits: ServerLimits = ServerLimits(),
+                 describe: Callable[[], dict] | None = None):
+        self.make_engine, self.token, self.limits = make_engine, token, limits
+        self.describe = describe or (lambda: {})
+        self.sessions: dict[str, Session] = {}
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_post("/whip", self.offer)
+        app.router.add_delete("/whip/{session}", self.end)
+        app.router.add_get("/health", self.health)
+        app.on_shutdown.append(self.close_all)
+        return app
+
+    def _authorized(self, request: web.Request) -> bool:
+        return token_accepted(request.headers.get("Authorization"), self.token)
+
+    async def health(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        return web.json_response({"sessions": len(self.sessions), "max_sessions": self.limits.max_sessions,
+                                  **self.describe()})
+
+    async def offer(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"}, text="token refused")
+        if request.content_type != "application/sdp":
+            return web.Response(status=415, text="send the SDP offer as application/sdp")
+        if len(self.sessions) >= self.limits.max_sessions:
+            return web.Response(status=503, headers={"Retry-After": "5"}, text="the server is full")
+        offer = await request.text()
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(None, self.make_engine)
+        session_id, pc = uuid.uuid4().hex, RTCPeerConnection()
+        session = Session(session_id, pc, engine, lambda sid: self.sessions.pop(sid, None))
+        self.sessions[session_id] = session
+        self._wire(session)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            if not any(t.kind == "video" and t.sender.track for t in pc.getTransceivers()):
+                raise ValueError("the offer has no video to send and receive")
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - a bad offer is the client's problem, not the server's
+            await session.close(f"bad offer: {exc}")
+            return web.Response(status=400, text=f"bad offer: {exc}")
+        session.tasks.append(asyncio.ensure_future(self._watch(session)))
+        return web.Response(status=201, content_type="application/sdp", text=pc.localDescription.sdp,
+                            headers={"Location": f"/whip/{session_id}"})
+
+    def _wire(self, session: Session) -> None:
+        pc = session.pc
+
+        @pc.on("track")
+        def on_track(track):
+            if track.kind == "video" and session.track is None:
+                session.track = EngineTrack(track, session, self.limits)
+                pc.addTrack(session.track)  # on the offered transceiver: it is in the answer
+
+        @pc.on("datachannel")
+        def on_channel(channel):
+            @channel.on("message")
+            def on_message(message):
+                try:
+                    apply_changes(session.engine, parse_message(message))
+                except ProtocolError as exc:
+                    channel.send(json.dumps({"error": str(exc)}))
+                    if "not JSON" in str(exc) or "at most" in str(exc):  # garbage: this client is not ours
+                        asyncio.ensure_future(session.close(f"garbage on the data channel: {exc}"))
+
+        @pc.on("connectionstatechange")
+        async def on_state():
+            if pc.connectionState in ("failed", "closed"):
+                await session.close(f"connection {pc.connectionState}")
+
+    async def _watch(self, session: Session) -> None:
+        await asyncio.sleep(self.limits.connect_timeout_s)
+        if session.pc.connectionState != "connected":
+            await session.close("the connection never came up")
+            return
+        seen = -1
+        while True:
+            await asyncio.sleep(self.limits.idle_timeout_s)
+            if session.frames_in == seen:
+                await session.close(f"no frame for {self.limits.idle_timeout_s:.0f} s")
+                return
+            seen = session.frames_in
+
+    async def end(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        session = self.sessions.get(request.match_info["session"])
+        if session is None:
+            return web.Response(status=404)
+        await session.close("the client ended it")
+        return web.Response(status=200)
+
+    async def close_all(self, _app=None) -> None:
+        for session in list(self.sessions.values()):
+            await session.close("the server stops")
