@@ -27,36 +27,81 @@ def gradient(i: int, size: int = 64) -> np.ndarray:
     return np.stack([(x * 4 + i * 3) % 256, (y * 4) % 256, ((x + y) * 2 + i * 5) % 256], -1).astype(np.uint8)
 
 
+def distinct(i: int, size: int = 64) -> np.ndarray:
+    """Frame ``i`` of 27 flat colours that differ from each other by 100 levels in a channel or more (a third of
+    that averaged over the channels, well over the codec's loss): a frame given the wrong tag shows."""
+    levels = (30, 130, 230)
+    colour = (levels[i // 9 % 3], levels[i // 3 % 3], levels[i % 3])
+    return np.broadcast_to(np.array(colour, dtype=np.uint8), (size, size, 3)).copy()
+
+
+class Serving:
+    """A server on 127.0.0.1 in its own event-loop thread."""
+
+    def __init__(self, make_engine, limits):
+        self.engines = []
+
+        def made():
+            self.engines.append(make_engine())
+            return self.engines[-1]
+
+        self.server = EngineServer(made, TOKEN, limits)
+        self.sessions = self.server.sessions
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            runner = web.AppRunner(self.server.app())
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            return runner, site._server.sockets[0].getsockname()[1]
+
+        self.runner, port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+LIMITS = ServerLimits(max_sessions=2, max_frame_pixels=128 * 128, connect_timeout_s=3, idle_timeout_s=2)
+
+
 @pytest.fixture
 def server(tiny_components, tiny_config):
     config = tiny_config.replace(t_index_list=(30,))
-    engines = []
 
     def make_engine():
         engine = StreamEngine(tiny_components, config)
         engine.prepare("")
-        engines.append(engine)
         return engine
 
-    limits = ServerLimits(max_sessions=2, max_frame_pixels=128 * 128, connect_timeout_s=5, idle_timeout_s=5)
-    serving = EngineServer(make_engine, TOKEN, limits)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    async def start():
-        runner = web.AppRunner(serving.app())
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return runner, site._server.sockets[0].getsockname()[1]
-
-    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    serving.url, serving.engines, serving.local = f"http://127.0.0.1:{port}", engines, make_engine
+    serving = Serving(make_engine, LIMITS)
+    serving.local = make_engine
     yield serving
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    serving.stop()
+
+
+class Inverting:
+    """An engine whose output shows its input (the tiny random model's hardly does): for frame identity."""
+
+    closed = False
+
+    def process(self, frame):
+        return 255 - frame
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def inverting_server():
+    serving = Serving(Inverting, LIMITS)
+    yield serving
+    serving.stop()
 
 
 def stream(client, frames, name=None, pause_s=0.03):
@@ -97,6 +142,20 @@ def test_frames_come_back_stylized_and_the_settings_reach_the_servers_engine(ser
         got += batch
     assert len(got) >= 16 and all(out.image.shape == (64, 64, 3) for out in got)
     assert [out.tag for out in got] == sorted(out.tag for out in got)  # in order, each with its own tag
+    client.close()
+
+
+def test_each_returned_frame_carries_its_own_frames_tag(inverting_server):
+    client = RemoteEngine(inverting_server.url, TOKEN)
+    frames = [distinct(i) for i in range(27)]
+    got = stream(client, frames, name="x")
+    assert len(got) >= 20
+    for out in got:
+        i = out.tag[1]
+        # Nearest to its own frame's result among all of them: a frame matched to the wrong tag would fail here.
+        distances = [mean_abs(out.image, 255 - frame) for frame in frames]
+        assert int(np.argmin(distances)) == i and distances[i] < 20
+    assert client.process(frames[5]).shape == (64, 64, 3)
     client.close()
 
 
@@ -177,3 +236,78 @@ def test_doctor_checks_a_server(server, tmp_path):
     assert check_server(server.url, str(token_file)).detail.endswith("refused the token")
     unreachable = check_server("http://127.0.0.1:9", str(token_file))
     assert unreachable.status == "missing" and "not reachable" in unreachable.detail
+
+
+def test_the_offset_is_learned_from_the_pattern_of_gaps_even_when_frames_are_lost():
+    from collections import OrderedDict
+
+    from app.remote.client import gap, learn_offset
+
+    pts, sent = 0, OrderedDict()
+    for number in range(1, 40):
+        sent[pts] = number
+        pts += gap(number)
+    keys = list(sent)
+    origin = keys[3]  # the first frames were lost: the receiver's timestamps start at the fourth
+    returned = [k - origin for k in keys[3:12] if k != keys[6]]  # and one more was lost on the way
+    assert learn_offset(returned[:2], sent) is None  # too few to be sure
+    assert learn_offset(returned, sent) == origin
+    steady = OrderedDict((k, None) for k in range(0, 2997 * 20, 2997))  # regular gaps fit many offsets
+    assert learn_offset([0, 2997, 5994], steady) is None
+
+
+def test_the_watchdogs_end_silent_and_unconnected_sessions(server):
+    client = RemoteEngine(server.url, TOKEN)
+    stream(client, [gradient(i) for i in range(3)])
+    deadline = time.monotonic() + 10  # the client stops sending: closed after the idle time
+    while server.sessions and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not server.sessions and server.engines[0].closed
+    client.close()
+
+
+def test_offers_arriving_together_cannot_pass_the_session_limit(server):
+    results = []
+
+    def connect():
+        try:
+            results.append(RemoteEngine(server.url, TOKEN))
+        except RemoteError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=connect) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    engines = [r for r in results if isinstance(r, RemoteEngine)]
+    assert len(engines) == 2 and all("503" in str(r) for r in results if isinstance(r, RemoteError))
+    assert len(server.engines) == 2  # no engine built for a refused offer
+    for engine in engines:
+        engine.close()
+
+
+def test_a_garbage_or_overfull_offer_is_refused_before_any_engine_is_built(server):
+    import aiohttp
+    from aiortc import RTCPeerConnection
+
+    async def post(body):
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/sdp"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(server.url + "/whip", data=body, headers=headers) as reply:
+                return reply.status, await reply.text()
+
+    async def two_tracks():
+        pc = RTCPeerConnection()
+        pc.addTransceiver("video", direction="sendrecv")
+        pc.addTransceiver("audio", direction="sendrecv")  # decoded and never read: refused
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            return await post(pc.localDescription.sdp)
+        finally:
+            await pc.close()
+
+    assert asyncio.run(post("garbage"))[0] == 400
+    status, text = asyncio.run(two_tracks())
+    assert status == 400 and "one video track" in text
+    assert server.engines == [] and not server.sessions

@@ -241,7 +241,8 @@ def check_server(url: str, token_file: str | None) -> Check:
     import urllib.request
 
     try:
-        token = Path(token_file).read_text().strip() if token_file else os.environ.get("LIVEDIFFUSION_TOKEN", "")
+        token = (Path(token_file).read_text().strip().splitlines() or [""])[0].strip() if token_file else \
+            os.environ.get("LIVEDIFFUSION_TOKEN", "")
     except OSError as exc:
         return Check("Server", MISSING, f"cannot read the token: {exc}", "give --token-file with the server's token")
     request = urllib.request.Request(url.rstrip("/") + "/health", headers={"Authorization": f"Bearer {token}"})

@@ -85,11 +85,15 @@ def connect_remote(args, config, say):
         return None, f"--engine needs the serve extra ({exc}): pip install -e \".[serve]\""
     except (SecurityError, ConnectionError, TimeoutError) as exc:
         return None, str(exc) or type(exc).__name__
-    engine.update_prompt(args.prompt, args.negative_prompt)
-    engine.set_strength(schedule_strength(config))
-    engine.set_seed(config.seed)
-    engine.set_guidance(config.guidance_scale, config.delta)
-    engine.set_smoothing(config.smoothing)
+    try:
+        engine.update_prompt(args.prompt, args.negative_prompt)
+        engine.set_strength(schedule_strength(config))
+        engine.set_seed(config.seed)
+        engine.set_guidance(config.guidance_scale, config.delta)
+        engine.set_smoothing(config.smoothing)
+    except ValueError as exc:  # a setting the server would refuse (app.remote.protocol)
+        engine.close()
+        return None, str(exc)
     return engine, None
 
 

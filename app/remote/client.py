@@ -26,7 +26,16 @@ from app.remote.protocol import encode_message
 
 TIME_BASE = fractions.Fraction(1, 90000)
 STEP = 2997  # about 30 fps; a multiple of 9 ticks, so that VP8's microsecond rounding keeps it exact
-MAX_IN_FLIGHT = 64  # frames sent and not yet back; older ones are forgotten (the server dropped them)
+MAX_IN_FLIGHT = 256  # frames sent and not yet back (about 8 s); older ones are forgotten: the server dropped them
+MIN_TO_LEARN = 3  # returned frames needed to learn the offset with one best fit
+RELEARN_AFTER = 8  # returned frames in a row that match nothing: learn the offset again
+SILENCE_S = 10.0  # frames sent and nothing back for this long: the server is gone
+
+
+def gap(number: int) -> int:
+    """The pts step before frame ``number``: ``STEP`` give or take up to 20 x 9 ticks, a fixed pseudo-random
+    pattern, so that any few returned frames fit the sent ones at one offset only."""
+    return STEP + 9 * ((number * 7919 + 13) % 41 - 20)
 
 
 class RemoteError(ConnectionError):
@@ -37,6 +46,24 @@ class Returned(NamedTuple):
     tag: object
     image: np.ndarray
     skipped: bool = False
+
+
+def learn_offset(returned: list[int], sent) -> int | None:
+    """The offset that maps the returned timestamps onto sent ones (each hop restarts them at 0), once at least
+    ``MIN_TO_LEARN`` returned frames fit one offset better than any other; None until then."""
+    if len(returned) < MIN_TO_LEARN:
+        return None
+    scores: dict[int, int] = {}
+    for p in returned[:MIN_TO_LEARN * 2]:
+        for s in sent:
+            offset = s - p
+            if offset not in scores:
+                scores[offset] = sum(q + offset in sent for q in returned)
+    ranked = sorted(scores.values(), reverse=True)
+    best = max(scores, key=scores.get)
+    if ranked[0] < MIN_TO_LEARN or (len(ranked) > 1 and ranked[1] == ranked[0]):
+        return None
+    return best
 
 
 class _Outgoing(MediaStreamTrack):
@@ -62,9 +89,12 @@ class RemoteEngine:
         self.startup = None
         self.last_frame_skipped, self.skipped_frames, self.frames_processed, self.last_gpu_ms = False, 0, 0, 0.0
         self._sent: OrderedDict[int, object] = OrderedDict()  # pts -> tag
-        self._back: list[tuple[int, np.ndarray]] = []
+        self._back: list[tuple[int, np.ndarray]] = []  # returned, not yet matched
         self._offset: int | None = None
+        self._misses = 0
         self._pts = 0
+        self._number = 0
+        self._last_back = time.monotonic()
         self._cond = threading.Condition()
         self._error: str | None = None
         self._loop = asyncio.new_event_loop()
@@ -73,8 +103,10 @@ class RemoteEngine:
         self._location: str | None = None
         try:
             self._call(self._connect())
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                raise RemoteError(f"no session with {self.url} within {self.timeout_s:.0f} s") from None
             raise
 
     def _call(self, coroutine, timeout_s: float | None = None):
@@ -127,6 +159,7 @@ class RemoteEngine:
                 frame = await track.recv()
                 with self._cond:
                     self._back.append((frame.pts, frame.to_ndarray(format="rgb24")))
+                    self._last_back = time.monotonic()
                     self._cond.notify_all()
         except MediaStreamError:
             self._fail("the server stopped sending")
@@ -134,18 +167,31 @@ class RemoteEngine:
     # ----- frames --------------------------------------------------------------------------------------
 
     def submit(self, frame: np.ndarray, tag=None) -> list[Returned]:
-        """Send one HxWx3 uint8 frame; the frames that have come back since, oldest first."""
+        """Send one HxWx3 uint8 frame; the frames that have come back since, oldest first. Never blocks on the
+        network: when the encoder falls behind, the oldest frame not yet sent is dropped."""
         self._raise()
         with self._cond:
+            if self._sent and time.monotonic() - self._last_back > SILENCE_S:
+                self._error = f"nothing came back from {self.url} for {SILENCE_S:.0f} s"
+                self._raise()
+            if not self._sent:
+                self._last_back = time.monotonic()  # the silence counts from the first frame in flight
             pts = self._pts
-            self._pts += STEP + 9 * (len(self._sent) % 3 - 1)  # irregular gaps, multiples of 9 ticks
+            self._number += 1
+            self._pts += gap(self._number)
             self._sent[pts] = tag
             while len(self._sent) > MAX_IN_FLIGHT:
                 self._sent.popitem(last=False)
         video = VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video.pts, video.time_base = pts, TIME_BASE
-        self._call(self._out.queue.put(video))
+        self._loop.call_soon_threadsafe(self._enqueue, video)
         return self._collect()
+
+    def _enqueue(self, video) -> None:
+        queue = self._out.queue
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(video)
 
     def flush(self, timeout_s: float = 1.0) -> list[Returned]:
         """Whatever comes back within ``timeout_s`` (a frame the server dropped never does)."""
@@ -158,35 +204,42 @@ class RemoteEngine:
         return out + self._collect()
 
     def process(self, frame: np.ndarray) -> np.ndarray:
-        """One frame and its own output (waits for the round trip; sends it again if the server dropped it)."""
-        for _ in range(3):
-            marker = object()
-            for returned in self.submit(frame, tag=marker) + self.flush(self.timeout_s / 3):
-                if returned.tag is marker:
-                    return returned.image
-        raise RemoteError(f"no frame came back from {self.url}")
+        """One frame and its own output, for one-off use (a stream goes through ``submit``). Each receiving side
+        releases a frame when the next one arrives, so copies follow it, spaced so that the server, which takes
+        the newest frame, still sees this one first."""
+        marker = object()
+        returned = self.submit(frame, tag=marker)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            for out in returned + self.flush(0.15):
+                if out.tag is marker:
+                    return out.image
+            returned = self.submit(frame)
+        raise RemoteError(f"the frame did not come back from {self.url}")
 
     def _collect(self) -> list[Returned]:
         with self._cond:
+            if self._offset is None:
+                self._offset = learn_offset([pts for pts, _ in self._back], self._sent)
+                if self._offset is None:
+                    self._back = self._back[-MAX_IN_FLIGHT:]
+                    return []
             back, self._back = self._back, []
-            if back and self._offset is None:
-                self._offset = self._learn_offset(back)
             out = []
             for pts, image in back:
-                key = pts + (self._offset or 0)
-                if key in self._sent:
-                    tag = self._sent.pop(key)
-                    for older in [p for p in self._sent if p < key]:  # dropped on the way: never coming
-                        del self._sent[older]
-                    out.append(Returned(tag, image))
+                key = pts + self._offset
+                if key not in self._sent:
+                    self._misses += 1
+                    if self._misses >= RELEARN_AFTER:  # the stream restarted or the fit was wrong
+                        self._offset, self._misses = None, 0
+                    continue
+                self._misses = 0
+                tag = self._sent.pop(key)
+                for older in [p for p in self._sent if p < key]:  # dropped on the way: never coming
+                    del self._sent[older]
+                out.append(Returned(tag, image))
             self.frames_processed += len(out)
             return out
-
-    def _learn_offset(self, back) -> int:
-        """The offset that maps the most returned timestamps onto sent ones (each hop restarts them at 0)."""
-        sent = list(self._sent)
-        candidates = [s - back[0][0] for s in sent[:MAX_IN_FLIGHT]]
-        return max(candidates, key=lambda o: sum(p + o in self._sent for p, _ in back))
 
     def _raise(self) -> None:
         if self._error is not None:

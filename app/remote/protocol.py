@@ -18,7 +18,12 @@ MAX_PROMPT_CHARS = 2000
 
 
 class ProtocolError(ValueError):
-    """A client's message that cannot be applied; the text says why."""
+    """A client's message that cannot be applied; the text says why. ``garbage``: not a message of ours at all
+    (not JSON, too large), which ends the session."""
+
+    def __init__(self, message: str, garbage: bool = False):
+        super().__init__(message)
+        self.garbage = garbage
 
 
 def _text(value):
@@ -64,11 +69,12 @@ def parse_message(data: str | bytes) -> dict:
     """The checked changes in one message."""
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"a message may have at most {MAX_MESSAGE_BYTES} bytes, this one has {len(raw)}")
+        raise ProtocolError(f"a message may have at most {MAX_MESSAGE_BYTES} bytes, this one has {len(raw)}",
+                            garbage=True)
     try:
         message = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
+        raise ProtocolError(f"not JSON: {exc}", garbage=True) from None
     if not isinstance(message, dict) or not message:
         raise ProtocolError("a message is a JSON object naming one or more settings")
     unknown = sorted(set(message) - set(FIELDS))

@@ -53,15 +53,21 @@ class Session:
         self._closed = True
         if reason:
             log.info("session %s closed: %s", self.id[:8], reason)
-        for task in self.tasks:
-            task.cancel()
-        if self.track is not None:
-            self.track.stop()
-        await self.pc.close()
-        # The engine thread may be inside a frame: close the engine after it.
-        await asyncio.get_running_loop().run_in_executor(self.executor, _close_engine, self.engine)
-        self.executor.shutdown(wait=False)
-        self._on_closed(self.id)
+        try:
+            for task in self.tasks:
+                if task is not asyncio.current_task():  # a watchdog closing the session goes on to the end
+                    task.cancel()
+            if self.track is not None:
+                self.track.stop()
+            await self.pc.close()
+            # The engine thread may be inside a frame: close the engine after it.
+            if self.engine is not None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, _close_engine, self.engine)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the slot and the thread are given back
+            log.warning("closing session %s: %s: %s", self.id[:8], type(exc).__name__, exc)
+        finally:
+            self.executor.shutdown(wait=False)
+            self._on_closed(self.id)
 
 
 def _close_engine(engine) -> None:
@@ -155,21 +161,27 @@ class EngineServer:
             return web.Response(status=415, text="send the SDP offer as application/sdp")
         if len(self.sessions) >= self.limits.max_sessions:
             return web.Response(status=503, headers={"Retry-After": "5"}, text="the server is full")
-        offer = await request.text()
-        loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(None, self.make_engine)
+        # The slot is taken before the first await: offers arriving together cannot pass the limit.
         session_id, pc = uuid.uuid4().hex, RTCPeerConnection()
-        session = Session(session_id, pc, engine, lambda sid: self.sessions.pop(sid, None))
+        session = Session(session_id, pc, None, lambda sid: self.sessions.pop(sid, None))
         self.sessions[session_id] = session
         self._wire(session)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-            if not any(t.kind == "video" and t.sender.track for t in pc.getTransceivers()):
-                raise ValueError("the offer has no video to send and receive")
-            await pc.setLocalDescription(await pc.createAnswer())
+            await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
+            transceivers = pc.getTransceivers()
+            # One video, sent and received (and the data channel): anything more would be decoded unread.
+            if len(transceivers) != 1 or transceivers[0].kind != "video" or transceivers[0].sender.track is None:
+                raise ValueError("offer one video track to send and receive, nothing else")
         except Exception as exc:  # noqa: BLE001 - a bad offer is the client's problem, not the server's
             await session.close(f"bad offer: {exc}")
             return web.Response(status=400, text=f"bad offer: {exc}")
+        try:
+            # The offer is sound: now the engine (seconds on a GPU), before any frame can arrive.
+            session.engine = await asyncio.get_running_loop().run_in_executor(None, self.make_engine)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - no model, no memory: say so, keep serving
+            await session.close(f"no engine: {exc}")
+            return web.Response(status=500, text=f"the server could not start an engine: {exc}")
         session.tasks.append(asyncio.ensure_future(self._watch(session)))
         return web.Response(status=201, content_type="application/sdp", text=pc.localDescription.sdp,
                             headers={"Location": f"/whip/{session_id}"})
@@ -191,7 +203,7 @@ class EngineServer:
                     apply_changes(session.engine, parse_message(message))
                 except ProtocolError as exc:
                     channel.send(json.dumps({"error": str(exc)}))
-                    if "not JSON" in str(exc) or "at most" in str(exc):  # garbage: this client is not ours
+                    if exc.garbage:  # not a message of ours: this client is not one
                         asyncio.ensure_future(session.close(f"garbage on the data channel: {exc}"))
 
         @pc.on("connectionstatechange")
