@@ -116,3 +116,24 @@ def fake_pyvirtualcam(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyvirtualcam", module)
     FakeVirtualCamera.opened, FakeVirtualCamera.sent, FakeVirtualCamera.fail = [], [], None
     return FakeVirtualCamera
+
+
+def prepared_engine(components, config, prompt: str = "a cat", negative_prompt: str = "blurry"):
+    """A StreamEngine on ``components`` with the prompts encoded."""
+    from core.stream import StreamEngine
+
+    engine = StreamEngine(components, config)
+    engine.prepare(prompt, negative_prompt)
+    return engine
+
+
+def wait_until(predicate, timeout: float = 10.0, poll_s: float = 0.01) -> bool:
+    """Whether ``predicate()`` turns true within ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return bool(predicate())

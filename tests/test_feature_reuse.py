@@ -270,7 +270,7 @@ def test_an_accelerators_split_unet_is_the_one_reuse_runs(tiny_components, tiny_
     with caplog.at_level(logging.INFO, logger="core.stream"):
         for i in range(3):
             frame = make_frame(i)
-            assert_frames_close(engine.process(frame), reference.process(frame), atol=0)
+            assert_frames_close(engine.process(frame), reference.process(frame), atol=1)
     assert calls == [False, False, True, False, True] and "plain UNet runs" not in caplog.text
 
 

@@ -7,6 +7,7 @@ import pytest
 from app.outputs import Output
 from app.pipeline import OutputFrame, Pipeline, PipelineConfig
 from app.sources import Camera, Source, SourceError, TestPattern, VideoFile
+from tests.conftest import wait_until
 from tests.pipeline_fakes import FakeEngine, FlakyCapture, pipeline_threads, write_clip
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,12 +24,7 @@ class Collector:
                     on_status=self.statuses.append, **kwargs)
 
     def wait_for(self, predicate, timeout=10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.01)
-        return False
+        return wait_until(predicate, timeout)
 
 
 def test_test_pattern_lossless_delivers_every_frame_in_order():

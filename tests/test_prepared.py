@@ -8,6 +8,7 @@ import pytest
 
 from app.pipeline.prepared import PreparedEngines, same_but_steps, worth_preparing
 from core.stream import StreamEngine
+from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.filterwarnings("ignore:running on the CPU"), pytest.mark.timeout(120)]
 
@@ -17,12 +18,7 @@ def factory(config, progress=None, components=None):
 
 
 def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(predicate, timeout, poll_s=0.02)
 
 
 def running(tiny_components, config):

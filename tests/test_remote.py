@@ -16,6 +16,7 @@ from aiohttp import web  # noqa: E402
 from app.remote.client import RemoteEngine, RemoteError  # noqa: E402
 from app.remote.server import EngineServer, ServerLimits  # noqa: E402
 from core.stream import StreamEngine  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:running on the CPU"), pytest.mark.timeout(120)]
 TOKEN = "a-test-token-long-enough-to-pass"
@@ -189,18 +190,14 @@ def test_a_departing_client_leaves_no_session_and_a_too_large_frame_ends_its_own
     client = RemoteEngine(server.url, TOKEN)
     stream(client, [gradient(i) for i in range(4)])
     client.close()
-    deadline = time.monotonic() + 5
-    while server.sessions and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_until(lambda: not server.sessions, 5, poll_s=0.05)
     assert not server.sessions and server.engines[0].closed
     big = RemoteEngine(server.url, TOKEN)
     with pytest.raises(RemoteError):
         for i in range(40):  # 256x256 is over the 128x128 limit: the server ends this session
             big.submit(gradient(i, size=256))
             time.sleep(0.05)
-    deadline = time.monotonic() + 5
-    while server.sessions and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_until(lambda: not server.sessions, 5, poll_s=0.05)
     assert not server.sessions and server.engines[1].closed
     big.close()
 
@@ -259,9 +256,7 @@ def test_the_offset_is_learned_from_the_pattern_of_gaps_even_when_frames_are_los
 def test_the_watchdogs_end_silent_and_unconnected_sessions(server):
     client = RemoteEngine(server.url, TOKEN)
     stream(client, [gradient(i) for i in range(3)])
-    deadline = time.monotonic() + 10  # the client stops sending: closed after the idle time
-    while server.sessions and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert wait_until(lambda: not server.sessions, 10, poll_s=0.1)
     assert not server.sessions and server.engines[0].closed
     client.close()
 
