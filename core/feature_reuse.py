@@ -55,13 +55,18 @@ def up_block_layers(block, hidden, emb, res_samples, encoder_hidden_states, indi
     """Layers ``indices`` of an up block without an upsampler (its resnets and their attentions), each taking
     the skip at the end of ``res_samples``: diffusers' up-block forward, re-stated per layer so that the last
     block can be cut between its layers. Returns the hidden state and the skips left."""
-    attentions = getattr(block, "attentions", None)
     for i in indices:
         hidden = block.resnets[i](torch.cat([hidden, res_samples[-1]], dim=1), emb)
-        res_samples = res_samples[:-1]
-        if attentions is not None:
-            hidden = attentions[i](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        hidden, res_samples = attend(block, i, hidden, encoder_hidden_states), res_samples[:-1]
     return hidden, res_samples
+
+
+def attend(block, layer: int, hidden, encoder_hidden_states):
+    """Layer ``layer``'s attention of a block (nothing for a block without attentions)."""
+    attentions = getattr(block, "attentions", None)
+    if attentions is None:
+        return hidden
+    return attentions[layer](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
 def unet_split_forward(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, deep=None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.feature_reuse import unet_embeddings
+from core.feature_reuse import attend, unet_embeddings, up_block_layers
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,6 @@ def describe_units(run, units) -> str:
     return "+".join(names)
 
 
-def _attend(block, layer: int, hidden, encoder_hidden_states):
-    attentions = getattr(block, "attentions", None)
-    if attentions is None:
-        return hidden
-    return attentions[layer](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-
-
 def run_unit(unet, unit: Unit, hidden, res: tuple, emb, encoder_hidden_states, needs_size: bool):
     """One unit: (hidden, skip stack) in, (hidden, skip stack) out; diffusers' block forwards re-stated per
     layer (what the presets use: no adapters, no FreeU)."""
@@ -78,7 +71,7 @@ def run_unit(unet, unit: Unit, hidden, res: tuple, emb, encoder_hidden_states, n
         return hidden, (hidden,)
     if unit.kind == "down":
         block = unet.down_blocks[unit.index]
-        hidden = _attend(block, unit.layer, block.resnets[unit.layer](hidden, emb), encoder_hidden_states)
+        hidden = attend(block, unit.layer, block.resnets[unit.layer](hidden, emb), encoder_hidden_states)
         res = res + (hidden,)
         if unit.layer == len(block.resnets) - 1 and block.downsamplers is not None:
             for downsampler in block.downsamplers:
@@ -91,8 +84,7 @@ def run_unit(unet, unit: Unit, hidden, res: tuple, emb, encoder_hidden_states, n
         return unet.mid_block(hidden, emb), res
     if unit.kind == "up":
         block = unet.up_blocks[unit.index]
-        hidden = block.resnets[unit.layer](torch.cat([hidden, res[-1]], dim=1), emb)
-        hidden, res = _attend(block, unit.layer, hidden, encoder_hidden_states), res[:-1]
+        hidden, res = up_block_layers(block, hidden, emb, res, encoder_hidden_states, [unit.layer])
         if unit.layer == len(block.resnets) - 1 and block.upsamplers is not None:
             last = unit.index == len(unet.up_blocks) - 1
             size = res[-1].shape[2:] if needs_size and not last else None
