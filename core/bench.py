@@ -19,6 +19,7 @@ import torch
 
 from core.bench_timing import (BenchResult, print_table, reset_peak_memory, summarize, time_calls,
                                time_overlapped)
+from core.cli_options import parse_index_list
 from core.config import StreamConfig
 from core.logs import configure_logging
 from core.schedule import strength_to_t_index_list
@@ -200,6 +201,8 @@ def parse_args(argv):
     parser.add_argument("--gpus", default="1", metavar="N[,N...]",
                         help="also time each setting spread over N GPUs (core.parallel), a row per count")
     parser.add_argument("--parallel", default="auto", choices=("auto", "frames", "asyncdiff"), help="with --gpus")
+    parser.add_argument("--split-at", default="", metavar="I[,J...]",
+                        help="with --gpus: AsyncDiff's cuts for the GPU count they fit (others balance by FLOPs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
@@ -266,7 +269,7 @@ def main(argv=None) -> int:
         from core.bench_parallel import parallel_rows
 
         parallel_rows(components, config, [int(n) for n in args.gpus.split(",")], args.parallel, frames,
-                      args.warmup, results, overlap=args.overlap)
+                      args.warmup, results, overlap=args.overlap, split_at=parse_index_list(args.split_at))
     if args.similarity:
         static = synthetic_frames(args.frames + args.warmup, args.height, args.width, static=True)
         config = base.replace(t_index_list=(32,), similarity_filter=True, similarity_threshold=0.98)

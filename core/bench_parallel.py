@@ -72,12 +72,13 @@ def _device_frame(engine, frame):
 
 
 def parallel_rows(components, config, gpu_counts, mode: str, frames, warmup: int, results: list,
-                  overlap: bool = False) -> None:
+                  overlap: bool = False, split_at: tuple[int, ...] = ()) -> None:
     """A row per GPU count above one (the one-GPU row is the setting's own); with ``overlap``, AsyncDiff
-    engines get a second row with overlapped host copies."""
+    engines get a second row with overlapped host copies; ``split_at`` is used for the count it fits."""
     for count in gpu_counts:
         for overlapped in ((False, True) if overlap else (False,)):
-            wanted = config.replace(gpus=count, parallel=mode)
+            cuts = split_at if len(split_at) == count - 1 else ()
+            wanted = config.replace(gpus=count, parallel=mode, split_at=cuts)
             cuda = wanted.resolved_device().startswith("cuda")
             if count < 2 or (overlapped and (parallel_mode(wanted) == "frames" or not cuda)):
                 continue

@@ -85,3 +85,19 @@ def test_a_float16_decode_converts_within_one_level_of_float32():
     half = imageops.to_output_frames(images.half(), 72, 128)
     assert half.shape == wide.shape == (1, 72, 128, 3)
     assert (half.int() - wide.int()).abs().max() <= 1
+
+
+def test_split_at_sets_the_cuts_of_the_gpu_count_it_fits(tmp_path, tiny_components):
+    from core.parallel.unet_stages import describe_units, split_units, unet_units
+
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "preset:tiny", "--acceleration", "none", "--device", "cpu", "--width", "64",
+                "--height", "64", "--frames", "2", "--warmup", "1", "--diffusers", "none", "--settings", "2:none",
+                "--gpus", "1,2,3", "--split-at", "2", "--json", str(out)])
+    rows = {row["name"]: row for row in json.loads(out.read_text())["results"]}
+    two = next(row for name, row in rows.items() if "on 2 GPUs" in name)
+    three = next(row for name, row in rows.items() if "on 3 GPUs" in name)
+    units = unet_units(tiny_components.pipe.unet)
+    wanted = [describe_units([units[i] for i in run], units) for run in split_units(list(range(len(units))), (2,))]
+    assert two["extra"]["parallel"] == f"asyncdiff over 2 devices: cpu: {wanted[0]} | cpu: {wanted[1]}"
+    assert three["extra"]["parallel"].count("|") == 2  # one cut does not fit three GPUs: balanced by FLOPs
