@@ -18,7 +18,11 @@ equal to diffusers' own forward.
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def unet_embeddings(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs):
@@ -145,6 +149,7 @@ class FeatureCache:
         self.refresh_next = True
         self.frames = 0
         self.since_refresh = 0  # reuse frames since the last refresh
+        self.refusal_logged = False  # an accelerator without the UNet's parts: said once
 
     @property
     def deep(self) -> torch.Tensor | None:
@@ -238,6 +243,26 @@ class FeatureCache:
         twin.depth = self.depth
         twin.restore(self.state())
         return twin
+
+
+def reuse_decision(config, cache: FeatureCache, accelerated, acceleration: str) -> bool | None:
+    """Before a frame: None (no reuse), True (refresh every deep feature) or False (reuse them); a graph per kind
+    of frame. Reuse runs the UNet's two paths, eager or compiled (``unet_split``); an accelerator without them
+    (TensorRT, a stored engine, AsyncDiff's stages) keeps the plain UNet, said once in the log."""
+    if not config.feature_reuse or config.denoising_steps == 1:  # one step: every row is new
+        cache.invalidate()  # frames without reuse leave the cache behind the stream
+        return None
+    own_unet = getattr(accelerated.frame_runner, "runs_its_own_unet", False)
+    if own_unet or (accelerated.unet is not None and accelerated.unet_split is None):
+        if not cache.refusal_logged:
+            cache.refusal_logged = True
+            log.info("feature reuse needs the UNet's parts, which %s does not expose; the plain UNet runs",
+                     "AsyncDiff's stages" if own_unet else acceleration)
+        cache.invalidate()
+        return None
+    cache.interval = config.feature_reuse_interval
+    cache.set_depth(config.feature_reuse_depth)
+    return cache.is_refresh()
 
 
 def predict_with_reuse(split, cache: FeatureCache, refresh: bool, x_in, timesteps, encoder_hidden_states,

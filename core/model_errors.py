@@ -144,7 +144,8 @@ def out_of_memory(source: str, device: str, exc: BaseException) -> ModelLoadErro
 
 
 #: Exceptions whose message was written for users: shown as they are, logged without a traceback.
-EXPLAINED_ERRORS = ("ModelLoadError", "ConfigError", "SourceError", "OutputError")
+# By name, so that core needs none of them imported; RemoteError: app.remote.client (a server refused or left).
+EXPLAINED_ERRORS = ("ModelLoadError", "ConfigError", "SourceError", "OutputError", "RemoteError")
 
 
 def is_explained(exc: BaseException) -> bool:

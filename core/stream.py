@@ -26,7 +26,7 @@ from diffusers import LCMScheduler
 from core import imageops, schedule
 from core.accel.parts import AcceleratedParts, StreamSnapshot
 from core.config import StreamConfig
-from core.feature_reuse import FeatureCache, predict_with_reuse, unet_split_forward
+from core.feature_reuse import FeatureCache, predict_with_reuse, reuse_decision, unet_split_forward
 from core.guidance import GUIDANCE_RULES
 from core.live_settings import LiveSettings
 from core.host_copies import PinnedCopies
@@ -88,7 +88,6 @@ class StreamEngine(LiveSettings):
         self.transitions = Transitions()
         self.conditioning: Conditioning | None = None
         self.reuse_refresh: bool | None = None  # this frame: None (no reuse), True (refresh all), False (reuse)
-        self._reuse_refused = False
 
     @classmethod
     def from_config(cls, config: StreamConfig, progress=None, components=None) -> "StreamEngine":
@@ -287,26 +286,6 @@ class StreamEngine(LiveSettings):
     def feature_cache(self) -> FeatureCache:
         return self.batch.features
 
-    def _decide_feature_reuse(self) -> None:
-        """Before a frame: whether it reuses deep features, and if so whether it refreshes them all (a graph per
-        kind of frame). Reuse runs the UNet's two paths, eager or compiled (``unet_split``); an accelerator
-        without them (TensorRT, a stored engine, AsyncDiff) keeps the plain UNet, said once in the log."""
-        self.reuse_refresh = None
-        if not self.config.feature_reuse or self.config.denoising_steps == 1:  # one step: every row is new
-            self.batch.features.invalidate()  # frames without reuse leave the cache behind the stream
-            return
-        own_unet = getattr(self.accelerated.frame_runner, "runs_its_own_unet", False)  # AsyncDiff's stages
-        if own_unet or (self.accelerated.unet is not None and self.accelerated.unet_split is None):
-            if not self._reuse_refused:
-                self._reuse_refused = True
-                log.info("feature reuse needs the UNet's parts, which %s does not expose; the plain UNet runs",
-                         "AsyncDiff's stages" if own_unet else self.acceleration)
-            self.batch.features.invalidate()
-            return
-        self.batch.features.interval = self.config.feature_reuse_interval
-        self.batch.features.set_depth(self.config.feature_reuse_depth)
-        self.reuse_refresh = self.batch.features.is_refresh()
-
     def denoise(self, x_new: torch.Tensor) -> torch.Tensor:
         """Stream Batch step (core.stream_batch): the new frames' clean latents (zeros for txt2img) in,
         the fully denoised latents of the frames leaving the batch out."""
@@ -368,25 +347,36 @@ class StreamEngine(LiveSettings):
         return output[0] if single else output
 
     def step(self, frames_u8):
-        """One frame on the device, host copies left to the caller: pending changes applied, then the
-        similarity filter's decision, the frame step (or the last output again) and the counters.
+        """One frame on the device, host copies left to the caller (the result may be an accelerator's reused
+        buffer: copy it before the next call)."""
+        if self.begin_step(frames_u8):
+            return self._last_output
+        return self.end_step(self.run_frame_step(frames_u8))
 
-        The result may be an accelerator's reused buffer: copy it before the next call.
-        """
+    def begin_step(self, frames_u8) -> bool:
+        """Before a frame's work: offered parts and pending changes installed, feature reuse decided; True when
+        the similarity filter skips the frame (``last_output`` stands for it)."""
         self._install_offered()
         self.apply_pending()
-        self._decide_feature_reuse()
+        self.reuse_refresh = reuse_decision(self.config, self.batch.features, self.accelerated, self.acceleration)
         if self._should_skip(frames_u8):
             self.last_frame_skipped = True
             self.skipped_frames += 1
-            return self._last_output
-        output = self.run_frame_step(frames_u8)
+            return True
+        return False
+
+    def end_step(self, output):
+        """After a frame's work (``output``, device uint8): the counters and what the next skipped frame shows."""
         if self.reuse_refresh is not None:
             self.batch.features.frame_done(self.reuse_refresh)
         self._last_output = output
         self.last_frame_skipped = False
         self.frames_processed += 1
         return output
+
+    @property
+    def last_output(self):
+        return self._last_output
 
     def run_frame_step(self, frames_u8):
         """The hot path: an accelerator's frame runner (a captured graph) where one is installed."""

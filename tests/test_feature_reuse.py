@@ -147,7 +147,7 @@ def test_a_compiled_unet_keeps_the_plain_unet_and_says_so(tiny_components, tiny_
 
     engine = prepared(tiny_components, tiny_config.replace(feature_reuse=True))
     engine.install(unet=lambda *args, **kwargs: engine.unet(*args, **kwargs))  # stands for torch.compile's module
-    with caplog.at_level(logging.INFO, logger="core.stream"):
+    with caplog.at_level(logging.INFO, logger="core.feature_reuse"):
         engine.process(make_frame(0))
         engine.process(make_frame(1))
     assert engine.reuse_refresh is None and caplog.text.count("feature reuse needs the UNet's parts") == 1

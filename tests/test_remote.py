@@ -39,7 +39,7 @@ def distinct(i: int, size: int = 64) -> np.ndarray:
 class Serving:
     """A server on 127.0.0.1 in its own event-loop thread."""
 
-    def __init__(self, make_engine, limits):
+    def __init__(self, make_engine, limits, port: int = 0):
         self.engines = []
 
         def made():
@@ -55,14 +55,16 @@ class Serving:
         async def start():
             runner = web.AppRunner(self.server.app())
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", port)
             await site.start()
             return runner, site._server.sockets[0].getsockname()[1]
 
-        self.runner, port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self):
+        if not self.loop.is_running():  # stopped already (a test that kills its server)
+            return
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
@@ -90,9 +92,18 @@ class Inverting:
     """An engine whose output shows its input (the tiny random model's hardly does): for frame identity."""
 
     closed = False
+    prompt = ""
+
+    def __init__(self):
+        self.settings = []
 
     def process(self, frame):
         return 255 - frame
+
+    def __getattr__(self, name):  # the live setters: recorded
+        if name.startswith(("set_", "update_")):
+            return lambda *args, **kwargs: self.settings.append((name, args, kwargs))
+        raise AttributeError(name)
 
     def close(self):
         self.closed = True

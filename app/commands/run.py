@@ -14,7 +14,7 @@ from pathlib import Path
 from app.outputs import Output, OutputError, Recorder, VirtualCamera, video_path_problem
 from app.pipeline import OutputShape, Pipeline, PipelineConfig
 from app.pipeline.engine_loader import build_engine
-from app.pipeline.engine_policy import describe_engine
+from app.pipeline.engine_policy import changing_stage, describe_engine
 from app.commands.progress import Progress
 from app.commands.run_summary import RunSummary, summary_text
 from app.commands.stop_signals import StopSignals
@@ -78,9 +78,11 @@ def connect_remote(args, config, say):
     try:
         token = read_token(args.token_file) if args.token_file else os.environ.get("LIVEDIFFUSION_TOKEN", "")
         from app.remote.client import RemoteEngine
+        from app.remote.reconnect import ReconnectingEngine
 
         say(f"connecting to {args.engine} ...")
-        engine = RemoteEngine(args.engine, token)
+        engine = ReconnectingEngine(lambda: RemoteEngine(args.engine, token), args.engine,
+                                    on_event=lambda message: say(f"note: {message}"))
     except ImportError as exc:
         return None, f"--engine needs the serve extra ({exc}): pip install -e \".[serve]\""
     except (SecurityError, ConnectionError, TimeoutError) as exc:
@@ -322,7 +324,6 @@ def _stream(pipe: Pipeline, outputs, total, progress: Progress, signals: StopSig
         pipe.add_output(output)
     started = time.perf_counter()
     interrupted = False
-    staged = getattr(engine, "startup", None) is not None
     shown_stage = None
     try:
         pipe.start()
@@ -330,12 +331,12 @@ def _stream(pipe: Pipeline, outputs, total, progress: Progress, signals: StopSig
             if pipe.wait(0.2):
                 break
             stats = pipe.stats()
-            stage = engine.stage if staged else ""
-            if staged and stage.split(",")[0] != shown_stage:  # quick start, full speed, a failed build
+            stage = changing_stage(engine)
+            if stage and stage.split(",")[0] != shown_stage:  # quick start, full speed, a failed build, a lost server
                 shown_stage = stage.split(",")[0]
                 say(f"engine: {stage}")
             progress.update(stats.frames_out, f"{stats.output_fps:5.1f} fps  {stats.latency_ms:6.1f} ms"
-                            + (f"  {stage}" if staged else ""))
+                            + (f"  {stage}" if stage else ""))
     except KeyboardInterrupt:  # Ctrl+C, or a stop signal (see StopSignals)
         interrupted = True
         say("interrupted: finishing the outputs")

@@ -56,9 +56,11 @@ class EngineLoader(QObject):
     def is_busy(self) -> bool:
         return self._busy
 
-    def load(self, config: StreamConfig, prompt: str, negative_prompt: str, setup: Callable[[Any], None] | None = None) -> None:
+    def load(self, config: StreamConfig, prompt: str, negative_prompt: str, setup: Callable[[Any], None] | None = None,
+             factory: EngineFactory | None = None) -> None:
         """Build an engine for ``config`` and prepare it with the prompt; ``setup`` (run in the worker)
-        applies the live settings (strength, seed, guidance, filter) before the engine is handed over."""
+        applies the live settings (strength, seed, guidance, filter) before the engine is handed over.
+        ``factory``: another than the loader's (an engine server's)."""
         self._generation += 1
         generation = self._generation
         self._set_busy(True)
@@ -69,7 +71,7 @@ class EngineLoader(QObject):
 
         def build(progress):
             progress("Loading the model…")
-            return build_engine(config, prompt, negative_prompt, progress, setup, self.factory)
+            return build_engine(config, prompt, negative_prompt, progress, setup, factory or self.factory)
 
         def ready(engine) -> None:
             self._done(generation)

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QInputDialog, QMainWindow, QScrollArea, QSplitter,
 
 from app.gui.actions import build_actions, build_toolbar, set_running_look, set_stopping_look
 from core.model_errors import OOM_ADVICE, is_out_of_memory
+from app.gui.engine_control import EngineControl
 from app.gui.model_panel import ModelPanel
 from app.gui.notifier import Notifier
 from app.gui.output_panel import OutputPanel
@@ -23,16 +24,15 @@ from app.gui.picture import PictureControls
 from app.gui.presets import load_presets, save_preset
 from app.gui.preview import PreviewWidget
 from app.gui.region_picker import RegionPickerDialog, grab_monitor
-from app.gui.session import LiveParams, Session
+from app.gui.session import Session
+from app.pipeline.live_params import LiveParams
 from app.gui.source_panel import SourcePanel, build_source, discover_devices
 from app.gui.status import StatusBar
 from app.gui.style_panel import StylePanel
 from app.gui.widgets import guard_wheel
 from app.pipeline.engine_policy import engine_device
 from app.gui.settings import AppSettings, SettingsStore, StartOverrides
-from core.config import ConfigError, StreamConfig
-from core.presets import stand_in_preset
-from core.schedule import strength_to_t_index_list
+from core.config import StreamConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class MainWindow(QMainWindow):
         self.overrides = StartOverrides(overrides or {}, self.settings)
         self.engine_options = dict(engine_options or {})
         self.session = Session(engine_factory, self)
+        self.engine_control = EngineControl(self)
         self._region_dialog: RegionPickerDialog | None = None
         self._shut_down = False
 
@@ -125,8 +126,8 @@ class MainWindow(QMainWindow):
         session.bridge.status.connect(self.status.show_note)
         session.running_changed.connect(self._on_running_changed)
         session.stopping.connect(self._on_stopping)
-        session.engine_ready.connect(self._on_engine_ready)
-        session.engine_failed.connect(self._on_engine_failed)
+        session.engine_ready.connect(self.engine_control.on_ready)
+        session.engine_failed.connect(self.engine_control.on_failed)
         session.loader.progress.connect(self.model_panel.show_progress)
         session.recording_changed.connect(self._on_recording_changed)
         session.virtual_camera_probed.connect(self.output_panel.show_virtual_camera_probe)
@@ -142,7 +143,7 @@ class MainWindow(QMainWindow):
         style.rebuild_needed.connect(self._reload_timer.start)
         style.save_preset_requested.connect(self.ask_preset_name)
         self.model_panel.reload_requested.connect(self._reload_timer.start)
-        self.model_panel.cancel_requested.connect(self.cancel_load)
+        self.model_panel.cancel_requested.connect(self.engine_control.cancel)
         self.source_panel.source_changed.connect(lambda choice: session.set_source(build_source(choice)))
         self.source_panel.pick_region_requested.connect(self.pick_region)
         self.output_panel.view_changed.connect(self.preview.set_view)
@@ -223,28 +224,7 @@ class MainWindow(QMainWindow):
     # --------------------------------------------------------------------------------------- engine
 
     def requested_config(self) -> StreamConfig:
-        """The engine configuration the controls describe; raises ConfigError for a bad combination."""
-        width, height = self.picture.generated_size()
-        params = self.session.params
-        return StreamConfig(
-            model=self.model_panel.model(),
-            width=width,
-            height=height,
-            t_index_list=strength_to_t_index_list(self.session.params.strength, self.style_panel.steps_spin.value()),
-            cfg_type=self.style_panel.cfg_combo.currentText(),
-            guidance_scale=self.style_panel.guidance_spin.value(),
-            delta=self.style_panel.delta_spin.value(),
-            seed=self.style_panel.seed_spin.value(),
-            similarity_filter=self.style_panel.filter_check.isChecked(),
-            similarity_threshold=self.style_panel.threshold_spin.value(),
-            acceleration=self.model_panel.acceleration(), gpus=self.model_panel.gpus(),
-            resize_mode="letterbox" if self.output_panel.letterbox() else "crop",
-            output_width=params.output_width,
-            output_height=params.output_height,
-            smoothing=params.smoothing,
-            transition_frames=params.transition_frames,
-            **self.engine_options,
-        )
+        return self.engine_control.requested_config()
 
     def request_reload(self) -> None:
         """Reload after a short pause (settings that change together cost one load)."""
@@ -252,54 +232,10 @@ class MainWindow(QMainWindow):
 
     def reload_engine(self) -> None:
         self._reload_timer.stop()
-        try:
-            config = self.requested_config()
-        except (ConfigError, ValueError) as exc:
-            self.notifier.error("Invalid model settings", str(exc))
-            return
-        running = self.session.engine_config
-        if running is not None and not running.needs_new_engine(config) and self.session.engine is not None:
-            return
-        self.session.load_engine(config)
-        self.model_panel.set_busy(True, f"Loading {config.model}…")
-        self.status.show_note(f"Loading {config.model} in the background; the current stream keeps running")
-
-    def cancel_load(self) -> None:
-        self.session.cancel_load()
-        config = self.session.engine_config
-        self.model_panel.set_busy(False, f"Cancelled; still running {config.model}" if config else "Cancelled")
-
-    def _on_engine_ready(self, config: StreamConfig, engine) -> None:
-        # A model brings many long-lived objects; frozen, they are skipped by every later full
-        # collection, which would otherwise hold the GIL (and so the GUI) for 100 ms and more.
-        gc.freeze()
-        steps = len(config.t_index_list)
-        text = f"Ready: {config.model} at {config.width}×{config.height}, {steps} step{'s' * (steps > 1)}"
-        out_h, out_w = config.output_size
-        if (out_w, out_h) != (config.width, config.height):
-            text += f", output {out_w}×{out_h}"
-        runs = self.model_panel.show_engine(text, engine)
-        self.status.show_note(f"{text} ({runs})" if runs else text)
-        random = getattr(getattr(engine, "components", None), "random_weights", False) or config.model.startswith("preset:")
-        self.preview.set_model_badge("Random weights: real speed, no real style" if random else "")
-
-    def _on_engine_failed(self, message: str, exc) -> None:
-        previous = self.session.engine_config
-        keeps = f"\n\nStill running the previous model ({previous.model})." if previous else ""
-        self.model_panel.set_busy(False, "Loading failed; " + (
-            f"still running {previous.model}" if previous else "frames pass through unchanged until a model loads"))
-        self.status.show_error(f"Model not loaded: {message}")
-        choices = [("Open a model…", self.model_panel.browse_button.showMenu)]
-        stand_in = stand_in_preset(self.model_panel.model())
-        if stand_in is not None and not is_out_of_memory(exc):
-            choices.insert(0, ("Try without weights", lambda: self.try_without_weights(stand_in)))
-        self.notifier.error_with_choices("The model could not be loaded", message + keeps, choices)
+        self.engine_control.reload()
 
     def try_without_weights(self, preset: str) -> None:
-        """Load the random-weight build of the same architecture: the app works, the images are noise."""
-        self.model_panel.set_model(preset)
-        self.status.show_note(f"Loading {preset}: random weights, for trying the program, not for real images")
-        self.reload_engine()
+        self.engine_control.try_without_weights(preset)
 
     # -------------------------------------------------------------------------------- run / outputs
 
@@ -352,7 +288,7 @@ class MainWindow(QMainWindow):
         engine = self.session.engine
         device = None if engine is None else engine_device(engine)
         if engine is not None:
-            self.model_panel.follow_stage(engine)
+            self.engine_control.follow(engine)
         self.status.show_stats(self.session.pipeline.stats(), self.session.running, device, self.session.is_stopping)
 
     # ------------------------------------------------------------------------------------- screens

@@ -23,9 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.engine_choice import EngineChoice, RemoteTarget
 from app.gui.widgets import find_data, hint_label
 from app.gui.settings import AppSettings
-from app.pipeline.engine_policy import describe_engine
+from app.pipeline.engine_policy import changing_stage, describe_engine
 from core.config import ACCELERATIONS, DEFAULT_MODEL
 
 MODEL_CHOICES = (
@@ -73,6 +74,10 @@ class ModelPanel(QGroupBox):
         self._custom_size = (512, 512)
         self._ready = self._runs = ""  # the loaded model's line, and what runs as last shown under it
         form = QFormLayout()
+
+        self.engine_choice = EngineChoice()
+        self.engine_choice.changed.connect(self._on_engine_choice)
+        form.addRow("Engine", self.engine_choice)
 
         self.model_combo = QComboBox(editable=True)
         self.model_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
@@ -176,6 +181,21 @@ class ModelPanel(QGroupBox):
     def gpus(self) -> int:
         return self.gpus_spin.value()
 
+    def engine_target(self) -> RemoteTarget | None:
+        """The engine server chosen, or None for this computer."""
+        return self.engine_choice.target()
+
+    def _on_engine_choice(self) -> None:
+        self._grey_out_for_server()
+        self._request()
+
+    def _grey_out_for_server(self) -> None:
+        """A server's engine has its own model, size and GPUs (its ``serve`` options)."""
+        local = not self.engine_choice.uses_server()
+        for widget in (self.model_combo, self.browse_button, self.quality_combo, self.accel_combo, self.gpus_spin):
+            widget.setEnabled(local)
+        self.size_combo.setEnabled(local and self.quality() == "custom")
+
     def load(self, settings: AppSettings) -> None:
         self._loading_values = True
         try:
@@ -185,8 +205,10 @@ class ModelPanel(QGroupBox):
             self.size_combo.setEnabled(self.quality() == "custom")
             self.accel_combo.setCurrentText(settings.acceleration)
             self.gpus_spin.setValue(settings.gpus)
+            self.engine_choice.load(settings)
         finally:
             self._loading_values = False
+        self._grey_out_for_server()
         self._custom_size = (settings.width, settings.height)
 
     def store(self, settings: AppSettings) -> None:
@@ -196,6 +218,7 @@ class ModelPanel(QGroupBox):
         settings.width, settings.height = self.size() if self.quality() == "custom" else self._custom_size
         settings.acceleration = self.acceleration()
         settings.gpus = self.gpus()
+        self.engine_choice.store(settings)
 
     def set_model(self, model: str) -> None:
         index = self.model_combo.findText(model)
@@ -239,8 +262,9 @@ class ModelPanel(QGroupBox):
         return self._runs
 
     def follow_stage(self, engine) -> None:
-        """A start in stages moves on (quick start, compiling ~N%, full speed): show where it is now."""
-        if getattr(engine, "startup", None) is None or not self._ready:
+        """A start in stages moves on (quick start, compiling ~N%, full speed), a server comes and goes: show
+        where it is now."""
+        if not changing_stage(engine) or not self._ready:
             return
         runs = describe_engine(engine)
         if runs != self._runs:

@@ -85,6 +85,7 @@ class PreviewWidget(QWidget):
         self._model_badge = ""
         #: The last frame came through without a model: the output pane shows the raw input.
         self._passthrough = False
+        self._alert = ""  # over every other note: something the user must know now (a lost engine server)
         self.frames_shown = 0
         #: Read by worker threads to scale frames for this widget; replaced, never mutated.
         self.display_target = DisplayTarget()
@@ -121,8 +122,15 @@ class PreviewWidget(QWidget):
         self._model_badge = text
         self.update()
 
+    def set_alert(self, text: str) -> None:
+        if text != self._alert:
+            self._alert = text
+            self.update()
+
     def badge(self) -> str:
         """The note painted over the output pane, '' for none."""
+        if self._alert:
+            return self._alert
         if self._passthrough:
             return "No model loaded: the picture passes through unfiltered"
         return self._model_badge

@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -19,43 +18,14 @@ from app.gui.bridge import FrameBridge
 from app.gui.loader import EngineLoader
 from app.outputs import Recorder, VirtualCamera, snapshot, virtualcam_available
 from app.pipeline import OutputFrame, OutputShape, Pipeline, PipelineConfig
+from app.pipeline.engine_loader import remote_engine_factory
 from app.pipeline.engine_policy import release_engine
+from app.pipeline.live_params import LiveParams
 from app.pipeline.prepared import PreparedEngines, same_but_steps
 from core.config import StreamConfig
 from core.model_errors import user_message
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LiveParams:
-    """Settings an engine takes between frames; kept here so a newly loaded engine gets them too."""
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    strength: float = 0.5
-    seed: int = StreamConfig.seed
-    guidance: float = StreamConfig.guidance_scale
-    delta: float = StreamConfig.delta
-    similarity_filter: bool = False
-    similarity_threshold: float = StreamConfig.similarity_threshold
-    output_width: int = 0  # 0 x 0: the generated size
-    output_height: int = 0
-    smoothing: float = StreamConfig.smoothing
-    feature_reuse: bool = StreamConfig.feature_reuse
-    transition_frames: int = StreamConfig.transition_frames
-    resize_mode: str = StreamConfig.resize_mode
-
-    def apply_to(self, engine) -> None:
-        engine.set_strength(self.strength)
-        engine.set_seed(self.seed)
-        engine.set_guidance(guidance_scale=self.guidance, delta=self.delta)
-        engine.set_similarity_filter(self.similarity_filter, threshold=self.similarity_threshold)
-        engine.set_output_size(self.output_width, self.output_height)
-        engine.set_smoothing(self.smoothing)
-        engine.set_feature_reuse(self.feature_reuse)
-        engine.set_transition_frames(self.transition_frames)
-        engine.set_resize_mode(self.resize_mode)
 
 
 class Session(QObject):
@@ -107,7 +77,14 @@ class Session(QObject):
     def engine(self):
         return self.pipeline.engine
 
-    def load_engine(self, config: StreamConfig) -> None:
+    def load_engine(self, config: StreamConfig, remote: tuple[str, str] | None = None) -> None:
+        """A new engine for ``config`` in the background; with ``remote`` (url, token), a server's engine."""
+        if remote is not None:
+            self.prepared.clear()
+            params = LiveParams(**vars(self.params))
+            self.loader.load(config, params.prompt, params.negative_prompt, setup=params.apply_to,
+                             factory=remote_engine_factory(*remote, on_event=self.bridge.post_status))
+            return
         if self.source_shape is not None:  # the load captures its graph for the frames that will arrive
             config = config.replace(source_width=self.source_shape[0], source_height=self.source_shape[1])
         engine = self.prepared.take(config)

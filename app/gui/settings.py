@@ -52,6 +52,9 @@ class AppSettings:
     height: int = StreamConfig.height
     acceleration: str = StreamConfig.acceleration  # eager on machines without CUDA
     gpus: int = StreamConfig.gpus  # several GPUs: the model panel shows the choice where there are two or more
+    engine: str = "local"  # or "server": the engine of `main.py serve` at server_url (app/gui/engine_choice.py)
+    server_url: str = ""
+    server_token: str = ""  # the settings file is then made readable by its owner only (POSIX)
     source_kind: str = "test"
     camera_index: int = 0
     monitor: int = 1
@@ -175,6 +178,9 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "height": _size,
     "acceleration": _choice(ACCELERATIONS),
     "gpus": _integer(1, 16),
+    "engine": _choice(("local", "server")),
+    "server_url": _text,
+    "server_token": _text,
     "source_kind": _choice(SOURCE_KINDS),
     "camera_index": _integer(0, 63),
     "monitor": _integer(0, 64),
@@ -263,6 +269,11 @@ class SettingsStore:
             value = getattr(settings, name)
             self._qsettings.setValue(name, value)
         self._qsettings.sync()
+        if settings.server_token and os.name == "posix":  # a token is a password to the user's GPU server
+            try:
+                os.chmod(self.path, 0o600)
+            except OSError as error:
+                log.warning("could not make %s private: %s", self.path, error)
         if self._qsettings.status() != QSettings.Status.NoError:
             log.warning("settings could not be written to %s: %s", self.path, self._qsettings.status().name)
 

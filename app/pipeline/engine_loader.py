@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 from app.pipeline.engine_policy import release_engine
+from core.model_errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,25 @@ def default_engine_factory(config, progress=None, components=None):
     from core.stream import StreamEngine
 
     return StreamEngine.from_config(config, progress=progress, components=components)
+
+
+def remote_engine_factory(url: str, token: str, on_event: Callable[[str], None] | None = None) -> EngineFactory:
+    """A factory of the engine at an engine server (``main.py serve``) in place of a local model: the config's
+    model and size are the server's business; a lost server is passed through and reconnected
+    (app.remote.reconnect), and ``on_event`` hears of it."""
+    def build(config, progress=None, components=None):
+        try:
+            from app.remote.client import RemoteEngine
+            from app.remote.reconnect import ReconnectingEngine
+        except ImportError as exc:
+            raise ModelLoadError(f"An engine server needs the serve extra, which is not installed ({exc}): "
+                                 "pip install -e \".[serve]\"") from None
+        if progress is not None:
+            progress(f"Connecting to {url}…")
+        engine = ReconnectingEngine(lambda: RemoteEngine(url, token), url, on_event=on_event)
+        engine.target = (url, token)
+        return engine
+    return build
 
 
 def build_engine(config, prompt: str, negative_prompt: str = "", progress: Callable | None = None,

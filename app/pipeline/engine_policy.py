@@ -54,8 +54,8 @@ def run_engine(engine, frames: list[Frame], keep_input: bool) -> list[OutputFram
 def emitted_frames(engine, done, keep_input: bool) -> list[OutputFrame]:
     """Outputs of a frame-parallel engine (core.parallel.frame_parallel.Emitted), each with its own frame's data."""
     gpu_ms = float(getattr(engine, "last_gpu_ms", 0.0) or 0.0)
-    return [OutputFrame(out.image, out.tag.image if keep_input else None, out.tag.index, out.tag.capture_time, True,
-                        out.skipped, gpu_ms) for out in done]
+    return [OutputFrame(out.image, out.tag.image if keep_input else None, out.tag.index, out.tag.capture_time,
+                        getattr(out, "processed", True), out.skipped, gpu_ms) for out in done]
 
 
 def flush_engine(engine, keep_input: bool) -> list[OutputFrame]:
@@ -102,6 +102,14 @@ def engine_device(engine) -> str:
     return {"cuda": "GPU", "cpu": "CPU", "mps": "GPU"}.get(kind, kind.upper())
 
 
+def changing_stage(engine) -> str:
+    """The stage of an engine whose stage changes while it runs (a start in stages: quick start, compiling,
+    full speed; a server's engine: connected, lost, reconnecting); "" for any other."""
+    if getattr(engine, "startup", None) is not None or getattr(engine, "reports_stage", False):
+        return engine.stage
+    return ""
+
+
 def describe_engine(engine) -> str:
     """What actually runs: the device, the acceleration in use, and why it differs from the request."""
     if engine is None:
@@ -115,8 +123,9 @@ def describe_engine(engine) -> str:
         text = ACCELERATION_NAMES.get(acceleration, acceleration)
         note = getattr(engine, "acceleration_note", "")
         parts.append(f"{text} ({note})" if note else text)
-    if getattr(engine, "startup", None) is not None:
-        parts.append(engine.stage)
+    stage = changing_stage(engine)
+    if stage:
+        parts.append(stage)
     parallel = getattr(engine, "parallel", "")
     if isinstance(parallel, str) and parallel:  # several GPUs: the mode and the devices (the split in the log)
         parts.append(parallel.split(": ", 1)[0])

@@ -46,6 +46,7 @@ class Returned(NamedTuple):
     tag: object
     image: np.ndarray
     skipped: bool = False
+    processed: bool = True  # False: the frame as sent (app.remote.reconnect, while the server is gone)
 
 
 def learn_offset(returned: list[int], sent) -> int | None:

@@ -3,8 +3,9 @@ its token and gets the answer (201, ``Location``); DELETE at that location ends 
 settings (a data channel, app.remote.protocol) go over the peer connection (aiortc).
 
 Each session has its own engine (its own stream state, filter and settings; the model is shared where the
-factory shares it) and its own engine thread; the newest frame that arrived is the next one processed, so a
-slow engine drops frames rather than building latency (docs/remote-engine.md). Limits: sessions, frame size,
+factory shares it). By default one engine thread runs every session's frame of a tick in one UNet call
+(app.remote.batching); with ``batch=False`` each session has its own thread. The newest frame that arrived is
+the next one processed, so a slow engine drops frames rather than building latency (docs/remote-engine.md). Limits: sessions, frame size,
 message size, a connection that never comes up, a client that stops sending.
 """
 
@@ -23,6 +24,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from app.remote.batching import SessionBatcher
 from app.remote.protocol import ProtocolError, apply_changes, parse_message
 from app.remote.security import token_accepted
 
@@ -38,14 +40,21 @@ class ServerLimits:
 
 
 class Session:
-    def __init__(self, session_id: str, pc: RTCPeerConnection, engine, on_closed: Callable[[str], None]):
-        self.id, self.pc, self.engine = session_id, pc, engine
+    def __init__(self, session_id: str, pc: RTCPeerConnection, engine, on_closed: Callable[[str], None],
+                 batcher: SessionBatcher | None = None):
+        self.id, self.pc, self.engine, self.batcher = session_id, pc, engine, batcher
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{session_id[:6]}")
         self.tasks: list[asyncio.Task] = []
         self.track: EngineTrack | None = None
         self.frames_in = 0
         self._on_closed = on_closed
         self._closed = False
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` on the engine's thread: the batcher's when sessions are batched, else the session's own."""
+        if self.batcher is not None:
+            return await self.batcher.call(lambda: fn(*args))
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def close(self, reason: str = "") -> None:
         if self._closed:
@@ -62,7 +71,7 @@ class Session:
             await self.pc.close()
             # The engine thread may be inside a frame: close the engine after it.
             if self.engine is not None:
-                await asyncio.get_running_loop().run_in_executor(self.executor, _close_engine, self.engine)
+                await self.run(_close_engine, self.engine)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the slot and the thread are given back
             log.warning("closing session %s: %s: %s", self.id[:8], type(exc).__name__, exc)
         finally:
@@ -115,9 +124,12 @@ class EngineTrack(MediaStreamTrack):
             self.stop()
             raise MediaStreamError
         image = frame.to_ndarray(format="rgb24")
-        loop = asyncio.get_running_loop()
+        session = self.session
         try:
-            out = await loop.run_in_executor(self.session.executor, self.session.engine.process, image)
+            if session.batcher is not None:
+                out = await session.batcher.process(session.engine, image)
+            else:
+                out = await session.run(session.engine.process, image)
         except Exception as exc:  # noqa: BLE001 - one session's failure must not take the server down
             asyncio.ensure_future(self.session.close(f"the engine failed: {type(exc).__name__}: {exc}"))
             self.stop()
@@ -132,8 +144,10 @@ class EngineServer:
     prepared with an empty prompt (it runs on a worker thread: loading may take seconds)."""
 
     def __init__(self, make_engine: Callable[[], Any], token: str, limits: ServerLimits = ServerLimits(),
-                 describe: Callable[[], dict] | None = None):
+                 describe: Callable[[], dict] | None = None, batch: bool = True):
         self.make_engine, self.token, self.limits = make_engine, token, limits
+        # Batched: one engine thread for all sessions, their frames in one UNet call per tick (app.remote.batching).
+        self.batcher = SessionBatcher() if batch else None
         self.describe = describe or (lambda: {})
         self.sessions: dict[str, Session] = {}
 
@@ -163,7 +177,7 @@ class EngineServer:
             return web.Response(status=503, headers={"Retry-After": "5"}, text="the server is full")
         # The slot is taken before the first await: offers arriving together cannot pass the limit.
         session_id, pc = uuid.uuid4().hex, RTCPeerConnection()
-        session = Session(session_id, pc, None, lambda sid: self.sessions.pop(sid, None))
+        session = Session(session_id, pc, None, lambda sid: self.sessions.pop(sid, None), self.batcher)
         self.sessions[session_id] = session
         self._wire(session)
         try:
@@ -205,6 +219,9 @@ class EngineServer:
                     channel.send(json.dumps({"error": str(exc)}))
                     if exc.garbage:  # not a message of ours: this client is not one
                         asyncio.ensure_future(session.close(f"garbage on the data channel: {exc}"))
+                except Exception as exc:  # noqa: BLE001 - the engine refused a checked value: say so, keep serving
+                    log.warning("a setting for session %s failed: %s", session.id[:8], exc)
+                    channel.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
 
         @pc.on("connectionstatechange")
         async def on_state():
@@ -236,3 +253,5 @@ class EngineServer:
     async def close_all(self, _app=None) -> None:
         for session in list(self.sessions.values()):
             await session.close("the server stops")
+        if self.batcher is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.batcher.close)

@@ -1,0 +1,121 @@
+"""The server's one engine thread when sessions are batched (``serve``, the default): each tick takes the frame
+every waiting session brought and runs them together (core.multi_stream: one UNet call for the sessions that
+share the model and size), so one GPU serves several streams. No tick waits for anyone: the frames that arrive
+while one runs make up the next, so a lone session runs as fast as alone.
+
+Closing an engine goes through the same thread, between two ticks, never under a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Callable
+
+from core.multi_stream import process_together
+
+log = logging.getLogger(__name__)
+
+
+def batchable(engine) -> bool:
+    """A StreamEngine (its frame in parts around the UNet); anything else runs its own ``process``."""
+    return all(hasattr(engine, name) for name in ("begin_step", "frame_front", "frame_back", "end_step"))
+
+
+class SessionBatcher:
+    def __init__(self, run_together: Callable[[list, list], list] = process_together):
+        self.run_together = run_together
+        self._cond = threading.Condition()
+        self._frames: list[tuple[Any, Any, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._calls: list[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._closed = False
+        self.ticks = 0
+        self.largest_tick = 0  # the most frames one tick has run (for the log and the tests)
+        self._thread = threading.Thread(target=self._run, name="engine-batch", daemon=True)
+        self._thread.start()
+
+    async def process(self, engine, image):
+        """``engine``'s output for ``image``, computed in the next tick with the other sessions' frames."""
+        return await self._enqueue(self._frames, (engine, image))
+
+    async def call(self, fn: Callable[[], Any]):
+        """``fn()`` on the engine thread between two ticks (closing an engine)."""
+        return await self._enqueue(self._calls, (fn,))
+
+    async def _enqueue(self, queue: list, item: tuple):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            queue.append((*item, future, loop))
+            self._cond.notify()
+        return await future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(10.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._frames or self._calls or self._closed):
+                    self._cond.wait()
+                frames, self._frames = self._frames, []
+                calls, self._calls = self._calls, []
+                closed = self._closed
+            for fn, future, loop in calls:
+                _settle(future, loop, fn)
+            if frames:
+                self._tick(frames)
+            if closed:
+                for *_item, future, loop in self._frames:
+                    _settle(future, loop, _shutting_down)
+                return
+
+    def _tick(self, frames: list) -> None:
+        self.ticks += 1
+        self.largest_tick = max(self.largest_tick, len(frames))
+        together = [item for item in frames if batchable(item[0])]
+        results: dict[int, Any] = {}
+        if together:
+            try:
+                outputs = self.run_together([item[0] for item in together], [item[1] for item in together])
+                results = {id(item): out for item, out in zip(together, outputs)}
+            except Exception as exc:  # noqa: BLE001 - find whose frame failed: each alone, below
+                log.info("a batch of %d frames failed (%s: %s); running them one by one", len(together),
+                         type(exc).__name__, exc)
+        for item in frames:
+            engine, image, future, loop = item
+            if id(item) in results:
+                _settle(future, loop, lambda out=results[id(item)]: out)
+            else:
+                _settle(future, loop, lambda engine=engine, image=image: engine.process(image))
+
+
+def _shutting_down():
+    raise RuntimeError("the server is shutting down")
+
+
+def _settle(future: asyncio.Future, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
+    """``fn()``'s result or exception into ``future`` on its loop (a session closed meanwhile: dropped)."""
+    try:
+        result, error = fn(), None
+    except Exception as exc:  # noqa: BLE001 - handed to the awaiting session
+        result, error = None, exc
+
+    def settle():
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody waits
+        pass

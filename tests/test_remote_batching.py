@@ -1,0 +1,119 @@
+"""The server's session batcher (app.remote.batching): the frames sessions bring while a tick runs make up the
+next tick, run together in one UNet call; each session gets its own engine's output; a failure stays with its
+own session; engines close between ticks."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiortc")
+from app.remote.batching import SessionBatcher, batchable  # noqa: E402
+from core.multi_stream import process_together  # noqa: E402
+from tests.conftest import prepared_engine  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore:running on the CPU"), pytest.mark.timeout(60)]
+
+
+class Held:
+    """``process_together`` whose first tick waits for ``release``: what arrives meanwhile queues up."""
+
+    def __init__(self, run=process_together):
+        self.run, self.release, self.started, self.sizes = run, threading.Event(), threading.Event(), []
+
+    def __call__(self, engines, frames):
+        self.sizes.append(len(engines))
+        self.started.set()
+        self.release.wait(10)
+        return self.run(engines, frames)
+
+
+def run_async(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_frames_that_wait_together_run_together_and_each_session_gets_its_own_output(
+        tiny_components, tiny_config, make_frame):
+    config = tiny_config.replace(t_index_list=(30,))
+    engines = [prepared_engine(tiny_components, config.replace(seed=s), p) for s, p in ((1, "ink"), (2, "neon"), (3, "oil"))]
+    alone = [prepared_engine(tiny_components, config.replace(seed=s), p) for s, p in ((1, "ink"), (2, "neon"), (3, "oil"))]
+    frames = [make_frame(i) for i in range(3)]
+    held = Held()
+    batcher = SessionBatcher(held)
+
+    async def main():
+        first = asyncio.ensure_future(batcher.process(engines[0], frames[0]))
+        await asyncio.get_running_loop().run_in_executor(None, held.started.wait, 10)
+        rest = [asyncio.ensure_future(batcher.process(e, f)) for e, f in zip(engines[1:], frames[1:])]
+        await asyncio.sleep(0.1)  # both queued behind the held tick
+        held.release.set()
+        return [await first] + [await r for r in rest]
+
+    try:
+        outputs = run_async(main())
+    finally:
+        batcher.close()
+    assert held.sizes == [1, 2] and batcher.largest_tick == 2  # the two that waited shared one call
+    for engine, frame, out in zip(alone, frames, outputs):
+        assert np.abs(out.astype(int) - engine.process(frame).astype(int)).max() <= 1
+
+
+class Plain:
+    """An engine without the parts around the UNet: it runs its own process."""
+
+    def __init__(self, fail=False):
+        self.fail, self.closed = fail, False
+
+    def process(self, frame):
+        if self.fail:
+            raise ValueError("bad frame")
+        return 255 - frame
+
+    def close(self):
+        self.closed = True
+
+
+def test_other_engines_run_alone_a_failure_stays_with_its_session_and_closing_waits_for_the_tick(make_frame):
+    failing_batch = Held(run=lambda engines, frames: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    batcher = SessionBatcher(failing_batch)
+    failing_batch.release.set()
+    good, bad = Plain(), Plain(fail=True)
+    assert not batchable(good)
+    frame = make_frame(1)
+
+    async def main():
+        out = await batcher.process(good, frame)
+        with pytest.raises(ValueError, match="bad frame"):
+            await batcher.process(bad, frame)
+        await batcher.call(good.close)
+        return out
+
+    try:
+        out = run_async(main())
+    finally:
+        batcher.close()
+    assert np.array_equal(out, 255 - frame) and good.closed
+    assert failing_batch.sizes == []  # nothing batchable: the batch function never ran
+
+    with pytest.raises(RuntimeError, match="shutting down"):
+        run_async(batcher.process(good, frame))
+
+
+def test_a_failed_batch_runs_each_frame_alone(tiny_components, tiny_config, make_frame):
+    config = tiny_config.replace(t_index_list=(30,))
+    engine = prepared_engine(tiny_components, config)
+    twin = prepared_engine(tiny_components, config)
+    calls = []
+
+    def failing(engines, frames):
+        calls.append(len(engines))
+        raise RuntimeError("CUDA out of memory")
+
+    batcher = SessionBatcher(failing)
+    try:
+        out = run_async(batcher.process(engine, make_frame(4)))
+    finally:
+        batcher.close()
+    assert calls == [1]
+    assert np.abs(out.astype(int) - twin.process(make_frame(4)).astype(int)).max() <= 1
