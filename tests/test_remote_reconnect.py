@@ -179,3 +179,46 @@ def test_a_server_stopped_and_started_again_serves_the_same_client_again(monkeyp
     finally:
         engine.close()
         serving.stop()
+
+
+def packet(sequence: int, timestamp: int, marker: bool):
+    from aiortc.rtp import RtpPacket
+
+    p = RtpPacket(payload_type=96, marker=int(marker), sequence_number=sequence, timestamp=timestamp)
+    p._data = bytes([sequence])  # what the receiver's depayloader leaves for the buffer
+    return p
+
+
+def test_a_video_frame_leaves_the_jitter_buffer_at_its_marker_not_at_the_next_frame():
+    from app.remote.jitter import marker_jitter_buffer_class, use_marker_jitter_buffer
+
+    buffer = marker_jitter_buffer_class()(capacity=64, is_video=True)
+    assert buffer.add(packet(10, 900, False))[1] is None  # the frame's first packet: not complete
+    frame = buffer.add(packet(11, 900, True))[1]  # its last (marked): out at once
+    assert frame is not None and frame.timestamp == 900 and frame.data == bytes([10, 11])
+    assert buffer.add(packet(13, 1800, True))[1] is None  # a packet missing before the marker: wait
+    late = buffer.add(packet(12, 1800, False))[1]
+    assert late is not None and late.data == bytes([12, 13])
+    # Without markers (a sender that sets none) the library's rule holds: out when the next frame begins.
+    plain = marker_jitter_buffer_class()(capacity=64, is_video=True)
+    assert plain.add(packet(1, 100, False))[1] is None
+    assert plain.add(packet(2, 200, False))[1].timestamp == 100
+    assert use_marker_jitter_buffer() and use_marker_jitter_buffer()  # idempotent
+
+
+def test_the_last_frame_of_a_stream_comes_back():
+    from app.remote.client import RemoteEngine
+    from tests.test_remote import LIMITS, TOKEN, Inverting, Serving
+
+    serving = Serving(Inverting, LIMITS)
+    client = RemoteEngine(serving.url, TOKEN, timeout_s=5.0)
+    try:
+        got = []
+        for i in range(10):
+            got += client.submit(frame(10 * i + 5), tag=i)
+            time.sleep(0.05)
+        got += client.flush(3.0)
+        assert got and got[-1].tag == 9  # it waited for a next frame that never came, before
+    finally:
+        client.close()
+        serving.stop()

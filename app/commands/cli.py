@@ -13,6 +13,7 @@ COMMANDS = {
     "bench": "time the diffusion engine (and diffusers' img2img) on synthetic frames",
     "bench-pipeline": "time the frame pipeline itself with an identity engine",
     "serve": "run the engine as a server for clients on other machines (run --engine URL)",
+    "bench-remote": "time the engine server on loopback: added latency, streams per GPU with and without batching",
     "doctor": "check Python, torch, CUDA, TensorRT, cameras, virtual camera, screen capture and model cache",
     "gui": "open the window (the same as giving no command)",
 }
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.commands.bench_pipeline import main as pipeline_bench_main
 
         return pipeline_bench_main(rest)
+    if command == "bench-remote":
+        from app.commands.bench_remote import main as remote_bench_main
+
+        return remote_bench_main(rest)
     if command == "serve":
         from app.commands.serve import main as serve_main
 

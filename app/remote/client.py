@@ -22,6 +22,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+from app.remote.jitter import use_marker_jitter_buffer
 from app.remote.protocol import encode_message
 
 TIME_BASE = fractions.Fraction(1, 90000)
@@ -85,6 +86,7 @@ class _Outgoing(MediaStreamTrack):
 class RemoteEngine:
     def __init__(self, url: str, token: str, timeout_s: float = 15.0):
         self.url, self.token, self.timeout_s = url.rstrip("/"), token, timeout_s
+        use_marker_jitter_buffer()  # each returned frame as soon as it is in, not one frame later
         self.device = "remote"
         self.acceleration, self.acceleration_note, self.parallel = "remote", "", f"engine at {self.url}"
         self.startup = None

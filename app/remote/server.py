@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
 from app.remote.batching import SessionBatcher
+from app.remote.jitter import use_marker_jitter_buffer
 from app.remote.protocol import ProtocolError, apply_changes, parse_message
 from app.remote.security import token_accepted
 
@@ -146,6 +147,7 @@ class EngineServer:
     def __init__(self, make_engine: Callable[[], Any], token: str, limits: ServerLimits = ServerLimits(),
                  describe: Callable[[], dict] | None = None, batch: bool = True):
         self.make_engine, self.token, self.limits = make_engine, token, limits
+        use_marker_jitter_buffer()  # each client frame to the engine as soon as it is in, not one frame later
         # Batched: one engine thread for all sessions, their frames in one UNet call per tick (app.remote.batching).
         self.batcher = SessionBatcher() if batch else None
         self.describe = describe or (lambda: {})
