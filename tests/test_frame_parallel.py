@@ -127,6 +127,7 @@ def test_the_gpus_full_speed_builds_run_one_after_another():
     class Build:  # the parts of core.accel.staged.BackgroundBuild that the chain uses
         def __init__(self, log):
             self.log, self.built, self.state = log, threading.Event(), "waiting"
+            self.frame_run = threading.Event()
 
         def start(self):
             self.log.append(("start", self))
@@ -137,6 +138,9 @@ def test_the_gpus_full_speed_builds_run_one_after_another():
 
         def wait(self, timeout_s=None):
             return self.built.wait(timeout_s)
+
+        def settled(self):  # installed and its first frame run
+            return self.built.is_set() and self.frame_run.is_set()
 
         def cancel(self):
             self.state = "cancelled"
@@ -152,6 +156,9 @@ def test_the_gpus_full_speed_builds_run_one_after_another():
     assert log == [("start", first)]  # the second waits for the first to finish building
     assert chain.stage() == "quick start, building (GPU 1 of 2)"
     first.built.set()
+    time.sleep(0.3)
+    assert log == [("start", first)]  # and for its result's first frame (where its graph is recorded)
+    first.frame_run.set()
     deadline = time.monotonic() + 5
     while len(log) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)

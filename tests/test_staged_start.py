@@ -69,7 +69,10 @@ def test_the_swap_happens_between_frames_and_the_stream_carries_on(tiny_componen
     engine.startup.wait_built(30)
     assert engine.stage == "quick start, full speed from the next frame"
     assert engine.accelerated.frame_runner is quick  # offered, not yet installed: no frame ran since
-    outputs += [engine.process(frame) for frame in frames[3:]]
+    assert not engine.startup.settled()
+    outputs += [engine.process(frame) for frame in frames[3:4]]
+    assert engine.startup.settled()  # the installing frame ran on the build's result (its graph recorded there)
+    outputs += [engine.process(frame) for frame in frames[4:]]
     assert (quick.frames, full.frames) == (3, 3)  # every frame ran once, on one runner or the other
     assert engine.stage == "full speed" and engine.acceleration == "compile"
     for output, frame in zip(outputs, frames):

@@ -16,7 +16,7 @@ nvidia-smi topo -m | head -8
 run() { local name=$1 limit=$2; shift 2; echo "=== $name: $*"; timeout "$limit" "$@" > "$OUT/$name.txt" 2> "$OUT/$name.err"; \
   echo "rc $?"; tail -n 16 "$OUT/$name.txt"; grep -E "asyncdiff over|ms$|Error|error" "$OUT/$name.err" | tail -n 20; }
 if [ "${TESTS:-1}" = 1 ]; then
-  run gputests 180 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/test_parallel.py tests/test_frame_parallel.py
+  run gputests "${TESTS_S:-300}" python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/test_parallel.py tests/test_frame_parallel.py
 fi
 if [ "${BENCH:-1}" = 0 ]; then
   :

@@ -120,6 +120,7 @@ class BackgroundBuild:
         self.started_at: float | None = None
         self.build_s: float | None = None
         self.installed_at: float | None = None
+        self._installed_frames = 0  # the engine's frame count when the result was installed
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._built = threading.Event()  # the build has ended: offered, failed or dropped
@@ -163,6 +164,12 @@ class BackgroundBuild:
     def wait(self, timeout_s: float | None = None) -> bool:
         """Until the build's result runs (installed at a frame) or never will; True when so."""
         return self._done.wait(timeout_s)
+
+    def settled(self) -> bool:
+        """The result has run a whole frame (the frame that installed it records its compiled graph), or never
+        will run: from here no compiling or tracing of this build is left."""
+        return self._done.is_set() and (self.state != "installed"
+                                        or self.engine.frames_processed > self._installed_frames)
 
     def progress(self) -> float | None:
         """An estimate, 0 to 0.99, while building."""
@@ -218,6 +225,7 @@ class BackgroundBuild:
     def _installed(self) -> None:
         self.state = "installed"
         self.installed_at = self.clock()
+        self._installed_frames = self.engine.frames_processed
         log.info("full speed: the background build (%.1f s) is running from this frame", self.build_s)
         self._done.set()
 

@@ -229,8 +229,8 @@ class FrameParallelEngine:
 
 
 class ChainedBuilds:
-    """The engines' background builds (core.accel.staged.BackgroundBuild), started one after another; each
-    engine swaps its own in between two of its frames."""
+    """The engines' background builds (core.accel.staged.BackgroundBuild), one after another: the next starts
+    once the last one's result has run a frame; each engine swaps its own in between two of its frames."""
 
     def __init__(self, builds: list):
         self.builds = builds
@@ -245,8 +245,11 @@ class ChainedBuilds:
             if self._cancelled.is_set():
                 return
             build.start()
-            while not build.wait_built(0.25):
-                if self._cancelled.is_set():
+            # Until this GPU's compiled graph is recorded, at its first frame on the build's result: dynamo's
+            # "tracing now" flag is process-wide, so the next compile tracing beside that first run made it fail
+            # ("using FX to symbolically trace a dynamo-optimized function", seen on the third of four GPUs).
+            while not build.settled():
+                if self._cancelled.wait(0.05):
                     return
 
     def cancel(self) -> None:
