@@ -27,7 +27,7 @@ def share_key(engine) -> tuple | None:
     return id(engine.unet), engine.latent_shape, engine.dtype, engine.device
 
 
-def _concat_conditioning(engines) -> tuple[torch.Tensor, dict | None]:
+def concat_conditioning(engines) -> tuple[torch.Tensor, dict | None]:
     conds = [engine.conditioning for engine in engines]
     hidden = torch.cat([c.encoder_hidden_states for c in conds])
     if conds[0].added_cond_kwargs is None:
@@ -40,7 +40,7 @@ def run_shared(engines, frames_u8: list[torch.Tensor]) -> list[torch.Tensor]:
     """The frames (device uint8, one batch per engine) of engines with one ``share_key``, through one UNet call;
     each engine's output (device uint8)."""
     inputs = [engine.frame_front(frames) for engine, frames in zip(engines, frames_u8)]
-    hidden, added = _concat_conditioning(engines)
+    hidden, added = concat_conditioning(engines)
     timesteps = torch.cat([engine.batch.unet_timesteps for engine in engines])
     noise = engines[0].unet(torch.cat(inputs), timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
                             return_dict=False)[0]
@@ -51,11 +51,12 @@ def run_shared(engines, frames_u8: list[torch.Tensor]) -> list[torch.Tensor]:
 def process_together(engines, frames: list[np.ndarray]) -> list[np.ndarray]:
     """One host uint8 frame (HxWx3) per engine in, each engine's output frame out, as ``engine.process`` would
     give it; the engines that can share a UNet call share one."""
+    for engine in engines:  # before any engine's state moves
+        if engine.closed or engine.conditioning is None or engine.config.frame_buffer_size != 1:
+            raise RuntimeError("every engine must be open, prepared, and take one frame per call")
     outputs: list = [None] * len(engines)
     groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     for i, (engine, frame) in enumerate(zip(engines, frames)):
-        if engine.conditioning is None:
-            raise RuntimeError("call prepare(prompt) on every engine before its first frame")
         batch = imageops.as_uint8_tensor(frame).to(engine.device)  # 1xHxWx3
         if engine.begin_step(batch):
             outputs[i] = engine.last_output

@@ -123,3 +123,25 @@ def _until(window, condition, timeout_s=15):
             return
         time.sleep(0.02)
     assert condition()
+
+
+def test_going_back_to_the_running_engine_drops_a_load_begun_meanwhile(open_window, serving):
+    import threading
+
+    from tests.gui_support import FakeFactory
+
+    gate = threading.Event()
+    window = open_window(small(model="slow/model", engine="server", server_url=serving.url, server_token=TOKEN),
+                         factory=FakeFactory(gate=gate))
+    _until(window, lambda: getattr(window.session.engine, "target", None) is not None)
+    remote = window.session.engine
+    window.model_panel.engine_choice.combo.setCurrentIndex(0)  # this computer: a slow local load begins
+    window.reload_engine()
+    assert window.session.loader.is_busy()
+    window.model_panel.engine_choice.combo.setCurrentIndex(1)  # back to the server, which still runs
+    window.reload_engine()
+    assert not window.session.loader.is_busy()
+    gate.set()
+    time.sleep(0.3)
+    _until(window, lambda: True)
+    assert window.session.engine is remote  # the local engine, built anyway, was not swapped in

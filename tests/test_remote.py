@@ -39,14 +39,14 @@ def distinct(i: int, size: int = 64) -> np.ndarray:
 class Serving:
     """A server on 127.0.0.1 in its own event-loop thread."""
 
-    def __init__(self, make_engine, limits, port: int = 0):
+    def __init__(self, make_engine, limits, port: int = 0, batch: bool = False):
         self.engines = []
 
         def made():
             self.engines.append(make_engine())
             return self.engines[-1]
 
-        self.server = EngineServer(made, TOKEN, limits)
+        self.server = EngineServer(made, TOKEN, limits, batch=batch)
         self.sessions = self.server.sessions
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -100,20 +100,55 @@ def test_other_engines_run_alone_a_failure_stays_with_its_session_and_closing_wa
         run_async(batcher.process(good, frame))
 
 
-def test_a_failed_batch_runs_each_frame_alone(tiny_components, tiny_config, make_frame):
+def test_a_failed_batch_fails_its_frames_without_running_them_twice(tiny_components, tiny_config, make_frame):
     config = tiny_config.replace(t_index_list=(30,))
     engine = prepared_engine(tiny_components, config)
-    twin = prepared_engine(tiny_components, config)
-    calls = []
+    ran = []
 
     def failing(engines, frames):
-        calls.append(len(engines))
+        ran.append(len(engines))
+        for e, f in zip(engines, frames):  # the states move, then the shared call fails
+            e.begin_step(None)
         raise RuntimeError("CUDA out of memory")
 
     batcher = SessionBatcher(failing)
     try:
-        out = run_async(batcher.process(engine, make_frame(4)))
+        with pytest.raises(RuntimeError, match="out of memory"):
+            run_async(batcher.process(engine, make_frame(4)))
     finally:
         batcher.close()
-    assert calls == [1]
-    assert np.abs(out.astype(int) - twin.process(make_frame(4)).astype(int)).max() <= 1
+    assert ran == [1] and engine.frames_processed == 0  # not run again on its own
+
+
+def test_a_closed_or_unprepared_engine_fails_the_tick_before_any_state_moves(tiny_components, tiny_config, make_frame):
+    config = tiny_config.replace(t_index_list=(30,))
+    good = prepared_engine(tiny_components, config)
+    closed = prepared_engine(tiny_components, config)
+    closed.close()
+    with pytest.raises(RuntimeError, match="open, prepared"):
+        process_together([good, closed], [make_frame(1), make_frame(2)])
+    assert good.frames_processed == 0 and good.skipped_frames == 0 and good.batch.pending is None
+
+
+def test_a_batched_server_serves_two_clients(tiny_components, tiny_config):
+    from app.remote.client import RemoteEngine
+    from app.remote.server import EngineServer
+    from tests.test_remote import LIMITS, TOKEN, Serving, gradient
+
+    config = tiny_config.replace(t_index_list=(30,))
+    serving = Serving(lambda: prepared_engine(tiny_components, config), LIMITS, batch=True)
+    clients = [RemoteEngine(serving.url, TOKEN, timeout_s=10.0) for _ in range(2)]
+    try:
+        got = [[], []]
+        for i in range(20):
+            for client, out in zip(clients, got):
+                out += client.submit(gradient(i), tag=i)
+            asyncio.run(asyncio.sleep(0.04))
+        for client, out in zip(clients, got):
+            out += client.flush(3.0)
+        assert all(len(out) >= 10 for out in got) and serving.server.batcher is not None
+        assert serving.server.batcher.ticks >= 20 and isinstance(serving.server, EngineServer)
+    finally:
+        for client in clients:
+            client.close()
+        serving.stop()

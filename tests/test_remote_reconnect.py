@@ -222,3 +222,65 @@ def test_the_last_frame_of_a_stream_comes_back():
     finally:
         client.close()
         serving.stop()
+
+
+def test_a_server_that_drops_each_new_session_is_tried_ever_more_rarely():
+    from app.remote import reconnect
+
+    connect = Connector()
+    engine = ReconnectingEngine(connect, "http://server", delays=(0.05, 0.1, 60.0))
+    for expected_wait in (0.05, 0.1, 60.0):  # each session lost at once: the wait grows across losses
+        connect.made[-1].gone = True
+        before = time.monotonic()
+        engine.submit(frame(1))
+        after = time.monotonic()
+        scheduled = engine._next_try  # noqa: SLF001 - the scheduled try is what is checked
+        assert before + expected_wait <= scheduled <= after + expected_wait
+        if expected_wait < 60:
+            assert wait_until(lambda: engine.connected, 5)
+    engine.close()
+    assert reconnect.STEADY_FRAMES > 0
+
+
+def test_a_setting_the_server_refuses_is_not_kept_and_never_blocks_a_reconnection():
+    connect = Connector()
+    engine = ReconnectingEngine(connect, "http://server", delays=(0.01,))
+
+    def refuse(*_args, **_kwargs):
+        raise ValueError("prompt: must be text of at most 2000 characters")
+
+    connect.made[0].update_prompt = refuse
+    with pytest.raises(ValueError):
+        engine.update_prompt("x" * 3000)
+    engine.set_seed(4)
+    connect.made[0].gone = True
+    engine.submit(frame(1))
+    assert wait_until(lambda: engine.connected, 5)
+    assert connect.made[1].calls == [("set_seed", (4,), {})]  # the refused prompt was not kept
+    engine.close()
+
+
+def test_closing_does_not_wait_for_a_slow_try():
+    gate = threading.Event()
+    connect = Connector()
+    engine = ReconnectingEngine(connect, "http://server", delays=(0.01,))
+    slow = Connector.__call__
+
+    def hanging(self):
+        gate.wait(10)
+        return slow(self)
+
+    connect.made[0].gone = True
+    Connector.__call__ = hanging
+    try:
+        engine.submit(frame(1))
+        time.sleep(0.1)  # the try is now inside connect()
+        closer = threading.Thread(target=engine.close)
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive() and not gate.is_set()  # closed while the try still hangs
+        gate.set()
+        assert wait_until(lambda: connect.made[-1].closed, 5)  # what the late try made is closed, not used
+        assert not engine.connected
+    finally:
+        Connector.__call__ = slow

@@ -70,7 +70,7 @@ class Server:
         command = [sys.executable, "main.py", "serve", "--port", str(self.port), "--token-file", self.token_file.name,
                    "--model", args.model, "--acceleration", args.acceleration, "--device", args.device,
                    "--width", str(args.size), "--height", str(args.size), "--no-quick-start",
-                   "--max-sessions", str(max_sessions), "--max-frame-size", "1920x1080"] + ([] if batch else ["--no-batch"])
+                   "--max-sessions", str(max_sessions), "--max-frame-size", "1920x1080"] + (["--batch"] if batch else [])
         self.process = subprocess.Popen(command, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 300
@@ -94,8 +94,9 @@ class Server:
         os.unlink(self.token_file.name)
 
 
-def stream_client(client, frames, fps: float, seconds: float, start_at: float, out: dict) -> None:
-    """Frames at ``fps`` from ``start_at`` for ``seconds``; each returned frame's latency."""
+def stream_client(client, frames, fps: float, seconds: float, start_at: float, out: dict,
+                  stop: threading.Event | None = None) -> None:
+    """Frames at ``fps`` from ``start_at`` for ``seconds`` (or until ``stop``); each returned frame's latency."""
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     period, number = 1.0 / fps, 0
@@ -104,7 +105,7 @@ def stream_client(client, frames, fps: float, seconds: float, start_at: float, o
         time.sleep(0.001)
     while True:
         now = time.monotonic()
-        if now >= end:
+        if now >= end or (stop is not None and stop.is_set()):
             break
         due = start_at + number * period
         if now >= due:
@@ -124,10 +125,17 @@ def stream_client(client, frames, fps: float, seconds: float, start_at: float, o
 def time_remote(url, token, frames, fps, seconds, clients: int, timeout_s: float) -> list[dict]:
     from app.remote.client import RemoteEngine
 
-    engines = [RemoteEngine(url, token, timeout_s=timeout_s) for _ in range(clients)]
+    engines, feeding, stop = [], [], threading.Event()
     try:
-        for engine in engines:  # warm-up: each session's graph capture at this input size, the offset learned
-            stream_client(engine, frames, fps, 2.0, time.monotonic(), {})
+        for _ in range(clients):  # each fed from its start (its graph captured, the offset learned), so that none
+            engines.append(RemoteEngine(url, token, timeout_s=timeout_s))  # idles out while the next one starts
+            feeding.append(threading.Thread(target=stream_client, args=(engines[-1], frames, fps, 1e9,
+                                                                        time.monotonic(), {}, stop)))
+            feeding[-1].start()
+        time.sleep(2.0)
+        stop.set()
+        for thread in feeding:
+            thread.join()
         results = [dict() for _ in engines]
         start_at = time.monotonic() + 0.5
         threads = [threading.Thread(target=stream_client, args=(e, frames, fps, seconds, start_at, r))

@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--max-sessions", type=int, default=4, help="clients at once (default: %(default)s)")
     net.add_argument("--max-frame-size", default="2560x1440", metavar="WxH",
                      help="largest frame a client may send (default: %(default)s)")
-    net.add_argument("--no-batch", action="store_true",
-                     help="one engine thread per session instead of one UNet call for all sessions' frames")
+    net.add_argument("--batch", action="store_true",
+                     help="all sessions' frames in one eager UNet call per tick instead of each session's own "
+                          "compiled engine (slower on a GPU as it stands; see docs/remote-engine.md)")
     net.add_argument("--verbose", action="store_true", help="log details to stderr")
     add_engine_arguments(parser)
     return parser
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gpu": gpu}
 
     limits = ServerLimits(max_sessions=args.max_sessions, max_frame_pixels=width * height)
-    server = EngineServer(make_engine, token, limits, describe, batch=not args.no_batch)
+    server = EngineServer(make_engine, token, limits, describe, batch=args.batch)
     context = None
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -59,6 +59,7 @@ class EngineControl:
         running, engine = w.session.engine_config, w.session.engine
         if (running is not None and engine is not None and getattr(engine, "target", None) is None
                 and not running.needs_new_engine(config)):
+            self._keep_running(f"Running {running.model}")  # a load begun for another choice must not land
             return
         w.session.load_engine(config)
         w.model_panel.set_busy(True, f"Loading {config.model}…")
@@ -73,10 +74,19 @@ class EngineControl:
             w.model_panel.set_busy(False, problem)
             return
         if getattr(w.session.engine, "target", None) == (target.url, target.token):
+            self._keep_running(f"Using the engine server at {target.url}")
             return
         w.session.load_engine(config, remote=(target.url, target.token))
         w.model_panel.set_busy(True, f"Connecting to {target.url}…")
         w.status.show_note(f"Connecting to the engine server at {target.url}; the current stream keeps running")
+
+    def _keep_running(self, text: str) -> None:
+        """The running engine is what the controls ask for again: a load begun since (for another choice) is
+        dropped, or it would replace it."""
+        w = self.window
+        if w.session.loader.is_busy():
+            w.session.cancel_load()
+            w.model_panel.set_busy(False, text)
 
     def cancel(self) -> None:
         w = self.window

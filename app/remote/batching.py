@@ -1,9 +1,15 @@
-"""The server's one engine thread when sessions are batched (``serve``, the default): each tick takes the frame
+"""The server's one engine thread when sessions are batched (``serve --batch``): each tick takes the frame
 every waiting session brought and runs them together (core.multi_stream: one UNet call for the sessions that
 share the model and size), so one GPU serves several streams. No tick waits for anyone: the frames that arrive
 while one runs make up the next, so a lone session runs as fast as alone.
 
-Closing an engine goes through the same thread, between two ticks, never under a frame.
+Closing an engine goes through the same thread, between two ticks, never under a frame. A batch that fails
+fails each of its frames (their sessions end; a client reconnects): its engines' stream states have moved on,
+so the frames are not run again one by one.
+
+Off by default: on a lent H100 four sessions' tick took 46.6 ms batched (the shared eager UNet alone 29.4 ms)
+against 26.5 ms for their four captured compiled graphs one after another (tools/multi_stream_probe.py,
+BENCHMARKS.md). It pays once the shared call runs compiled in a graph per session count.
 """
 
 from __future__ import annotations
@@ -67,10 +73,10 @@ class SessionBatcher:
                 frames, self._frames = self._frames, []
                 calls, self._calls = self._calls, []
                 closed = self._closed
+            if frames:  # before the calls: a frame that came before its session's close still runs
+                self._tick(frames)
             for fn, future, loop in calls:
                 _settle(future, loop, fn)
-            if frames:
-                self._tick(frames)
             if closed:
                 for *_item, future, loop in self._frames:
                     _settle(future, loop, _shutting_down)
@@ -84,16 +90,22 @@ class SessionBatcher:
         if together:
             try:
                 outputs = self.run_together([item[0] for item in together], [item[1] for item in together])
-                results = {id(item): out for item, out in zip(together, outputs)}
-            except Exception as exc:  # noqa: BLE001 - find whose frame failed: each alone, below
-                log.info("a batch of %d frames failed (%s: %s); running them one by one", len(together),
-                         type(exc).__name__, exc)
+                results = {id(item): (out, None) for item, out in zip(together, outputs)}
+            except Exception as exc:  # noqa: BLE001 - the stream states moved on: no second run of these frames
+                log.warning("a batch of %d frames failed: %s: %s", len(together), type(exc).__name__, exc)
+                results = {id(item): (None, exc) for item in together}
         for item in frames:
             engine, image, future, loop = item
             if id(item) in results:
-                _settle(future, loop, lambda out=results[id(item)]: out)
+                _settle(future, loop, lambda result=results[id(item)]: _result(*result))
             else:
                 _settle(future, loop, lambda engine=engine, image=image: engine.process(image))
+
+
+def _result(output, error):
+    if error is not None:
+        raise error
+    return output
 
 
 def _shutting_down():

@@ -10,6 +10,7 @@ sent (docs/remote-engine.md); a frame the server dropped simply never comes back
 from __future__ import annotations
 
 import asyncio
+import logging
 import fractions
 import threading
 import time
@@ -25,6 +26,7 @@ from av import VideoFrame
 from app.remote.jitter import use_marker_jitter_buffer
 from app.remote.protocol import encode_message
 
+log = logging.getLogger(__name__)
 TIME_BASE = fractions.Fraction(1, 90000)
 STEP = 2997  # about 30 fps; a multiple of 9 ticks, so that VP8's microsecond rounding keeps it exact
 MAX_IN_FLIGHT = 256  # frames sent and not yet back (about 8 s); older ones are forgotten: the server dropped them
@@ -104,6 +106,7 @@ class RemoteEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="remote-engine", daemon=True)
         self._thread.start()
         self._location: str | None = None
+        self.refused: str | None = None  # the server's last answer to a setting it did not apply
         try:
             self._call(self._connect())
         except BaseException as exc:
@@ -148,8 +151,9 @@ class RemoteEngine:
         await asyncio.wait_for(self._opened.wait(), self.timeout_s)
 
     def _on_message(self, message) -> None:
-        if isinstance(message, str) and '"error"' in message:
-            self._fail(f"the server refused a setting: {message}")
+        if isinstance(message, str) and '"error"' in message:  # the setting is not applied; the stream goes on
+            self.refused = message
+            log.warning("%s refused a setting: %s", self.url, message)
 
     def _fail(self, reason: str) -> None:
         with self._cond:

@@ -20,6 +20,7 @@ from app.remote.client import RemoteError, Returned
 log = logging.getLogger(__name__)
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # waits before each try; the last repeats
+STEADY_FRAMES = 300  # frames back from one session (10 s at 30 fps) before a later loss starts the back-off afresh
 
 
 def backoff_delay(attempt: int, delays: tuple[float, ...] = BACKOFF_S) -> float:
@@ -44,7 +45,8 @@ class ReconnectingEngine:
         self._retry: threading.Thread | None = None
         self._lost_reason = ""
         self._next_try = 0.0
-        self._attempt = 0
+        self._attempt = 0  # tries since the last session that held (a server that drops each new one backs off)
+        self._frames_at_connect = 0
         self.reconnections = 0
         self._remote = connect()  # the first connection's failure is the load's
         self.device, self.acceleration, self.acceleration_note = "remote", "remote", ""
@@ -112,11 +114,11 @@ class ReconnectingEngine:
 
     def _setting(self, kind: str, setter: str, *args, **kwargs) -> None:
         with self._lock:
+            remote = self._remote
+            if remote is not None:
+                getattr(remote, setter)(*args, **kwargs)  # a value the server would refuse raises here, unkept
             self._settings.pop(kind, None)  # re-inserted last: replayed in the order last given
             self._settings[kind] = (setter, args, kwargs)
-            remote = self._remote
-        if remote is not None:
-            getattr(remote, setter)(*args, **kwargs)  # a value the server would refuse raises here (ValueError)
 
     def update_prompt(self, prompt: str, negative_prompt: str | None = None) -> None:
         if negative_prompt is None and "prompt" in self._settings:  # keep the negative prompt last given
@@ -164,8 +166,9 @@ class ReconnectingEngine:
             if self._remote is not remote:
                 return  # another thread noticed first
             self._remote = None
-            self._lost_reason, self._attempt = reason, 0
-            self._next_try = time.monotonic() + backoff_delay(1, self.delays)
+            held = getattr(remote, "frames_processed", 0) - self._frames_at_connect >= STEADY_FRAMES
+            self._lost_reason, self._attempt = reason, 0 if held else self._attempt
+            self._next_try = time.monotonic() + backoff_delay(self._attempt + 1, self.delays)
             self._retry = threading.Thread(target=self._reconnect, name="remote-reconnect", daemon=True)
             self._retry.start()
         threading.Thread(target=remote.close, name="remote-close", daemon=True).start()  # takes up to seconds
@@ -184,16 +187,19 @@ class ReconnectingEngine:
                 self._next_try = time.monotonic() + backoff_delay(self._attempt + 1, self.delays)
                 log.info("reconnecting to %s failed (try %d): %s", self.url, self._attempt, exc)
                 continue
-            try:
-                with self._lock:
-                    for setter, args, kwargs in self._settings.values():
+            with self._lock:
+                for kind, (setter, args, kwargs) in list(self._settings.items()):
+                    try:
                         getattr(remote, setter)(*args, **kwargs)
-                    if not self._closed.is_set():
-                        self._remote, remote = remote, None
-                        self.reconnections += 1
-            finally:
-                if remote is not None:  # closed meanwhile
-                    remote.close()
+                    except Exception as exc:  # noqa: BLE001 - a value the server refuses: dropped, said once
+                        del self._settings[kind]
+                        log.warning("the %s setting was not sent again (%s)", kind, exc)
+                if not self._closed.is_set():
+                    self._remote, remote = remote, None
+                    self._frames_at_connect = 0
+                    self.reconnections += 1
+            if remote is not None:  # closed meanwhile
+                remote.close()
             if self._remote is not None:
                 self._on_event(f"Reconnected to the engine server at {self.url}; stylized frames resume.")
             return
@@ -204,6 +210,4 @@ class ReconnectingEngine:
             remote, self._remote = self._remote, None
         if remote is not None:
             remote.close()
-        retry = self._retry
-        if retry is not None and retry is not threading.current_thread():
-            retry.join(20.0)
+        # The reconnect thread is not waited for (a try may take 15 s): it closes whatever it connects from now.

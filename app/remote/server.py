@@ -3,8 +3,8 @@ its token and gets the answer (201, ``Location``); DELETE at that location ends 
 settings (a data channel, app.remote.protocol) go over the peer connection (aiortc).
 
 Each session has its own engine (its own stream state, filter and settings; the model is shared where the
-factory shares it). By default one engine thread runs every session's frame of a tick in one UNet call
-(app.remote.batching); with ``batch=False`` each session has its own thread. The newest frame that arrived is
+factory shares it) and its own engine thread; with ``batch=True`` one engine thread runs every session's frame
+of a tick in one UNet call instead (app.remote.batching, slower as it stands: see there). The newest frame that arrived is
 the next one processed, so a slow engine drops frames rather than building latency (docs/remote-engine.md). Limits: sessions, frame size,
 message size, a connection that never comes up, a client that stops sending.
 """
@@ -145,7 +145,7 @@ class EngineServer:
     prepared with an empty prompt (it runs on a worker thread: loading may take seconds)."""
 
     def __init__(self, make_engine: Callable[[], Any], token: str, limits: ServerLimits = ServerLimits(),
-                 describe: Callable[[], dict] | None = None, batch: bool = True):
+                 describe: Callable[[], dict] | None = None, batch: bool = False):
         self.make_engine, self.token, self.limits = make_engine, token, limits
         use_marker_jitter_buffer()  # each client frame to the engine as soon as it is in, not one frame later
         # Batched: one engine thread for all sessions, their frames in one UNet call per tick (app.remote.batching).
