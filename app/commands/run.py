@@ -84,7 +84,7 @@ def connect_remote(args, config, say):
         engine = ReconnectingEngine(lambda: RemoteEngine(args.engine, token), args.engine,
                                     on_event=lambda message: say(f"note: {message}"))
     except ImportError as exc:
-        return None, f"--engine needs the serve extra ({exc}): pip install -e \".[serve]\""
+        return None, f"--engine needs the remote extra ({exc}): pip install -e \".[remote]\""
     except (SecurityError, ConnectionError, TimeoutError) as exc:
         return None, str(exc) or type(exc).__name__
     try:

@@ -32,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--batch", action="store_true",
                      help="all sessions' frames in one eager UNet call per tick instead of each session's own "
                           "compiled engine (slower on a GPU as it stands; see docs/remote-engine.md)")
+    cluster = parser.add_argument_group("Ray Serve (several GPUs or machines; needs ray[serve], in the serve extra)")
+    cluster.add_argument("--ray", action="store_true",
+                         help="run the engines as replicas of a Ray Serve deployment, one GPU each")
+    cluster.add_argument("--ray-address", default=None,
+                         help="the Ray cluster to join (\"auto\": the one `ray start` made here; default: a new local one)")
+    cluster.add_argument("--replicas", default="1", metavar="N|auto",
+                         help="engine replicas; auto: Ray Serve scales from 1 to --max-replicas (default: %(default)s)")
+    cluster.add_argument("--max-replicas", type=int, default=None, help="with --replicas auto (default: the GPUs seen)")
+    cluster.add_argument("--sessions-per-replica", type=int, default=4, help="default: %(default)s")
     net.add_argument("--verbose", action="store_true", help="log details to stderr")
     add_engine_arguments(parser)
     return parser
@@ -57,16 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"main.py serve needs the serve extra ({exc}): pip install -e \".[serve]\"", file=sys.stderr)
         return 2
-    from core.models import load_components
-    from core.stream import StreamEngine
-
-    print(f"loading {config.model} ...", file=sys.stderr)
-    components = load_components(config, lambda message: print(message, file=sys.stderr))
-
-    def make_engine():
-        engine = StreamEngine.from_config(config, components=components)
-        engine.prepare(args.prompt, args.negative_prompt)
-        return engine
 
     def describe() -> dict:
         import torch
@@ -76,7 +75,27 @@ def main(argv: list[str] | None = None) -> int:
                 "gpu": gpu}
 
     limits = ServerLimits(max_sessions=args.max_sessions, max_frame_pixels=width * height)
-    server = EngineServer(make_engine, token, limits, describe, batch=args.batch)
+    if args.ray:  # the replicas load the model, not this process
+        from app.remote.ray_serve import ray_ingress
+
+        try:
+            server = ray_ingress(args, config, token, limits, describe)
+        except (ImportError, RuntimeError, ValueError) as exc:
+            print(f"main.py serve --ray: {exc}", file=sys.stderr)
+            return 2
+    else:
+        from core.models import load_components
+        from core.stream import StreamEngine
+
+        print(f"loading {config.model} ...", file=sys.stderr)
+        components = load_components(config, lambda message: print(message, file=sys.stderr))
+
+        def make_engine():
+            engine = StreamEngine.from_config(config, components=components)
+            engine.prepare(args.prompt, args.negative_prompt)
+            return engine
+
+        server = EngineServer(make_engine, token, limits, describe, batch=args.batch)
     context = None
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

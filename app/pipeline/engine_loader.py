@@ -39,8 +39,8 @@ def remote_engine_factory(url: str, token: str, on_event: Callable[[str], None] 
             from app.remote.client import RemoteEngine
             from app.remote.reconnect import ReconnectingEngine
         except ImportError as exc:
-            raise ModelLoadError(f"An engine server needs the serve extra, which is not installed ({exc}): "
-                                 "pip install -e \".[serve]\"") from None
+            raise ModelLoadError(f"An engine server needs the remote extra, which is not installed ({exc}): "
+                                 "pip install -e \".[remote]\"") from None
         if progress is not None:
             progress(f"Connecting to {url}…")
         engine = ReconnectingEngine(lambda: RemoteEngine(url, token), url, on_event=on_event)

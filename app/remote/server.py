@@ -40,6 +40,17 @@ class ServerLimits:
     idle_timeout_s: float = 10.0  # a client that stops sending frames (a killed one is otherwise seen after 30 s)
 
 
+class OfferRefused(Exception):
+    """Why a session was not opened, as the HTTP answer the client gets."""
+
+    def __init__(self, status: int, text: str, headers: dict | None = None):
+        super().__init__(text)
+        self.status, self.text, self.headers = status, text, headers or {}
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, text=self.text, headers=self.headers)
+
+
 class Session:
     def __init__(self, session_id: str, pc: RTCPeerConnection, engine, on_closed: Callable[[str], None],
                  batcher: SessionBatcher | None = None):
@@ -50,6 +61,7 @@ class Session:
         self.frames_in = 0
         self._on_closed = on_closed
         self._closed = False
+        self.ended = asyncio.Event()  # set once the session is closed, for whoever waits on its end
 
     async def run(self, fn, *args):
         """``fn(*args)`` on the engine's thread: the batcher's when sessions are batched, else the session's own."""
@@ -78,6 +90,7 @@ class Session:
         finally:
             self.executor.shutdown(wait=False)
             self._on_closed(self.id)
+            self.ended.set()
 
 
 def _close_engine(engine) -> None:
@@ -140,18 +153,11 @@ class EngineTrack(MediaStreamTrack):
         return result
 
 
-class EngineServer:
-    """The aiohttp application (``app()``) and its sessions. ``make_engine()`` builds one session's engine,
-    prepared with an empty prompt (it runs on a worker thread: loading may take seconds)."""
+class Signaling:
+    """The WHIP-style routes (POST an offer, DELETE a session, GET /health) and their rules: the token, the SDP
+    content type, a bounded body. Subclasses open and end the sessions."""
 
-    def __init__(self, make_engine: Callable[[], Any], token: str, limits: ServerLimits = ServerLimits(),
-                 describe: Callable[[], dict] | None = None, batch: bool = False):
-        self.make_engine, self.token, self.limits = make_engine, token, limits
-        use_marker_jitter_buffer()  # each client frame to the engine as soon as it is in, not one frame later
-        # Batched: one engine thread for all sessions, their frames in one UNet call per tick (app.remote.batching).
-        self.batcher = SessionBatcher() if batch else None
-        self.describe = describe or (lambda: {})
-        self.sessions: dict[str, Session] = {}
+    token: str
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -164,43 +170,86 @@ class EngineServer:
     def _authorized(self, request: web.Request) -> bool:
         return token_accepted(request.headers.get("Authorization"), self.token)
 
-    async def health(self, request: web.Request) -> web.Response:
+    def refusal(self, request: web.Request, offer: bool = False) -> web.Response | None:
+        """The answer to a request that breaks the rules (no token; an offer that is not SDP), else None."""
         if not self._authorized(request):
-            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"}, text="token refused")
+        if offer and request.content_type != "application/sdp":
+            return web.Response(status=415, text="send the SDP offer as application/sdp")
+        return None
+
+    async def offer(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def end(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def health(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def close_all(self, _app=None) -> None:
+        raise NotImplementedError
+
+
+class EngineServer(Signaling):
+    """The aiohttp application (``app()``) and its sessions. ``make_engine()`` builds one session's engine,
+    prepared with an empty prompt (it runs on a worker thread: loading may take seconds)."""
+
+    def __init__(self, make_engine: Callable[[], Any], token: str, limits: ServerLimits = ServerLimits(),
+                 describe: Callable[[], dict] | None = None, batch: bool = False):
+        self.make_engine, self.token, self.limits = make_engine, token, limits
+        use_marker_jitter_buffer()  # each client frame to the engine as soon as it is in, not one frame later
+        # Batched: one engine thread for all sessions, their frames in one UNet call per tick (app.remote.batching).
+        self.batcher = SessionBatcher() if batch else None
+        self.describe = describe or (lambda: {})
+        self.sessions: dict[str, Session] = {}
+
+    async def health(self, request: web.Request) -> web.Response:
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
         return web.json_response({"sessions": len(self.sessions), "max_sessions": self.limits.max_sessions,
                                   **self.describe()})
 
     async def offer(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"}, text="token refused")
-        if request.content_type != "application/sdp":
-            return web.Response(status=415, text="send the SDP offer as application/sdp")
+        refused = self.refusal(request, offer=True)
+        if refused is not None:
+            return refused
+        try:
+            session, answer = await self.open_session(await request.text())
+        except OfferRefused as refused:
+            return refused.response()
+        return web.Response(status=201, content_type="application/sdp", text=answer,
+                            headers={"Location": f"/whip/{session.id}"})
+
+    async def open_session(self, offer_sdp: str) -> tuple[Session, str]:
+        """A session for a client's SDP offer, with its engine built; (the session, the SDP answer). Raises
+        ``OfferRefused`` (full, a bad offer, no engine). A Ray replica (app.remote.ray_serve) calls it too."""
         if len(self.sessions) >= self.limits.max_sessions:
-            return web.Response(status=503, headers={"Retry-After": "5"}, text="the server is full")
+            raise OfferRefused(503, "the server is full", {"Retry-After": "5"})
         # The slot is taken before the first await: offers arriving together cannot pass the limit.
         session_id, pc = uuid.uuid4().hex, RTCPeerConnection()
         session = Session(session_id, pc, None, lambda sid: self.sessions.pop(sid, None), self.batcher)
         self.sessions[session_id] = session
         self._wire(session)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             transceivers = pc.getTransceivers()
             # One video, sent and received (and the data channel): anything more would be decoded unread.
             if len(transceivers) != 1 or transceivers[0].kind != "video" or transceivers[0].sender.track is None:
                 raise ValueError("offer one video track to send and receive, nothing else")
         except Exception as exc:  # noqa: BLE001 - a bad offer is the client's problem, not the server's
             await session.close(f"bad offer: {exc}")
-            return web.Response(status=400, text=f"bad offer: {exc}")
+            raise OfferRefused(400, f"bad offer: {exc}") from None
         try:
             # The offer is sound: now the engine (seconds on a GPU), before any frame can arrive.
             session.engine = await asyncio.get_running_loop().run_in_executor(None, self.make_engine)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - no model, no memory: say so, keep serving
             await session.close(f"no engine: {exc}")
-            return web.Response(status=500, text=f"the server could not start an engine: {exc}")
+            raise OfferRefused(500, f"the server could not start an engine: {exc}") from None
         session.tasks.append(asyncio.ensure_future(self._watch(session)))
-        return web.Response(status=201, content_type="application/sdp", text=pc.localDescription.sdp,
-                            headers={"Location": f"/whip/{session_id}"})
+        return session, pc.localDescription.sdp
 
     def _wire(self, session: Session) -> None:
         pc = session.pc
@@ -244,8 +293,9 @@ class EngineServer:
             seen = session.frames_in
 
     async def end(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        refused = self.refusal(request)
+        if refused is not None:
+            return refused
         session = self.sessions.get(request.match_info["session"])
         if session is None:
             return web.Response(status=404)
