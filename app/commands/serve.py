@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--key", help="TLS private key (PEM)")
     net.add_argument("--insecure", action="store_true",
                      help="allow a public address without TLS (the token and video travel unencrypted)")
-    net.add_argument("--max-sessions", type=int, default=4, help="clients at once (default: %(default)s)")
+    net.add_argument("--max-sessions", type=int, default=4,
+                     help="clients at once (default: %(default)s; with --ray: replicas x --sessions-per-replica)")
     net.add_argument("--max-frame-size", default="2560x1440", metavar="WxH",
                      help="largest frame a client may send (default: %(default)s)")
     net.add_argument("--batch", action="store_true",
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             server = ray_ingress(args, config, token, limits, describe)
-        except (ImportError, RuntimeError, ValueError) as exc:
+        except (ImportError, RuntimeError, ValueError, ConnectionError) as exc:
             print(f"main.py serve --ray: {exc}", file=sys.stderr)
             return 2
     else:

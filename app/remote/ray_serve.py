@@ -26,6 +26,7 @@ from app.remote.server import EngineServer, OfferRefused, ServerLimits, Signalin
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "engine"
+OPEN_TIMEOUT_S = 120.0  # an offer waits this long for a replica's answer (a new replica loads the model first)
 
 
 class EngineReplica:
@@ -52,7 +53,7 @@ class EngineReplica:
         try:
             session, answer = await self.server.open_session(offer_sdp)
         except OfferRefused as refused:
-            yield {"status": refused.status, "text": refused.text}
+            yield {"status": refused.status, "text": refused.text, "headers": refused.headers}
             return
         yield {"status": 201, "answer": answer, "replica": self.name}
         try:
@@ -60,29 +61,36 @@ class EngineReplica:
         finally:  # the connection ended, or the ingress cancelled the call (DELETE, shutdown)
             await session.close("its call ended")
 
-    async def describe(self) -> dict:
-        return {"replica": self.name, "sessions": len(self.server.sessions)}
+
+
+APP = "livediffusion"
+DRAIN_S = 3600.0  # a replica Serve stops (scaling down, a redeploy) takes no new session and ends this late
 
 
 def deploy(config, prompt: str, negative_prompt: str, limits: ServerLimits, replicas: int | str = 1,
-           sessions_per_replica: int = 4, gpus_per_replica: float = 1.0, max_replicas: int | None = None):
+           sessions_per_replica: int = 4, gpus_per_replica: float = 1.0, max_replicas: int | None = None,
+           batch: bool = False):
     """Run the engine deployment on the Ray cluster this process is connected to; its handle. ``replicas``: a
     count, or "auto" (Serve scales from 1 to ``max_replicas`` on the sessions in flight)."""
     from ray import serve
 
-    # Serve's smallest queue is one request; the ingress refuses past the cluster's sessions before it is used.
-    options = dict(name=DEPLOYMENT, max_ongoing_requests=sessions_per_replica, max_queued_requests=1,
+    count = (max_replicas or 1) if replicas == "auto" else int(replicas)
+    # Serve queues the offers that wait for a replica with room; the ingress refuses past the cluster's room, so
+    # the queue never needs to hold more than that. A stopping replica drains: its sessions end on their own.
+    options = dict(name=DEPLOYMENT, max_ongoing_requests=sessions_per_replica,
+                   max_queued_requests=count * sessions_per_replica,
                    ray_actor_options={"num_gpus": gpus_per_replica} if gpus_per_replica else {"num_cpus": 0},
-                   graceful_shutdown_timeout_s=5)
+                   graceful_shutdown_timeout_s=DRAIN_S)
     if replicas == "auto":
-        options["autoscaling_config"] = {"min_replicas": 1, "max_replicas": max_replicas or 1,
+        options["autoscaling_config"] = {"min_replicas": 1, "max_replicas": count,
                                          "target_ongoing_requests": max(1, sessions_per_replica - 1)}
     else:
-        options["num_replicas"] = int(replicas)
-    per_replica = dataclasses.replace(limits, max_sessions=sessions_per_replica)
-    app = serve.deployment(EngineReplica, **options).bind(config, prompt, negative_prompt, per_replica)
+        options["num_replicas"] = count
+    # One more than Serve sends: a session still closing after its call was cancelled must not refuse the next.
+    per_replica = dataclasses.replace(limits, max_sessions=sessions_per_replica + 1)
+    app = serve.deployment(EngineReplica, **options).bind(config, prompt, negative_prompt, per_replica, batch)
     serve.start(proxy_location="Disabled")
-    return serve.run(app, name="livediffusion", route_prefix=None)
+    return serve.run(app, name=APP, route_prefix=None)
 
 
 class RayIngress(Signaling):
@@ -92,7 +100,14 @@ class RayIngress(Signaling):
         self.handle, self.token, self.max_sessions = handle.options(stream=True), token, max_sessions
         self.describe = describe or (lambda: {})
         self.calls: dict[str, tuple] = {}  # session id -> (the streaming call, its replica)
+        self._following: set[asyncio.Task] = set()
+        self.on_cleanup: list = []  # run when the app stops, after its sessions are cancelled
         self._opening = 0  # offers on their way to a replica
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.on_cleanup.extend(self.on_cleanup)
+        return app
 
     def replicas(self) -> dict[str, int]:
         """Sessions per replica, as placed by Serve."""
@@ -125,17 +140,26 @@ class RayIngress(Signaling):
 
         call = self.handle.session.remote(offer_sdp)
         try:
-            first = await call.__anext__()
+            first = await asyncio.wait_for(call.__anext__(), OPEN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            call.cancel()
+            return web.Response(status=504, headers={"Retry-After": "10"},
+                                text=f"no replica answered within {OPEN_TIMEOUT_S:.0f} s (one may still be loading)")
+        except asyncio.CancelledError:  # the server stops, or the client gave up: the session must not open
+            call.cancel()
+            raise
         except BackPressureError:
             return web.Response(status=503, headers={"Retry-After": "5"}, text="every replica is full")
         except Exception as exc:  # noqa: BLE001 - a replica that failed: say so, keep serving
             log.warning("a replica failed to open a session: %s: %s", type(exc).__name__, exc)
             return web.Response(status=500, text=f"the cluster could not start a session: {exc}")
         if first["status"] != 201:
-            return OfferRefused(first["status"], first["text"]).response()
+            return OfferRefused(first["status"], first["text"], first.get("headers")).response()
         session_id = uuid.uuid4().hex
         self.calls[session_id] = (call, first["replica"])
-        asyncio.ensure_future(self._follow(session_id, call))
+        task = asyncio.ensure_future(self._follow(session_id, call))
+        self._following.add(task)
+        task.add_done_callback(self._following.discard)
         return web.Response(status=201, content_type="application/sdp", text=first["answer"],
                             headers={"Location": f"/whip/{session_id}"})
 
@@ -162,26 +186,43 @@ class RayIngress(Signaling):
         for call, _replica in list(self.calls.values()):
             call.cancel()
         self.calls.clear()
+        for task in list(self._following):
+            task.cancel()
+        await asyncio.gather(*self._following, return_exceptions=True)
 
 
 def ray_ingress(args, config, token: str, limits: ServerLimits, describe) -> RayIngress:
     """``serve --ray``: join (or start) the Ray cluster, deploy the engine replicas, and the ingress in front."""
     try:
         import ray
+        from ray import serve
     except ImportError as exc:
         raise ImportError(f"needs Ray Serve ({exc}): pip install -e \".[serve]\"") from None
     if args.replicas != "auto" and (not args.replicas.isdigit() or int(args.replicas) < 1):
         raise ValueError(f"--replicas is a count of at least 1 or auto, got {args.replicas!r}")
-    ray.init(address=args.ray_address, configure_logging=False)
+    if config.device.startswith("cuda:"):
+        raise ValueError("with --ray each replica sees only the GPUs Ray gives it: use --device cuda or auto")
+    # No address: a Ray of our own ("local"), never one that `ray start` happened to leave on this machine.
+    ray.init(address=args.ray_address or "local", configure_logging=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    max_replicas = args.max_replicas or max(1, gpus)
-    replicas = args.replicas if args.replicas == "auto" else int(args.replicas)
-    count = max_replicas if replicas == "auto" else replicas
-    if gpus and count > gpus:
-        log.warning("%d replicas asked for, but the cluster has %d GPUs: the rest wait for GPUs to join", count, gpus)
+    per_replica_gpus = config.gpus if gpus else 0
+    room = gpus // per_replica_gpus if per_replica_gpus else None  # replicas the cluster's GPUs hold
+    if args.replicas == "auto":
+        replicas, count = "auto", args.max_replicas or room or 1
+    else:
+        replicas = count = int(args.replicas)
+    if room is not None and count > room:
+        raise ValueError(f"{count} replicas of {per_replica_gpus} GPU(s) need {count * per_replica_gpus} GPUs; "
+                         f"the Ray cluster has {gpus} (start Ray on more machines, or ask for fewer)")
     handle = deploy(config, args.prompt, args.negative_prompt, limits, replicas, args.sessions_per_replica,
-                    gpus_per_replica=1.0 if gpus else 0.0, max_replicas=max_replicas)
+                    gpus_per_replica=per_replica_gpus, max_replicas=count, batch=args.batch)
     print(f"Ray Serve: {replicas} replica(s) of {args.sessions_per_replica} sessions, "
-          f"{'one GPU each' if gpus else 'on the CPU (no GPU in the cluster)'}")
-    return RayIngress(handle, token, count * args.sessions_per_replica,
-                      lambda: {**describe(), "gpu": f"{gpus} GPU(s) in the Ray cluster"})
+          f"{f'{per_replica_gpus} GPU(s) each' if gpus else 'on the CPU (no GPU in the cluster)'}")
+    ingress = RayIngress(handle, token, count * args.sessions_per_replica,
+                         lambda: {**describe(), "gpu": f"{gpus} GPU(s) in the Ray cluster"})
+
+    async def remove_deployment(_app) -> None:  # a cluster outlives this process: give its GPUs back
+        await asyncio.get_running_loop().run_in_executor(None, serve.delete, APP)
+
+    ingress.on_cleanup.append(remove_deployment)
+    return ingress
