@@ -109,3 +109,30 @@ def test_a_failed_ahead_of_time_build_falls_back_to_torch_compile_and_says_where
     assert "ahead-of-time compilation failed (AssertionError" in caplog.text and "test_aoti.py" in caplog.text
     monkeypatch.setenv("LIVEDIFFUSION_AOTI", "0")
     assert compile_backend.artifacts_enabled() is False
+
+
+def test_a_loader_that_crashes_turns_stored_engines_off_for_this_torch_without_taking_the_app_down(
+        built, tiny_components, tmp_path, monkeypatch, caplog):
+    import json
+    import shutil
+    import sys
+
+    from core.accel import compile as compile_backend
+
+    cache, config, folder = built
+    monkeypatch.setenv("LIVEDIFFUSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIVEDIFFUSION_AOTI", "1")
+    stored = tmp_path / "cache" / "compiled" / folder.name
+    shutil.copytree(folder, stored)
+    # As torch 2.11's loader did on the lent H100: the process that loads the packages dies on a signal.
+    monkeypatch.setattr(aoti, "probe_command", lambda paths: [
+        sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
+    engine = prepared(tiny_components, config)
+    with caplog.at_level(logging.WARNING, logger="core.accel.aoti"):
+        assert aoti.load(engine, stored) is None  # this process lives on
+    assert "package loader crashed (signal" in caplog.text and not stored.exists()
+    assert compile_backend.artifacts_enabled() is False  # no build that would only crash again
+    marker = tmp_path / "cache" / "compiled" / aoti.LOADER_CRASH_FILE
+    recorded = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**recorded, "torch": "another version"}))
+    assert compile_backend.artifacts_enabled() is True  # another torch gets its chance

@@ -211,7 +211,8 @@ def test_a_staged_start_swaps_inductor_in_between_frames_and_matches_eager(tiny_
 
 @cuda
 @pytest.mark.gpu
-@pytest.mark.xfail(reason="opt-in: the AOTInductor build failed on the lent H100 with torch 2.11 (BENCHMARKS.md)",
+@pytest.mark.xfail(reason="opt-in: on the lent H100 with torch 2.11 torch's AOTInductor loader crashed on these "
+                          "packages (segmentation fault; now caught in a process of its own, BENCHMARKS.md)",
                    strict=False)
 def test_a_stored_compiled_engine_loads_and_replays_in_a_graph(tiny_config, make_frame, monkeypatch, cache):
     from core.accel import accelerate, aoti

@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 
 PIECES = ("unet", "encode", "decode")
 KEY_FILE = "key.json"
+LOADER_CRASH_FILE = "loader-crashed.json"  # in <cache>/compiled: this torch's loader crashed on our packages
+# Loads the packages named on its command line, in a process of its own: on the lent H100 (torch 2.11, CUDA)
+# torch's loader ended the process with a segmentation fault, which no except clause here could catch.
+PROBE = "import sys, torch\nfor path in sys.argv[1:]:\n    torch._inductor.aoti_load_package(path)\n"
+PROBE_TIMEOUT_S = 300
 
 
 def project_version() -> str:
@@ -80,6 +87,39 @@ def artifact_key(engine) -> dict:
 
 def artifact_dir(key: dict) -> Path:
     return cache_root() / "compiled" / digest(key)[:24]
+
+
+def _runtime() -> dict:
+    return {"torch": torch.__version__, "driver": _driver_version()}
+
+
+def loader_crashed() -> str:
+    """Why stored engines are off for this torch and driver (its loader crashed on them before), or ""."""
+    marker = cache_root() / "compiled" / LOADER_CRASH_FILE
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return ""
+    same = {k: recorded.get(k) for k in _runtime()} == _runtime()
+    return recorded.get("reason", "its loader crashed") if same else ""
+
+
+def probe_command(paths) -> list[str]:
+    return [sys.executable, "-c", PROBE, *(str(p) for p in paths)]
+
+
+def load_problem(paths) -> tuple[str, bool]:
+    """("", False) when the packages load in a process of their own; else (why not, whether torch crashed)."""
+    try:
+        done = subprocess.run(probe_command(paths), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"loading them took over {PROBE_TIMEOUT_S} s", False
+    if done.returncode == 0:
+        return "", False
+    if done.returncode < 0:
+        return f"torch {torch.__version__}'s package loader crashed (signal {-done.returncode})", True
+    lines = done.stderr.strip().splitlines()
+    return (lines[-1] if lines else f"the loader exited with {done.returncode}"), False
 
 
 class UNetCall(nn.Module):
@@ -179,12 +219,20 @@ def load(engine, folder: Path | None = None) -> dict | None:
         return None
     try:
         recorded = json.loads((folder / KEY_FILE).read_text())
+        for piece in PIECES:
+            if _sha256(folder / f"{piece}.pt2") != recorded["sha256"][piece]:
+                raise ValueError(f"{piece}.pt2 does not match the checksum written with it")
+        problem, crashed = load_problem([folder / f"{piece}.pt2" for piece in PIECES])
+        if crashed:  # it would crash this process too, and every rebuild the same: off for this torch
+            marker = folder.parent / LOADER_CRASH_FILE
+            marker.write_text(json.dumps({**_runtime(), "reason": problem}, indent=1))
+            log.warning("%s; stored compiled engines are off for this torch and driver (%s)", problem, marker)
+        if problem:
+            raise RuntimeError(problem)
         loaded = {}
         modules = _modules(engine)
         for piece in PIECES:
             path = folder / f"{piece}.pt2"
-            if _sha256(path) != recorded["sha256"][piece]:
-                raise ValueError(f"{path.name} does not match the checksum written with it")
             compiled = torch._inductor.aoti_load_package(str(path))
             tensors = dict(modules[piece].named_parameters()) | dict(modules[piece].named_buffers())
             compiled.load_constants({name: tensors[name] for name in compiled.get_constant_fqns()},

@@ -101,8 +101,14 @@ def use_compile(engine, say, staged: bool = False) -> None:
 
 def artifacts_enabled() -> bool:
     """Compiled engines stored on disk, opted in with LIVEDIFFUSION_AOTI=1. Off by default until it runs on
-    the GPU: on the lent H100 (torch 2.11) its build failed and fell back to torch.compile (BENCHMARKS.md)."""
-    return os.environ.get("LIVEDIFFUSION_AOTI", "0") == "1"
+    the GPU: on the lent H100 (torch 2.11) a build of sd-turbo failed and torch's loader crashed on a tiny
+    model's packages (BENCHMARKS.md); off as well where that loader crashed before (core.accel.aoti)."""
+    if os.environ.get("LIVEDIFFUSION_AOTI", "0") != "1":
+        return False
+    crashed = aoti.loader_crashed()
+    if crashed:
+        log.info("stored compiled engines stay off: %s on them before", crashed)
+    return not crashed
 
 
 def full_speed_parts(engine, say=None) -> dict:
