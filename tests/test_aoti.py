@@ -42,6 +42,10 @@ def test_a_stored_engine_loads_into_a_new_process_and_matches_eager(built, tiny_
     for i in range(3):
         frame = make_frame(i)
         assert_frames_close(loaded.process(frame), eager.process(frame), atol=2)
+    # Probed once: the next start loads at once, without a second process (a crashing probe is never run).
+    assert (folder / aoti.PROBED_FILE).exists()
+    monkeypatch.setattr(aoti, "load_problem", lambda paths: ("probed again", True))
+    assert aoti.load(prepared(tiny_components, config)) is not None
 
 
 def test_the_artifact_key_changes_with_each_input(tiny_components, tiny_config):
@@ -124,6 +128,7 @@ def test_a_loader_that_crashes_turns_stored_engines_off_for_this_torch_without_t
     monkeypatch.setenv("LIVEDIFFUSION_AOTI", "1")
     stored = tmp_path / "cache" / "compiled" / folder.name
     shutil.copytree(folder, stored)
+    (stored / aoti.PROBED_FILE).unlink(missing_ok=True)  # never loaded on this machine yet
     # As torch 2.11's loader did on the lent H100: the process that loads the packages dies on a signal.
     monkeypatch.setattr(aoti, "probe_command", lambda paths: [
         sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])

@@ -107,7 +107,7 @@ def test_an_unreachable_server_offers_this_computer(open_window):
 def test_an_address_that_is_not_one_is_said_and_starts_nothing(open_window):
     window = open_window(small())
     engine = window.session.engine
-    choose_server(window, "gpu-box:8787")
+    choose_server(window, "gpu-box:8765")
     window.reload_engine()
     assert "is not a server address" in window.model_panel.status_label.text()
     assert window.session.engine is engine and not window.session.loader.is_busy()

@@ -85,17 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"main.py serve --ray: {exc}", file=sys.stderr)
             return 2
     else:
-        from core.models import load_components
-        from core.stream import StreamEngine
+        from app.remote.server import session_engines
 
         print(f"loading {config.model} ...", file=sys.stderr)
-        components = load_components(config, lambda message: print(message, file=sys.stderr))
-
-        def make_engine():
-            engine = StreamEngine.from_config(config, components=components)
-            engine.prepare(args.prompt, args.negative_prompt)
-            return engine
-
+        make_engine = session_engines(config, args.prompt, args.negative_prompt,
+                                      lambda message: print(message, file=sys.stderr))
         server = EngineServer(make_engine, token, limits, describe, batch=args.batch)
     context = None
     if args.cert:

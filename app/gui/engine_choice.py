@@ -26,7 +26,7 @@ class RemoteTarget:
 def url_problem(url: str) -> str:
     """Why ``url`` cannot name a server ("" when it can)."""
     if not url:
-        return "Type the server's address, for example http://gpu-box:8787"
+        return "Type the server's address, for example http://gpu-box:8765"
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         return f"“{url}” is not a server address: it starts with http:// or https:// and names a host"
@@ -44,7 +44,7 @@ class EngineChoice(QWidget):
         self.combo.setToolTip("Run the model on this computer's GPU, or on a server started with "
                               "`python main.py serve` (the camera, preview and outputs stay here)")
         self.url_edit = QLineEdit()
-        self.url_edit.setPlaceholderText("http://gpu-box:8787")
+        self.url_edit.setPlaceholderText("http://gpu-box:8765")
         self.url_edit.setToolTip("The address `main.py serve` printed (https:// when it runs with --cert/--key)")
         self.token_edit = QLineEdit()
         self.token_edit.setEchoMode(QLineEdit.EchoMode.Password)

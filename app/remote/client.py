@@ -10,8 +10,8 @@ sent (docs/remote-engine.md); a frame the server dropped simply never comes back
 from __future__ import annotations
 
 import asyncio
-import logging
 import fractions
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +27,7 @@ from app.remote.jitter import use_marker_jitter_buffer
 from app.remote.protocol import encode_message
 
 log = logging.getLogger(__name__)
+
 TIME_BASE = fractions.Fraction(1, 90000)
 STEP = 2997  # about 30 fps; a multiple of 9 ticks, so that VP8's microsecond rounding keeps it exact
 MAX_IN_FLIGHT = 256  # frames sent and not yet back (about 8 s); older ones are forgotten: the server dropped them

@@ -21,7 +21,7 @@ import uuid
 
 from aiohttp import web
 
-from app.remote.server import EngineServer, OfferRefused, ServerLimits, Signaling
+from app.remote.server import EngineServer, OfferRefused, ServerLimits, Signaling, session_engines
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,7 @@ class EngineReplica:
     def __init__(self, config, prompt: str, negative_prompt: str, limits: ServerLimits, batch: bool = False):
         from ray import serve
 
-        from core.models import load_components
-        from core.stream import StreamEngine
-
-        components = load_components(config)
-
-        def make_engine():
-            engine = StreamEngine.from_config(config, components=components)
-            engine.prepare(prompt, negative_prompt)
-            return engine
-
+        make_engine = session_engines(config, prompt, negative_prompt)
         self.server = EngineServer(make_engine, token="", limits=limits, batch=batch)  # the token is the ingress's
         self.name = serve.get_replica_context().replica_id.unique_id
 

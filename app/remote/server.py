@@ -4,9 +4,10 @@ settings (a data channel, app.remote.protocol) go over the peer connection (aior
 
 Each session has its own engine (its own stream state, filter and settings; the model is shared where the
 factory shares it) and its own engine thread; with ``batch=True`` one engine thread runs every session's frame
-of a tick in one UNet call instead (app.remote.batching, slower as it stands: see there). The newest frame that arrived is
-the next one processed, so a slow engine drops frames rather than building latency (docs/remote-engine.md). Limits: sessions, frame size,
-message size, a connection that never comes up, a client that stops sending.
+of a tick in one UNet call instead (app.remote.batching, slower as it stands: see there). The newest frame that
+arrived is the next one processed, so a slow engine drops frames rather than building latency
+(docs/remote-engine.md). Limits: sessions, frame size, message size, a connection that never comes up, a client
+that stops sending.
 """
 
 from __future__ import annotations
@@ -91,6 +92,22 @@ class Session:
             self.executor.shutdown(wait=False)
             self._on_closed(self.id)
             self.ended.set()
+
+
+def session_engines(config, prompt: str, negative_prompt: str, progress=None) -> Callable[[], Any]:
+    """The model of ``config`` loaded once, and a maker of one session's engine on it (``serve`` and each of its
+    Ray replicas)."""
+    from core.models import load_components
+    from core.stream import StreamEngine
+
+    components = load_components(config, progress)
+
+    def make_engine():
+        engine = StreamEngine.from_config(config, components=components)
+        engine.prepare(prompt, negative_prompt)
+        return engine
+
+    return make_engine
 
 
 def _close_engine(engine) -> None:

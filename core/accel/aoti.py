@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PIECES = ("unet", "encode", "decode")
 KEY_FILE = "key.json"
 LOADER_CRASH_FILE = "loader-crashed.json"  # in <cache>/compiled: this torch's loader crashed on our packages
+PROBED_FILE = "loads.ok"  # in a package folder: its packages loaded in a process of their own once
 # Loads the packages named on its command line, in a process of its own: on the lent H100 (torch 2.11, CUDA)
 # torch's loader ended the process with a segmentation fault, which no except clause here could catch.
 PROBE = "import sys, torch\nfor path in sys.argv[1:]:\n    torch._inductor.aoti_load_package(path)\n"
@@ -222,13 +223,16 @@ def load(engine, folder: Path | None = None) -> dict | None:
         for piece in PIECES:
             if _sha256(folder / f"{piece}.pt2") != recorded["sha256"][piece]:
                 raise ValueError(f"{piece}.pt2 does not match the checksum written with it")
-        problem, crashed = load_problem([folder / f"{piece}.pt2" for piece in PIECES])
+        # Once per folder (its key holds the torch version and driver): a warm start must not load twice.
+        probed = (folder / PROBED_FILE).exists()
+        problem, crashed = ("", False) if probed else load_problem([folder / f"{piece}.pt2" for piece in PIECES])
         if crashed:  # it would crash this process too, and every rebuild the same: off for this torch
             marker = folder.parent / LOADER_CRASH_FILE
             marker.write_text(json.dumps({**_runtime(), "reason": problem}, indent=1))
             log.warning("%s; stored compiled engines are off for this torch and driver (%s)", problem, marker)
         if problem:
             raise RuntimeError(problem)
+        (folder / PROBED_FILE).touch()
         loaded = {}
         modules = _modules(engine)
         for piece in PIECES:
