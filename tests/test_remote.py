@@ -152,7 +152,9 @@ def test_frames_come_back_stylized_and_the_settings_reach_the_servers_engine(ser
             if out.tag[0] == number:
                 assert mean_abs(out.image, reference[out.tag[1]]) < 20
         got += batch
-    assert len(got) >= 16 and all(out.image.shape == (64, 64, 3) for out in got)
+    # The server takes the newest frame, so how many come back depends on the CPU's speed: some of each batch.
+    assert all(sum(out.tag[0] == number for out in got) >= 3 for number in (0, 1))
+    assert all(out.image.shape == (64, 64, 3) for out in got)
     assert [out.tag for out in got] == sorted(out.tag for out in got)  # in order, each with its own tag
     client.close()
 
