@@ -205,6 +205,8 @@ def parse_args(argv):
                         help="with --gpus: AsyncDiff's cuts for the GPU count they fit (others balance by FLOPs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--tiny-vae-model", default=None, metavar="FOLDER_OR_HUB_ID",
+                        help="which tiny VAE (default: TAESD or TAESDXL, matching the model)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     return parser.parse_args(argv)
 
@@ -218,6 +220,7 @@ def main(argv=None) -> int:
     base = StreamConfig(
         model=args.model, width=args.width, height=args.height, frame_buffer_size=args.frame_buffer,
         acceleration=args.acceleration, use_tiny_vae=True, device=args.device, dtype=args.dtype,
+        tiny_vae=args.tiny_vae_model,
     )
     output_sizes = [parse_size(size) for size in args.output_size.split(",")] if args.output_size else [(0, 0)]
     in_w, in_h = parse_size(args.input_size) if args.input_size else (args.width, args.height)

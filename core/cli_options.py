@@ -68,6 +68,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_model: str = D
     g.add_argument("--mode", choices=MODES, default=d.mode, help="default: %(default)s")
     g.add_argument("--tiny-vae", action=argparse.BooleanOptionalAction, default=d.use_tiny_vae,
                    help="use TAESD instead of the full VAE (much faster; default: on)")
+    g.add_argument("--tiny-vae-model", default=None, metavar="FOLDER_OR_HUB_ID",
+                   help="which tiny VAE (default: TAESD or TAESDXL, matching the model)")
     g.add_argument("--lora", action="append", default=[], metavar="SPEC[:SCALE]",
                    help="fuse a LoRA (hub id, folder or .safetensors), optionally with a scale; repeatable")
     g.add_argument("--allow-pickle", action="store_true",
@@ -223,6 +225,7 @@ def config_from_args(args: argparse.Namespace, source_size: tuple[int, int] | No
         delta=args.delta,
         seed=args.seed,
         use_tiny_vae=args.tiny_vae,
+        tiny_vae=args.tiny_vae_model,
         loras=tuple(parse_lora(spec) for spec in args.lora),
         similarity_filter=args.similarity_filter,
         similarity_threshold=args.similarity_threshold,

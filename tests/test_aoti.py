@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core.accel import aoti
+from core.accel.stored import stored_format
 from core.accel.keys import weight_fingerprint
 from core.stream import StreamEngine
 from tests.conftest import assert_frames_close
@@ -112,7 +113,9 @@ def test_a_failed_ahead_of_time_build_falls_back_to_torch_compile_and_says_where
     assert hasattr(parts["unet"], "_orig_mod")  # torch.compile's module, compiled lazily at its first call
     assert "ahead-of-time compilation failed (AssertionError" in caplog.text and "test_aoti.py" in caplog.text
     monkeypatch.setenv("LIVEDIFFUSION_AOTI", "0")
-    assert compile_backend.artifacts_enabled() is False
+    assert stored_format() != "aoti"
+    monkeypatch.setenv("LIVEDIFFUSION_STORED", "off")
+    assert stored_format() == ""
 
 
 def test_a_loader_that_crashes_turns_stored_engines_off_for_this_torch_without_taking_the_app_down(
@@ -136,8 +139,8 @@ def test_a_loader_that_crashes_turns_stored_engines_off_for_this_torch_without_t
     with caplog.at_level(logging.WARNING, logger="core.accel.aoti"):
         assert aoti.load(engine, stored) is None  # this process lives on
     assert "package loader crashed (signal" in caplog.text and not stored.exists()
-    assert compile_backend.artifacts_enabled() is False  # no build that would only crash again
+    assert stored_format() == ""  # no build that would only crash again
     marker = tmp_path / "cache" / "compiled" / aoti.LOADER_CRASH_FILE
     recorded = json.loads(marker.read_text())
     marker.write_text(json.dumps({**recorded, "torch": "another version"}))
-    assert compile_backend.artifacts_enabled() is True  # another torch gets its chance
+    assert stored_format() == "aoti"  # another torch gets its chance

@@ -232,6 +232,31 @@ def test_a_stored_compiled_engine_loads_and_replays_in_a_graph(tiny_config, make
     assert len(engine.accelerated.frame_runner.graphs) == 1
 
 
+@cuda
+@pytest.mark.gpu
+def test_a_second_start_loads_the_precompiled_engine_and_runs_at_full_speed_from_its_first_frame(
+        tiny_config, make_frame, monkeypatch, cache):
+    from core.accel import accelerate, precompiled
+    from core.accel.compile import prepare_layout
+
+    if not precompiled.available():
+        pytest.skip("this torch cannot precompile")
+    monkeypatch.setenv("LIVEDIFFUSION_STORED", "precompiled")
+    monkeypatch.delenv("LIVEDIFFUSION_AOTI", raising=False)
+    components, config, eager = gpu_reference(tiny_config, "float16")
+    first = prepared(components, config)
+    prepare_layout(first)  # as use_compile does before any build or load
+    precompiled.build(first)
+    engine = StreamEngine(components, config)
+    assert accelerate(engine, staged=True) == "compile" and engine.startup is None  # loaded: no quick path
+    assert engine.stage == "full speed"
+    engine.prepare("a cat", "blurry")
+    for i in range(4):
+        frame = make_frame(i)
+        np.testing.assert_allclose(engine.process(frame), eager.process(frame), atol=3)
+    assert len(engine.accelerated.frame_runner.graphs) == 1
+
+
 def test_the_startup_timeline_splits_frames_at_the_swap():
     from core.startup_bench import StartupTimeline, run_until_full_speed
 

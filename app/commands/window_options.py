@@ -26,7 +26,8 @@ SETTING_OPTIONS = {
 }
 #: Engine options the window has no control for: they go into every engine it loads in this start.
 ENGINE_OPTIONS = {
-    "device": "device", "dtype": "dtype", "tiny_vae": "use_tiny_vae", "allow_pickle": "allow_pickle",
+    "device": "device", "dtype": "dtype", "tiny_vae": "use_tiny_vae", "tiny_vae_model": "tiny_vae",
+    "allow_pickle": "allow_pickle",
     "cache_dir": "cache_dir", "model_config": "single_file_config",
     "frame_buffer": "frame_buffer_size", "mode": "mode", "max_skip": "max_skip_frames",
     "num_inference_steps": "num_inference_steps", "quick_start": "quick_start",

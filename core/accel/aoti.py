@@ -15,11 +15,8 @@ float16, CUDA) the build stopped on an ``AssertionError`` and the engine fell ba
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -28,14 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.accel.keys import digest, weight_fingerprint
+from core.accel import store
+from core.accel.keys import weight_fingerprint
+from core.accel.store import artifact_dir
 from core.cache import cache_root
 from core.vae import vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
 
 PIECES = ("unet", "encode", "decode")
-KEY_FILE = "key.json"
 LOADER_CRASH_FILE = "loader-crashed.json"  # in <cache>/compiled: this torch's loader crashed on our packages
 PROBED_FILE = "loads.ok"  # in a package folder: its packages loaded in a process of their own once
 # Loads the packages named on its command line, in a process of its own: on the lent H100 (torch 2.11, CUDA)
@@ -63,7 +61,9 @@ def _driver_version() -> str:
         return "none"
 
 
-def artifact_key(engine) -> dict:
+def compiled_code_key(engine) -> dict:
+    """What any stored compiled engine depends on besides its module's contents: versions, GPU and driver,
+    layout, sizes, batch and dtypes."""
     cfg = engine.config
     cuda = engine.device.type == "cuda"
     return {
@@ -73,9 +73,7 @@ def artifact_key(engine) -> dict:
         "gpu": torch.cuda.get_device_name(engine.device) if cuda else "cpu",
         "driver": _driver_version() if cuda else "none",
         "model": cfg.model,
-        "unet": weight_fingerprint(engine.unet),
-        "vae": weight_fingerprint(engine.vae),
-        # A package reads its weights with the strides it was compiled for (prepare_layout makes them
+        # Compiled code reads its weights with the strides it was compiled for (prepare_layout makes them
         # channels-last before any build or load).
         "layout": [_channels_last(engine.unet), _channels_last(engine.vae)],
         "size": [cfg.width, cfg.height],
@@ -86,8 +84,9 @@ def artifact_key(engine) -> dict:
     }
 
 
-def artifact_dir(key: dict) -> Path:
-    return cache_root() / "compiled" / digest(key)[:24]
+def artifact_key(engine) -> dict:
+    """An AOTInductor package holds its code for these weights: their fingerprint is part of the key."""
+    return {**compiled_code_key(engine), "unet": weight_fingerprint(engine.unet), "vae": weight_fingerprint(engine.vae)}
 
 
 def _runtime() -> dict:
@@ -177,52 +176,28 @@ def _inductor_configs() -> dict:
             "coordinate_descent_tuning": inductor.coordinate_descent_tuning}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build(engine, say=None) -> Path:
-    """Export and compile the three pieces into the key's folder (written aside, then renamed into place)."""
-    key = artifact_key(engine)
-    folder = artifact_dir(key)
-    building = folder.with_name(f"{folder.name}.building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    """Export and compile the three pieces into the key's folder (core.accel.store)."""
     modules, examples = _modules(engine), _examples(engine)
-    hashes = {}
-    try:
-        for piece in PIECES:
-            if say is not None:
-                say(f"compiling the {piece} ahead of time")
+
+    def writer(piece):
+        def write(path: Path) -> None:
             exported = torch.export.export(modules[piece], examples[piece], strict=False)
-            path = building / f"{piece}.pt2"
             torch._inductor.aoti_compile_and_package(exported, package_path=str(path),
                                                       inductor_configs=_inductor_configs())
-            hashes[piece] = _sha256(path)
-        (building / KEY_FILE).write_text(json.dumps({"key": key, "sha256": hashes}, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)  # a stale or broken one
-        os.replace(building, folder)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    log.info("compiled artifacts written to %s", folder)
-    return folder
+        return write
+
+    return store.write_folder(artifact_key(engine), {f"{piece}.pt2": writer(piece) for piece in PIECES}, say)
 
 
 def load(engine, folder: Path | None = None) -> dict | None:
     """The engine's accelerated parts from its key's folder, or None when there is none. A folder that does
     not hold what its key file promises, or whose packages fail to load, is removed (the caller rebuilds)."""
     folder = folder or artifact_dir(artifact_key(engine))
-    if not (folder / KEY_FILE).exists():
-        return None
     try:
-        recorded = json.loads((folder / KEY_FILE).read_text())
-        for piece in PIECES:
-            if _sha256(folder / f"{piece}.pt2") != recorded["sha256"][piece]:
-                raise ValueError(f"{piece}.pt2 does not match the checksum written with it")
+        files = store.checked_files(folder, [f"{piece}.pt2" for piece in PIECES])
+        if files is None:
+            return None
         # Once per folder (its key holds the torch version and driver): a warm start must not load twice.
         probed = (folder / PROBED_FILE).exists()
         problem, crashed = ("", False) if probed else load_problem([folder / f"{piece}.pt2" for piece in PIECES])
@@ -243,9 +218,7 @@ def load(engine, folder: Path | None = None) -> dict | None:
                                     check_full_update=True, user_managed=True)
             loaded[piece] = compiled
     except Exception as error:  # noqa: BLE001 - a broken artifact is rebuilt, never fatal
-        log.warning("compiled artifacts in %s could not be used (%s: %s); removing them to rebuild",
-                    folder, type(error).__name__, error)
-        shutil.rmtree(folder, ignore_errors=True)
+        store.discard(folder, error)
         return None
     unet, encode, decode = loaded["unet"], loaded["encode"], loaded["decode"]
 

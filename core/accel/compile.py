@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from core.accel import aoti
+from core.accel import aoti, precompiled
+from core.accel.stored import stored_format
 from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
 from core.feature_reuse import unet_split_forward
@@ -63,24 +64,39 @@ def configure_inductor() -> None:
             setattr(dynamo, name, max(getattr(dynamo, name), 64))
     # Coordinate-descent tuning multiplies the cold compile time; opt in where the wait is worth it.
     inductor.coordinate_descent_tuning = os.environ.get("LIVEDIFFUSION_COORDINATE_DESCENT", "0") == "1"
+    # Timing Triton templates against cuBLAS for each matrix product, but not for the convolutions (the whole
+    # of max-autotune did not finish the UNet in 9.5 minutes): a speed lever under measurement, off by default.
+    inductor.max_autotune_gemm = os.environ.get("LIVEDIFFUSION_AUTOTUNE_GEMM", "0") == "1"
+
+
+SDPA_SWITCHES = {"flash": "enable_flash_sdp", "cudnn": "enable_cudnn_sdp", "efficient": "enable_mem_efficient_sdp"}
+
+
+def choose_attention() -> str:
+    """LIVEDIFFUSION_SDPA=flash|cudnn|efficient keeps only that fused attention kernel (and the math one as
+    the fallback for shapes it refuses); "auto", the default, leaves PyTorch's own order. Compiled graphs
+    take the choice when they are traced, so it is set before any build and is part of the stored key."""
+    choice = os.environ.get("LIVEDIFFUSION_SDPA", "auto")
+    if choice in SDPA_SWITCHES:
+        for name, switch in SDPA_SWITCHES.items():
+            getattr(torch.backends.cuda, switch)(name == choice)
+    return choice
 
 
 def use_compile(engine, say, staged: bool = False) -> None:
     """Inductor where it works (LIVEDIFFUSION_INDUCTOR=0 skips it), then the frame graph.
 
-    A compiled engine stored for this key (core.accel.aoti) is loaded and runs at full speed from the first
+    A compiled engine stored for this key (``stored_format``) is loaded and runs at full speed from the first
     frame. Otherwise, ``staged``: the frame graph over the eager kernels now (frames within seconds), and the
     build as ``engine.startup``, a background build the caller starts once the quick path runs; it is
     swapped in between two frames when ready (core.accel.staged).
     """
     prepare_layout(engine)
     inductor = os.environ.get("LIVEDIFFUSION_INDUCTOR", "1") == "1"
-    if inductor and artifacts_enabled():
-        stored = aoti.load(engine)
-        if stored is not None:
-            say("loaded the compiled engine from the cache")
-            engine.install(**stored, frame_runner=FrameGraph(engine, say))
-            return
+    stored = load_stored(engine, say) if inductor else None
+    if stored is not None:
+        engine.install(**stored, frame_runner=FrameGraph(engine, say))
+        return
     if inductor and staged:
         from core.accel.staged import BackgroundBuild, build_key
 
@@ -99,26 +115,34 @@ def use_compile(engine, say, staged: bool = False) -> None:
     engine.install(frame_runner=FrameGraph(engine, say))
 
 
-def artifacts_enabled() -> bool:
-    """Compiled engines stored on disk, opted in with LIVEDIFFUSION_AOTI=1. Off by default until it runs on
-    the GPU: on the lent H100 (torch 2.11) a build of sd-turbo failed and torch's loader crashed on a tiny
-    model's packages (BENCHMARKS.md); off as well where that loader crashed before (core.accel.aoti)."""
-    if os.environ.get("LIVEDIFFUSION_AOTI", "0") != "1":
-        return False
-    crashed = aoti.loader_crashed()
-    if crashed:
-        log.info("stored compiled engines stay off: %s on them before", crashed)
-    return not crashed
+def load_stored(engine, say) -> dict | None:
+    """The engine's compiled parts stored by an earlier start, or None (nothing stored, or it was unusable and
+    is removed for a rebuild: core.accel.store logs why)."""
+    fmt = stored_format()
+    if not fmt or (engine.config.feature_reuse and engine.config.denoising_steps > 1):
+        return None  # feature reuse runs the split UNet, which is not stored: the staged build compiles it
+    configure_inductor()
+    if fmt == "precompiled" and engine.conditioning is None:
+        engine.prepare("")  # the load's check runs the UNet, which needs the prompt tensors' shapes
+    started = time.perf_counter()
+    parts = (precompiled if fmt == "precompiled" else aoti).load(engine)
+    if parts is None:
+        return None
+    say(f"loaded the compiled engine from the cache ({time.perf_counter() - started:.1f} s)")
+    return {**parts, "unet_split": compiled_split(engine)}
 
 
 def full_speed_parts(engine, say=None) -> dict:
-    """The compiled parts: built ahead of time and stored for the next start where that works, else
-    ``torch.compile`` in this process (the reason is logged)."""
-    if artifacts_enabled():
+    """The compiled parts: built and stored for the next start where that works, else ``torch.compile`` in
+    this process (the reason is logged)."""
+    fmt = stored_format()
+    if fmt:
+        configure_inductor()
         if engine.conditioning is None:
-            engine.prepare("")  # the export needs the prompt tensors' shapes
+            engine.prepare("")  # the build's examples need the prompt tensors' shapes
         try:
-            return aoti.build_and_load(engine, say)
+            parts = precompiled.build_and_use(engine, say) if fmt == "precompiled" else aoti.build_and_load(engine, say)
+            return {**parts, "unet_split": compiled_split(engine)}
         except Exception as error:  # noqa: BLE001 - torch.compile is as fast, only not stored
             where = traceback.extract_tb(error.__traceback__)[-1]
             log.warning("ahead-of-time compilation failed (%s: %s, at %s:%d); compiling in this process instead",
@@ -127,11 +151,18 @@ def full_speed_parts(engine, say=None) -> dict:
     return compiled_parts(engine, say)
 
 
+def compiled_split(engine):
+    """Feature reuse's two UNet paths, compiled on first use (a graph per row count and path)."""
+    mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
+    return torch.compile(functools.partial(unet_split_forward, engine.unet), mode=mode, dynamic=False)
+
+
 def prepare_layout(engine) -> None:
     """Channels-last weights (measured faster, eager and compiled) and cuDNN's algorithm search, set before
     any graph is captured: a graph keeps reading the weights' storage, which a later layout change replaces."""
     # Static shapes: let cuDNN time its convolution algorithms once and keep the fastest.
     torch.backends.cudnn.benchmark = os.environ.get("LIVEDIFFUSION_CUDNN_BENCHMARK", "1") == "1"
+    choose_attention()
     engine.unet.to(memory_format=torch.channels_last)
     engine.vae.to(memory_format=torch.channels_last)
 
@@ -145,8 +176,7 @@ def compiled_parts(engine, say=None) -> dict:
     if say is not None:
         say("compiling the UNet and VAE (first start takes minutes; later starts use the cache)")
     unet = torch.compile(engine.unet, mode=mode, fullgraph=True, dynamic=False)
-    # Feature reuse's two UNet paths, compiled on first use (a graph per row count and path).
-    unet_split = torch.compile(functools.partial(unet_split_forward, engine.unet), mode=mode, dynamic=False)
+    unet_split = compiled_split(engine)
     vae = copy.deepcopy(engine.vae)
     for name in ("encoder", "decoder"):
         setattr(vae, name, torch.compile(getattr(vae, name), mode=mode, fullgraph=True, dynamic=False))

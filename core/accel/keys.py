@@ -29,7 +29,9 @@ def weight_fingerprint(module: torch.nn.Module, samples: int = 16) -> str:
         flat = tensor.detach().reshape(-1)
         if flat.numel() == 0 or not tensor.is_floating_point():
             continue
-        index = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel())).long().to(flat.device)
+        # float64: float32 positions round past the end of a tensor of over 2**24 values (a CUDA assert)
+        index = torch.linspace(0, flat.numel() - 1, min(samples, flat.numel()), dtype=torch.float64).long()
+        index = index.clamp_(max=flat.numel() - 1).to(flat.device)
         picks.append(flat.index_select(0, index).float())
     if picks:  # one device-to-host copy for the whole model
         hasher.update(torch.cat(picks).cpu().numpy().tobytes())

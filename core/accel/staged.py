@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from core.accel.stored import stored_format
 from core.cache import cache_root, write_atomic
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def build_key(engine) -> str:
     gpu = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else engine.device.type
     return "|".join(str(part) for part in (
         cfg.model, f"{cfg.width}x{cfg.height}", engine.unet_batch_size, cfg.cfg_type, cfg.use_tiny_vae, engine.dtype,
-        os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default"), os.environ.get("LIVEDIFFUSION_AOTI", "0"), gpu,
+        os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default"), os.environ.get("LIVEDIFFUSION_SDPA", "auto"),
+        os.environ.get("LIVEDIFFUSION_AUTOTUNE_GEMM", "0"), stored_format(), gpu,
         torch.__version__))
 
 

@@ -1,0 +1,268 @@
+"""Compiled engines kept on disk as torch.compile's own precompiled functions (``aot_compile``).
+
+A torch.compile start traces the model again in every process, even with Inductor's caches warm. A
+precompiled function holds what tracing and compiling produced (Dynamo's bytecode and guards, Inductor's
+kernels), so loading one skips both. The weights are not in it: the module is the function's first
+argument and its tensors are graph inputs, so one artifact serves every checkpoint of an architecture (a
+fused LoRA, another fine-tune). The key is therefore the architecture, not the weights (core.accel.aoti's
+key otherwise: sizes, batch, dtypes, layout, GPU, driver, torch, this project's version).
+
+The pieces are the UNet at the engine's batch and the VAE's two halves, each a plain function of its module.
+A folder that is missing, corrupt or fails to load is rebuilt, with a log line, never a crash
+(core.accel.store). PyTorch marks the API experimental; a torch without it compiles in-process as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from core.accel import store
+from core.accel.aoti import compiled_code_key
+from core.accel.keys import config_digest
+from core.vae import vae_decode, vae_encode
+
+log = logging.getLogger(__name__)
+
+PIECES = ("unet", "encode", "decode")
+FILES = [f"{piece}.bin" for piece in PIECES]
+# Guards that name a live object (its id) or a global cannot be written; the artifact is only ever called
+# with the module it was built for, whose architecture the key holds, so they are dropped.
+UNSAVABLE_GUARDS = {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION", "NN_MODULE", "FUNCTION_MATCH",
+                    "CLASS_MATCH", "MODULE_MATCH"}
+
+
+def available() -> bool:
+    """This torch can precompile and load (2.10 and later)."""
+    if not hasattr(torch.compiler, "load_compiled_function"):
+        return False
+    with aot_compile_enabled():
+        return hasattr(torch.compile(_identity), "aot_compile")
+
+
+def aot_compile_enabled():
+    """torch 2.11 offers ``aot_compile`` only behind a Dynamo flag (later versions always do). Set for the
+    process, not patched and restored: another thread may be building or loading meanwhile."""
+    import torch._dynamo.config as dynamo
+
+    if hasattr(dynamo, "enable_aot_compile"):
+        dynamo.enable_aot_compile = True
+    return nullcontext()
+
+
+def _identity(x):
+    return x
+
+
+def savable_guards(entries) -> list[bool]:
+    return [not (getattr(entry, "is_global", False) or entry.guard_type in UNSAVABLE_GUARDS
+                 or UNSAVABLE_GUARDS & set(getattr(entry, "derived_guard_types", None) or ()))
+            for entry in entries]
+
+
+def unet_forward(unet, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
+    return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+
+
+def encode_forward(vae, images, vae_dtype, dtype):
+    return vae_encode(vae, images, vae_dtype, dtype)
+
+
+def decode_forward(vae, latents, vae_dtype):
+    return vae_decode(vae, latents, vae_dtype)
+
+
+FORWARDS = {"unet": unet_forward, "encode": encode_forward, "decode": decode_forward}
+
+
+@torch.no_grad()
+def structure_fingerprint(module: torch.nn.Module) -> str:
+    """What compiled code depends on: the config, and every tensor's name, shape, dtype and layout."""
+    hasher = hashlib.sha256(config_digest(getattr(module, "config", {})).encode())
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        hasher.update(f"{name}:{tuple(tensor.shape)}:{tuple(tensor.stride())}:{tensor.dtype};".encode())
+    return hasher.hexdigest()[:16]
+
+
+def _source_digest(engine) -> str:
+    """The code the stored bytecode embodies: diffusers' UNet and VAE modules, this module and core.vae (their
+    identity guards cannot be stored, so a changed source must change the key)."""
+    import inspect
+    import sys
+
+    import core.vae
+
+    hasher = hashlib.sha256()
+    for module in (sys.modules[type(engine.unet).__module__], sys.modules[type(engine.vae).__module__],
+                   sys.modules[__name__], core.vae):
+        try:
+            hasher.update(Path(inspect.getsourcefile(module)).read_bytes())
+        except (OSError, TypeError):
+            hasher.update(module.__name__.encode())
+    return hasher.hexdigest()[:16]
+
+
+def _versions() -> dict:
+    import platform
+
+    import diffusers
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    return {"python": platform.python_version(), "diffusers": diffusers.__version__, "triton": triton_version}
+
+
+def artifact_key(engine) -> dict:
+    import torch._inductor.config as inductor
+
+    return {**compiled_code_key(engine), **_versions(), "source": _source_digest(engine),
+            "device": str(engine.device), "format": "precompiled", "unet": structure_fingerprint(engine.unet),
+            "vae": structure_fingerprint(engine.vae), "mode": os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default"),
+            "inductor": [inductor.conv_1x1_as_mm, inductor.coordinate_descent_tuning, inductor.max_autotune_gemm],
+            "attention": os.environ.get("LIVEDIFFUSION_SDPA", "auto")}
+
+
+def _arguments(engine) -> dict[str, tuple]:
+    """Each piece's arguments after its module, shaped as the frame step passes them (contiguous: the
+    callers below make them so, since a precompiled function runs only on the strides it was built for)."""
+    cfg, cond = engine.config, engine.conditioning
+    fb = cfg.frame_buffer_size
+    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
+    added = {name: value.clone() for name, value in cond.added_cond_kwargs.items()} if cond.added_cond_kwargs else None
+    images = torch.rand((fb, 3, cfg.height, cfg.width), device=engine.device, dtype=engine.dtype) * 2 - 1
+    return {"unet": (latents, engine.batch.unet_timesteps.clone(), cond.encoder_hidden_states.clone(), added),
+            "encode": (images, engine.vae_dtype, engine.dtype), "decode": (latents[:fb].clone(), engine.vae_dtype)}
+
+
+def _modules(engine) -> dict:
+    return {"unet": engine.unet, "encode": engine.vae, "decode": engine.vae}
+
+
+def compile_pieces(engine, say=None) -> dict:
+    """Trace and compile the three pieces now (what torch.compile would do at their first call)."""
+    if engine.conditioning is None:
+        engine.prepare("")  # the UNet's example needs the prompt tensors' shapes
+    import torch._inductor.config as inductor
+
+    if inductor.force_disable_caches:
+        raise RuntimeError("Inductor's caches are off (TORCHINDUCTOR_FORCE_DISABLE_CACHES); nothing can be stored")
+    mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
+    # torch.compile takes a mode or options, not both: the mode's own options, and the guard filter.
+    options = {**torch._inductor.list_mode_options(mode), "guard_filter_fn": savable_guards}
+    arguments, modules, compiled = _arguments(engine), _modules(engine), {}
+    with torch.no_grad(), aot_compile_enabled():
+        for piece in PIECES:
+            if say is not None:
+                say(f"compiling the {piece} ahead of time")
+            function = torch.compile(FORWARDS[piece], fullgraph=True, dynamic=False, options=options)
+            compiled[piece] = function.aot_compile(((modules[piece], *arguments[piece]), {}))
+    return compiled
+
+
+def build(engine, say=None) -> tuple[Path | None, dict]:
+    """Compile the pieces and store them under the engine's key (taken before compiling: the engine may
+    change or close meanwhile); the compiled functions come back too. A failed write (a full disk) is logged
+    and loses only the stored copy: (None, compiled)."""
+    key = artifact_key(engine)
+    compiled = compile_pieces(engine, say)
+    writers = {f"{piece}.bin": (lambda path, fn=compiled[piece]: fn.save_compiled_function(str(path)))
+               for piece in PIECES}
+    try:
+        return store.write_folder(key, writers), compiled
+    except OSError as error:
+        log.warning("the compiled engine could not be stored (%s: %s); the next start compiles again",
+                    type(error).__name__, error)
+        return None, compiled
+
+
+def load(engine, folder: Path | None = None) -> dict | None:
+    """The engine's accelerated parts from its key's folder, or None when nothing is stored. A folder whose
+    files do not match their checksums, fail to load or fail their first run is removed (the caller rebuilds)."""
+    folder = folder or store.artifact_dir(artifact_key(engine))
+    import torch._inductor.config as inductor
+
+    # Nothing is compiled here, so Inductor's pool of compile workers must not start: its processes starting up
+    # beside the first frames made them 2.5x slower on the lent H100 (BENCHMARKS.md). A later build starts it.
+    with inductor.patch(compile_threads=1):
+        return _load(engine, folder)
+
+
+def _load(engine, folder: Path) -> dict | None:
+    try:
+        files = store.checked_files(folder, FILES)
+        if files is None:
+            return None
+        compiled = {}
+        for piece in PIECES:
+            with open(files[f"{piece}.bin"], "rb") as fh, aot_compile_enabled():
+                compiled[piece] = torch.compiler.load_compiled_function(fh)
+        _check(engine, compiled)
+        parts = as_parts(engine, compiled)
+    except torch.OutOfMemoryError:
+        raise  # nothing wrong with the artifact; the app reports it with its advice
+    except Exception as error:  # noqa: BLE001 - a broken or stale artifact is rebuilt, never fatal
+        store.discard(folder, error)
+        return None
+    return parts
+
+
+def _check(engine, compiled: dict) -> None:
+    """One call of each piece as loaded, on example inputs: a guard that no longer holds (a stale artifact)
+    fails the load here, so that it is rebuilt, rather than compiling in-process at the first frame."""
+    arguments, modules = _arguments(engine), _modules(engine)
+    with torch.no_grad():
+        for piece in PIECES:
+            compiled[piece](modules[piece], *arguments[piece])
+
+
+class Guarded:
+    """A precompiled piece that turns into torch.compile of the same function, for good, the first time its
+    guards refuse a call (inputs it was not built for): a slower start for that piece, never a failed frame."""
+
+    def __init__(self, piece: str, compiled):
+        self.piece, self.compiled, self.fallback = piece, compiled, None
+
+    def __call__(self, *args):
+        if self.fallback is None:
+            try:
+                return self.compiled(*args)
+            except RuntimeError as error:
+                if "GuardManager check failed" not in str(error):
+                    raise
+                log.warning("the stored %s does not fit this call (%s); compiling it in this process", self.piece,
+                            str(error).splitlines()[0][:200])
+                mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
+                self.fallback = torch.compile(FORWARDS[self.piece], fullgraph=True, dynamic=False, mode=mode)
+        return self.fallback(*args)
+
+
+def as_parts(engine, compiled: dict) -> dict:
+    """The compiled pieces as ``AcceleratedParts`` fields, bound to this engine's modules."""
+    unet, vae = engine.unet, engine.vae
+    vae_dtype, dtype = engine.vae_dtype, engine.dtype
+    run_unet, run_encode, run_decode = (Guarded(piece, compiled[piece]) for piece in PIECES)
+
+    def unet_call(sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
+        return (run_unet(unet, sample.contiguous(), timestep.contiguous(), encoder_hidden_states.contiguous(),
+                         added_cond_kwargs or None),)
+
+    return dict(unet=unet_call,
+                encode_images=lambda images: run_encode(vae, images.contiguous(), vae_dtype, dtype),
+                decode_latents=lambda latents: run_decode(vae, latents.contiguous(), vae_dtype),
+                keep_alive=compiled)
+
+
+def build_and_use(engine, say=None) -> dict:
+    """Build and store, and hand back the parts this process runs (the functions just compiled)."""
+    _, compiled = build(engine, say)
+    return as_parts(engine, compiled)
