@@ -27,6 +27,6 @@ def stored_format() -> str:
     if choice == "precompiled":
         if precompiled.available():
             return "precompiled"
-        log.info("torch %s cannot store compiled engines (precompiling needs torch 2.10 or later): every start "
+        log.info("torch %s cannot store compiled engines (precompiling needs a newer torch; 2.11 works): every start "
                  "compiles again", torch.__version__)
     return ""
