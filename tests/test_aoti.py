@@ -11,14 +11,9 @@ from core.accel.stored import stored_format
 from core.accel.keys import weight_fingerprint
 from core.stream import StreamEngine
 from tests.conftest import assert_frames_close
+from tests.conftest import prepared_engine as prepared
 
 pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU", "ignore::DeprecationWarning")
-
-
-def prepared(components, config):
-    engine = StreamEngine(components, config)
-    engine.prepare("a cat", "blurry")
-    return engine
 
 
 @pytest.fixture(scope="module")

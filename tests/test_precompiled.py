@@ -4,6 +4,7 @@ broken artifacts."""
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,19 +12,14 @@ import textwrap
 import pytest
 import torch
 
-from core.accel import precompiled, store
+from core.accel import aoti, precompiled, store
 from core.accel.compile import configure_inductor
 from core.stream import StreamEngine
 from tests.conftest import assert_frames_close
+from tests.conftest import prepared_engine as prepared
 
 pytestmark = [pytest.mark.filterwarnings("ignore:running on the CPU", "ignore::DeprecationWarning"),
               pytest.mark.skipif(not precompiled.available(), reason="this torch cannot precompile")]
-
-
-def prepared(components, config):
-    engine = StreamEngine(components, config)
-    engine.prepare("a cat", "blurry")
-    return engine
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +69,7 @@ def test_a_stored_engine_loads_in_a_new_process_without_tracing_and_matches_eage
     """)
     fields = dict(model=config.model, width=config.width, height=config.height, device="cpu",
                   t_index_list=list(config.t_index_list), cfg_type=config.cfg_type)
-    env = {**__import__("os").environ, "LIVEDIFFUSION_CACHE": str(cache),
+    env = {**os.environ, "LIVEDIFFUSION_CACHE": str(cache),
            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
     done = subprocess.run([sys.executable, "-c", script, json.dumps(fields)], capture_output=True, text=True,
                           timeout=600, env=env)
@@ -119,7 +115,7 @@ def test_the_key_follows_what_the_compiled_code_depends_on(tiny_components, tiny
                                                              output_height=128))
     assert store.artifact_dir(precompiled.artifact_key(same)) == base
     key = precompiled.artifact_key(base_engine)
-    assert key != __import__("core.accel.aoti", fromlist=["x"]).artifact_key(base_engine)  # its own folder
+    assert key != aoti.artifact_key(base_engine)  # its own folder
     for field, value in (("torch", "0.0"), ("gpu", "another GPU"), ("driver", "1"), ("project", "0.0.1"),
                          ("dtype", "torch.float16"), ("layout", [True, True]), ("mode", "max-autotune"),
                          ("device", "cuda:1"), ("diffusers", "0.1"), ("python", "3.0"), ("source", "edited")):

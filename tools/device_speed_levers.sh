@@ -11,7 +11,7 @@ bench="python3 main.py bench --model preset:sd-turbo --acceleration compile --fr
 run() { local name=$1 limit=$2; shift 2; echo "=== $name: $*"; local started=$SECONDS
   timeout "$limit" env "$@" > "$OUT/$name.txt" 2> "$OUT/$name.err"; echo "rc $? in $((SECONDS - started)) s"
   grep -h "^| ours" "$OUT/$name.txt"; grep -h "rror\|failed\|does not fit" "$OUT/$name.err" | head -4; }
-run base ${BASE_S:-300} $bench --settings ${BASE_SETTINGS:-1:none,4:self}
-run sdpa_cudnn ${LEVER_S:-200} LIVEDIFFUSION_SDPA=cudnn $bench --settings 1:none
-run autotune_gemm ${AUTOTUNE_S:-300} LIVEDIFFUSION_AUTOTUNE_GEMM=1 $bench --settings 1:none
-run base_again ${LEVER_S:-200} $bench --settings 1:none
+run base ${BASE_S:-200} $bench --settings ${BASE_SETTINGS:-1:none}
+run sdpa_cudnn ${LEVER_S:-150} LIVEDIFFUSION_SDPA=cudnn $bench --settings 1:none
+run autotune_gemm ${AUTOTUNE_S:-240} LIVEDIFFUSION_AUTOTUNE_GEMM=1 $bench --settings 1:none
+run base_again ${LEVER_S:-150} $bench --settings 1:none

@@ -2,9 +2,8 @@
 # Issue 10's start-up figures on a lent GPU, in one call. The sd-turbo architecture (random weights) is first
 # written as a diffusers folder, so every start reads its weights from disk through the real loading code, as
 # a user's does. Then: a cold start (empty cache folder: quick path, the compiled engine built and stored in
-# the background and swapped in), a warm start (a second process: the stored engine loads), and a warm start
-# with stored engines off (torch.compile on Inductor's warm caches, as before), each with a steps change;
-# then the GPU tests. Carry .whl (diffusers, pytest). Logs and JSON under $OUT (8 files at most come back).
+# the background and swapped in) and a warm start (a second process: the stored engine loads), each with a
+# steps change; then the GPU tests. Carry .whl (diffusers, pytest). Logs and JSON under $OUT (8 files at most come back).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site || exit 1
@@ -22,6 +21,5 @@ python3 -X importtime -c "import core.bench, core.startup_bench, core.models, di
 sort -t'|' -k2 -n "$OUT/importtime.log" | tail -n 6
 run cold ${COLD_S:-270} python3 main.py bench $startup --json "$OUT/cold.json"
 run warm ${WARM_S:-75} python3 main.py bench $startup --json "$OUT/warm.json"
-LIVEDIFFUSION_STORED=off run warm_unstored ${WARM_S:-75} python3 main.py bench $startup --json "$OUT/warm_unstored.json"
 run gputests ${TESTS_S:-120} python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_staged_start.py -k "not stored_compiled_engine_loads"
 du -sh /tmp/ldcache/compiled/* 2>/dev/null

@@ -14,10 +14,10 @@ A folder that is missing, corrupt or fails to load is rebuilt, with a log line, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -37,22 +37,18 @@ UNSAVABLE_GUARDS = {"ID_MATCH", "CLOSURE_MATCH", "WEAKREF_ALIVE", "DICT_VERSION"
                     "CLASS_MATCH", "MODULE_MATCH"}
 
 
+@functools.cache
 def available() -> bool:
-    """This torch can precompile and load (checked on 2.11 and 2.13)."""
+    """This torch can precompile and load (checked on 2.11 and 2.13). torch 2.11 offers ``aot_compile`` only
+    behind a Dynamo flag (later versions always do): it is set here, for the process, not patched and restored,
+    since another thread may be building or loading meanwhile."""
     if not hasattr(torch.compiler, "load_compiled_function"):
         return False
-    with aot_compile_enabled():
-        return hasattr(torch.compile(_identity), "aot_compile")
-
-
-def aot_compile_enabled():
-    """torch 2.11 offers ``aot_compile`` only behind a Dynamo flag (later versions always do). Set for the
-    process, not patched and restored: another thread may be building or loading meanwhile."""
     import torch._dynamo.config as dynamo
 
     if hasattr(dynamo, "enable_aot_compile"):
         dynamo.enable_aot_compile = True
-    return nullcontext()
+    return hasattr(torch.compile(_identity), "aot_compile")
 
 
 def _identity(x):
@@ -70,15 +66,7 @@ def unet_forward(unet, sample, timestep, encoder_hidden_states, added_cond_kwarg
                 added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
 
 
-def encode_forward(vae, images, vae_dtype, dtype):
-    return vae_encode(vae, images, vae_dtype, dtype)
-
-
-def decode_forward(vae, latents, vae_dtype):
-    return vae_decode(vae, latents, vae_dtype)
-
-
-FORWARDS = {"unet": unet_forward, "encode": encode_forward, "decode": decode_forward}
+FORWARDS = {"unet": unet_forward, "encode": vae_encode, "decode": vae_decode}
 
 
 @torch.no_grad()
@@ -150,6 +138,8 @@ def _modules(engine) -> dict:
 
 def compile_pieces(engine, say=None) -> dict:
     """Trace and compile the three pieces now (what torch.compile would do at their first call)."""
+    if not available():
+        raise RuntimeError(f"torch {torch.__version__} cannot precompile")
     if engine.conditioning is None:
         engine.prepare("")  # the UNet's example needs the prompt tensors' shapes
     import torch._inductor.config as inductor
@@ -160,7 +150,7 @@ def compile_pieces(engine, say=None) -> dict:
     # torch.compile takes a mode or options, not both: the mode's own options, and the guard filter.
     options = {**torch._inductor.list_mode_options(mode), "guard_filter_fn": savable_guards}
     arguments, modules, compiled = _arguments(engine), _modules(engine), {}
-    with torch.no_grad(), aot_compile_enabled():
+    with torch.no_grad():
         for piece in PIECES:
             if say is not None:
                 say(f"compiling the {piece} ahead of time")
@@ -193,6 +183,7 @@ def load(engine, folder: Path | None = None) -> dict | None:
 
     # Nothing is compiled here, so Inductor's pool of compile workers must not start: its processes starting up
     # beside the first frames made them 2.5x slower on the lent H100 (BENCHMARKS.md). A later build starts it.
+    available()  # sets the flag torch 2.11 needs
     with inductor.patch(compile_threads=1):
         return _load(engine, folder)
 
@@ -204,7 +195,7 @@ def _load(engine, folder: Path) -> dict | None:
             return None
         compiled = {}
         for piece in PIECES:
-            with open(files[f"{piece}.bin"], "rb") as fh, aot_compile_enabled():
+            with open(files[f"{piece}.bin"], "rb") as fh:
                 compiled[piece] = torch.compiler.load_compiled_function(fh)
         _check(engine, compiled)
         parts = as_parts(engine, compiled)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -24,9 +25,14 @@ def stored_format() -> str:
         if crashed:
             log.info("stored compiled engines stay off: %s on them before", crashed)
         return "" if crashed else "aoti"
+    if choice == "precompiled" and precompiled.available():
+        return "precompiled"
     if choice == "precompiled":
-        if precompiled.available():
-            return "precompiled"
-        log.info("torch %s cannot store compiled engines (precompiling needs a newer torch; 2.11 works): every start "
-                 "compiles again", torch.__version__)
+        _say_once(f"torch {torch.__version__} cannot store compiled engines (precompiling needs a newer torch; "
+                  "2.11 works): every start compiles again")
     return ""
+
+
+@functools.cache
+def _say_once(message: str) -> None:
+    log.info(message)
