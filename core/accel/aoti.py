@@ -28,7 +28,6 @@ from torch import nn
 from core.accel import store
 from core.accel.keys import weight_fingerprint
 from core.accel.store import artifact_dir
-from core.cache import cache_root
 from core.vae import vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def _runtime() -> dict:
 
 def loader_crashed() -> str:
     """Why stored engines are off for this torch and driver (its loader crashed on them before), or ""."""
-    marker = cache_root() / "compiled" / LOADER_CRASH_FILE
+    marker = store.stored_root() / LOADER_CRASH_FILE
     try:
         recorded = json.loads(marker.read_text())
     except (OSError, ValueError):

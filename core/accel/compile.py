@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from core.accel import aoti, precompiled
+from core.accel import aoti, fx_threads, precompiled
 from core.accel.stored import stored_format
 from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
@@ -54,6 +54,7 @@ def configure_inductor() -> None:
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     import torch._inductor.config as inductor
 
+    fx_threads.install()  # Inductor's traces run on the build thread beside frames and prompt changes
     inductor.conv_1x1_as_mm = True
     # Each engine (model, size, steps, feature reuse's row counts) is a few compiled graphs of the same code; a
     # long session of switching would hit Dynamo's default limit of 8 and silently run eager.

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,10 +20,18 @@ from core.cache import cache_root
 log = logging.getLogger(__name__)
 
 KEY_FILE = "key.json"
+# Each stored engine (a model architecture at one size and step count) is 60-70 MB; a user who tries many sizes
+# and models would otherwise fill the disk. The least recently used go first.
+DEFAULT_LIMIT_MB = 2048
+ABANDONED_BUILD_S = 6 * 3600.0  # far longer than any build: a folder left by a killed process
+
+
+def stored_root() -> Path:
+    return cache_root() / "compiled"
 
 
 def artifact_dir(key: dict) -> Path:
-    return cache_root() / "compiled" / digest(key)[:24]
+    return stored_root() / digest(key)[:24]
 
 
 def sha256(path: Path) -> str:
@@ -52,6 +62,7 @@ def write_folder(key: dict, writers: dict[str, Callable[[Path], None]], say=None
     finally:
         shutil.rmtree(building, ignore_errors=True)
     log.info("compiled artifacts written to %s", folder)
+    tidy(keep=folder)
     return folder
 
 
@@ -64,6 +75,7 @@ def checked_files(folder: Path, names) -> dict[str, Path] | None:
     for name in names:
         if sha256(folder / name) != recorded[name]:
             raise ValueError(f"{name} does not match the checksum written with it")
+    _mark_used(folder)
     return {name: folder / name for name in names}
 
 
@@ -71,3 +83,77 @@ def discard(folder: Path, error: Exception) -> None:
     log.warning("compiled artifacts in %s could not be used (%s: %s); removing them to rebuild",
                 folder, type(error).__name__, error)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mark_used(folder: Path) -> None:
+    try:
+        os.utime(folder / KEY_FILE)  # the key file's time is the folder's last use, for eviction
+    except OSError:
+        pass  # a read-only cache still loads
+
+
+def limit_bytes() -> int:
+    try:
+        return int(float(os.environ.get("LIVEDIFFUSION_STORED_MAX_MB", DEFAULT_LIMIT_MB)) * 2**20)
+    except ValueError:
+        return DEFAULT_LIMIT_MB * 2**20
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _build_abandoned(folder: Path, now: float) -> bool:
+    pid = folder.name.rpartition(".building-")[2]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    if now - folder.stat().st_mtime > ABANDONED_BUILD_S:
+        return True
+    # Signal 0 only asks whether the process exists; on Windows it would be CTRL_C_EVENT, so there only the age
+    # counts.
+    if sys.platform == "win32":
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by someone else
+    return False
+
+
+def tidy(keep: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Remove folders left half-written by a process that died, then the least recently used stored engines
+    until the rest fit in ``limit`` bytes (``LIVEDIFFUSION_STORED_MAX_MB``, 2048 by default); ``keep`` stays
+    whatever its size. Returns what was removed. Errors (another process removing the same folder) are
+    skipped."""
+    root, now = stored_root(), time.time()
+    limit = limit_bytes() if limit is None else limit
+    removed, stored = [], []
+    try:
+        entries = list(root.iterdir()) if root.is_dir() else []
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            if ".building-" in entry.name:
+                if _build_abandoned(entry, now):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+            elif (entry / KEY_FILE).exists():
+                stored.append(((entry / KEY_FILE).stat().st_mtime, _folder_bytes(entry), entry))
+    except OSError as exc:
+        log.info("could not tidy the stored compiled engines in %s: %s", root, exc)
+        return removed
+    total = sum(size for _, size, _ in stored)
+    for _, size, entry in sorted(stored, key=lambda item: item[0]):  # oldest use first
+        if total <= limit:
+            break
+        if keep is not None and entry.resolve() == keep.resolve():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        total -= size
+        removed.append(entry)
+    if removed:
+        log.info("removed %d stored compiled engine folder(s) from %s (least recently used past %d MB, or "
+                 "left by a process that stopped mid-build)", len(removed), root, limit // 2**20)
+    return removed

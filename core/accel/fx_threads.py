@@ -1,0 +1,66 @@
+"""torch.fx's tracing patches made visible to the tracing thread only.
+
+While ``torch.fx.Tracer.trace`` runs, it replaces ``torch.nn.Module.__call__`` and ``__getattr__`` for the
+whole process. Inductor traces small graphs that way many times during a compile, and a build runs on a
+thread beside the frames. Any module called on another thread at that moment (the text encoder for a new
+prompt, a capture for a new size) went through the tracer's wrapper and failed with ``NameError: module is not
+installed as a submodule`` (seen on the lent H100). A lock around the trace would deadlock against Dynamo's
+own compile lock and stall a prompt change for a whole trace, so instead each method patch is bound to the
+thread that made it: every other thread calls what was there before.
+
+``install()`` is idempotent. Where torch's tracer no longer has the shape this relies on, it logs once and
+leaves torch as it is: the race comes back, nothing else changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+log = logging.getLogger(__name__)
+
+_STATE = {"installed": False}
+_LOCK = threading.Lock()
+
+
+def bound_to_current_thread(new_fn, orig_fn):
+    """``new_fn`` for the calling thread, ``orig_fn`` for all others."""
+    owner = threading.get_ident()
+
+    @functools.wraps(new_fn)
+    def dispatch(*args, **kwargs):
+        if threading.get_ident() == owner:
+            return new_fn(*args, **kwargs)
+        return orig_fn(*args, **kwargs)
+
+    return dispatch
+
+
+def install() -> bool:
+    """Bind fx's method patches to their tracing thread; True when they are (now or before)."""
+    with _LOCK:
+        if _STATE["installed"]:
+            return True
+        try:
+            from torch.fx import _symbolic_trace as symbolic_trace
+
+            patcher = symbolic_trace._Patcher
+            original_patch_method = patcher.patch_method
+        except (ImportError, AttributeError) as exc:
+            log.info("torch.fx's tracer has changed (%s): a module called beside a background build may fail "
+                     "while the build traces", exc)
+            return False
+
+        # The tracer's own closures (Module.__call__, __getattr__) are patched without deduplication. The
+        # deduplicated ones wrap methods that look for proxies among their arguments and so are harmless to
+        # other threads, and a second tracer on another thread relies on finding them already in place.
+        @functools.wraps(original_patch_method)
+        def patch_method(self, cls, name, new_fn, deduplicate=True):
+            if not deduplicate:
+                new_fn = bound_to_current_thread(new_fn, getattr(cls, name))
+            return original_patch_method(self, cls, name, new_fn, deduplicate)
+
+        patcher.patch_method = patch_method
+        _STATE["installed"] = True
+        return True
