@@ -213,7 +213,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    configure_logging(logging.INFO)
+    handler = configure_logging(logging.INFO)
     from core.models import load_components
 
     settings = [(int(s.split(":")[0]), s.split(":")[1]) for s in args.settings.split(",") if s]
@@ -225,8 +225,9 @@ def main(argv=None) -> int:
     output_sizes = [parse_size(size) for size in args.output_size.split(",")] if args.output_size else [(0, 0)]
     in_w, in_h = parse_size(args.input_size) if args.input_size else (args.width, args.height)
     if args.startup:
-        from core.startup_bench import main_from_bench_args
+        from core.startup_bench import main_from_bench_args, stamp_log_lines
 
+        stamp_log_lines(handler)
         return main_from_bench_args(args, base, settings, output_sizes[0], (in_w, in_h))
     components = load_components(base, progress=lambda msg: print(msg, file=sys.stderr))
     single_frames = synthetic_frames(args.frames + args.warmup, in_h, in_w)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from core.accel import aoti, fx_threads, precompiled
+from core.accel import aoti, fp8, fx_threads, precompiled
 from core.accel.stored import stored_format
 from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
@@ -161,11 +161,13 @@ def compiled_split(engine):
 def prepare_layout(engine) -> None:
     """Channels-last weights (measured faster, eager and compiled) and cuDNN's algorithm search, set before
     any graph is captured: a graph keeps reading the weights' storage, which a later layout change replaces."""
-    # Static shapes: let cuDNN time its convolution algorithms once and keep the fastest.
-    torch.backends.cudnn.benchmark = os.environ.get("LIVEDIFFUSION_CUDNN_BENCHMARK", "1") == "1"
+    # cuDNN's algorithm search ran at every start (1.7 s of a warm start's first UNet call on the lent H100) and
+    # the frames were no faster for it (BENCHMARKS.md): off unless asked for.
+    torch.backends.cudnn.benchmark = os.environ.get("LIVEDIFFUSION_CUDNN_BENCHMARK", "0") == "1"
     choose_attention()
     engine.unet.to(memory_format=torch.channels_last)
     engine.vae.to(memory_format=torch.channels_last)
+    fp8.apply_if_wanted(engine)
 
 
 def compiled_parts(engine, say=None) -> dict:

@@ -18,9 +18,11 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from core.accel import store
 from core.accel.aoti import compiled_code_key
@@ -75,6 +77,8 @@ def structure_fingerprint(module: torch.nn.Module) -> str:
     hasher = hashlib.sha256(config_digest(getattr(module, "config", {})).encode())
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         hasher.update(f"{name}:{tuple(tensor.shape)}:{tuple(tensor.stride())}:{tensor.dtype};".encode())
+        if is_traceable_wrapper_subclass(tensor):  # fp8 weights (core.accel.fp8) are compiled differently
+            hasher.update(type(tensor).__name__.encode())
     return hasher.hexdigest()[:16]
 
 
@@ -194,10 +198,14 @@ def _load(engine, folder: Path) -> dict | None:
         if files is None:
             return None
         compiled = {}
+        started = time.perf_counter()
         for piece in PIECES:
             with open(files[f"{piece}.bin"], "rb") as fh:
                 compiled[piece] = torch.compiler.load_compiled_function(fh)
+        read_s = time.perf_counter() - started
         _check(engine, compiled)
+        log.info("stored engine: %.2f s to read, %.2f s for its check run", read_s,
+                 time.perf_counter() - started - read_s)
         parts = as_parts(engine, compiled)
     except torch.OutOfMemoryError:
         raise  # nothing wrong with the artifact; the app reports it with its advice
