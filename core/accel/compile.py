@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from core.accel import aoti, fp8, fx_threads, precompiled
+from core.accel import aoti, fx_threads, precompiled
 from core.accel.stored import stored_format
 from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
@@ -167,7 +167,6 @@ def prepare_layout(engine) -> None:
     choose_attention()
     engine.unet.to(memory_format=torch.channels_last)
     engine.vae.to(memory_format=torch.channels_last)
-    fp8.apply_if_wanted(engine)
 
 
 def compiled_parts(engine, say=None) -> dict:
