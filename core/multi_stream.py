@@ -8,16 +8,22 @@ output equals what its engine alone would give, to float tolerance (batched kern
 
 Streams can share a call when they share the UNet, the latent size, dtype and device. A stream whose similarity
 filter skips the frame keeps its last output and is left out; one reusing deep features, or whose frame runner
-runs its own UNet (AsyncDiff), runs alone. The shared call uses the eager UNet: a compiled or captured one is
-built for one batch size, and a session coming or going would mean a new build mid-stream.
+runs its own UNet (AsyncDiff), runs alone. The shared call uses the eager UNet (a compiled one is built for one
+batch size, and a session coming or going would mean a new build mid-stream); on a GPU, ``graphs``
+(core.accel.tick_graph) replays each group's whole tick from one CUDA graph, captured at its first tick.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
 
 import numpy as np
 import torch
 
 from core import imageops
+
+log = logging.getLogger(__name__)
 
 
 def share_key(engine) -> tuple | None:
@@ -36,21 +42,37 @@ def concat_conditioning(engines) -> tuple[torch.Tensor, dict | None]:
 
 
 @torch.no_grad()
-def run_shared(engines, frames_u8: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The frames (device uint8, one batch per engine) of engines with one ``share_key``, through one UNet call;
-    each engine's output (device uint8)."""
+def run_shared(engines, frames_u8: list[torch.Tensor], unet=None) -> list[torch.Tensor]:
+    """The frames (device uint8, one batch per engine) of engines with one ``share_key``, through one UNet call
+    (``unet``, by default the engines' eager one); each engine's output (device uint8)."""
     inputs = [engine.frame_front(frames) for engine, frames in zip(engines, frames_u8)]
     hidden, added = concat_conditioning(engines)
     timesteps = torch.cat([engine.batch.unet_timesteps for engine in engines])
-    noise = engines[0].unet(torch.cat(inputs), timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
-                            return_dict=False)[0]
+    unet = engines[0].unet if unet is None else unet
+    noise = unet(torch.cat(inputs), timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
+                 return_dict=False)[0]
     return [engine.frame_back(part) for engine, part in zip(engines, noise.split([len(x) for x in inputs]))]
 
 
+def _run_group(group, batches, graphs, unet) -> list[torch.Tensor]:
+    tick = functools.partial(run_shared, unet=unet)
+    if graphs is None or graphs.disabled or not graphs.supports(group[0].device):
+        return tick(group, batches)
+    try:
+        return graphs.run(group, batches, tick)
+    except torch.OutOfMemoryError:
+        raise  # eager at the same batch would not fit either; the caller reports it
+    except Exception as exc:  # noqa: BLE001 - the eager tick gives the same frames, only slower
+        graphs.disabled = f"{type(exc).__name__}: {exc}"
+        log.warning("capturing a shared tick failed (%s); shared ticks run eagerly from now on", graphs.disabled)
+        return tick(group, batches)
+
+
 @torch.no_grad()
-def process_together(engines, frames: list[np.ndarray]) -> list[np.ndarray]:
+def process_together(engines, frames: list[np.ndarray], graphs=None, unet=None) -> list[np.ndarray]:
     """One host uint8 frame (HxWx3) per engine in, each engine's output frame out, as ``engine.process`` would
-    give it; the engines that can share a UNet call share one."""
+    give it; the engines that can share a UNet call share one (``unet``, by default their eager one), replayed
+    from ``graphs`` (a ``core.accel.tick_graph.TickGraphs``) on a GPU."""
     for engine in engines:  # before any engine's state moves
         if engine.closed or engine.conditioning is None or engine.config.frame_buffer_size != 1:
             raise RuntimeError("every engine must be open, prepared, and take one frame per call")
@@ -68,7 +90,7 @@ def process_together(engines, frames: list[np.ndarray]) -> list[np.ndarray]:
         if len(members) == 1:
             results = [group[0].run_frame_step(members[0][1])]
         else:
-            results = run_shared(group, [batch for _, batch in members])
+            results = _run_group(group, [batch for _, batch in members], graphs, unet)
         for (i, _), engine, result in zip(members, group, results):
             outputs[i] = engine.end_step(result.clone())  # an accelerator's output buffer is reused next frame
     return [output[0].cpu().numpy() for output in outputs]

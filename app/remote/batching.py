@@ -15,6 +15,7 @@ BENCHMARKS.md). It pays once the shared call runs compiled in a graph per sessio
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from typing import Any, Callable
@@ -29,9 +30,17 @@ def batchable(engine) -> bool:
     return all(hasattr(engine, name) for name in ("begin_step", "frame_front", "frame_back", "end_step"))
 
 
+def graphed_ticks() -> Callable[[list, list], list]:
+    """``process_together`` with each group's tick replayed from its CUDA graph (core.accel.tick_graph), kept
+    for the batcher's life; on the CPU the same ticks run eagerly."""
+    from core.accel.tick_graph import TickGraphs
+
+    return functools.partial(process_together, graphs=TickGraphs())
+
+
 class SessionBatcher:
-    def __init__(self, run_together: Callable[[list, list], list] = process_together):
-        self.run_together = run_together
+    def __init__(self, run_together: Callable[[list, list], list] | None = None):
+        self.run_together = run_together or graphed_ticks()
         self._cond = threading.Condition()
         self._frames: list[tuple[Any, Any, asyncio.Future, asyncio.AbstractEventLoop]] = []
         self._calls: list[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []

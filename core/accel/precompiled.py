@@ -77,7 +77,7 @@ def structure_fingerprint(module: torch.nn.Module) -> str:
     hasher = hashlib.sha256(config_digest(getattr(module, "config", {})).encode())
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         hasher.update(f"{name}:{tuple(tensor.shape)}:{tuple(tensor.stride())}:{tensor.dtype};".encode())
-        if is_traceable_wrapper_subclass(tensor):  # fp8 weights (core.accel.fp8) are compiled differently
+        if is_traceable_wrapper_subclass(tensor):  # quantized weights (tensor subclasses) compile differently
             hasher.update(type(tensor).__name__.encode())
     return hasher.hexdigest()[:16]
 
