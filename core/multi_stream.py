@@ -60,8 +60,11 @@ def _run_group(group, batches, graphs, unet) -> list[torch.Tensor]:
         return tick(group, batches)
     try:
         return graphs.run(group, batches, tick)
-    except torch.OutOfMemoryError:
-        raise  # eager at the same batch would not fit either; the caller reports it
+    except torch.OutOfMemoryError as exc:  # a graph's own memory pool; eager may still fit (else it raises)
+        torch.cuda.empty_cache()
+        graphs.disabled = f"out of GPU memory while capturing ({exc})"
+        log.warning("capturing a shared tick ran out of GPU memory; shared ticks run eagerly from now on")
+        return tick(group, batches)
     except Exception as exc:  # noqa: BLE001 - the eager tick gives the same frames, only slower
         graphs.disabled = f"{type(exc).__name__}: {exc}"
         log.warning("capturing a shared tick failed (%s); shared ticks run eagerly from now on", graphs.disabled)
@@ -86,6 +89,8 @@ def process_together(engines, frames: list[np.ndarray], graphs=None, unet=None) 
         key = share_key(engine)
         groups.setdefault(key if key is not None else ("alone", i), []).append((i, batch))
     for members in groups.values():
+        # The same sessions in any order of arrival are one group (one tick graph), not one per order.
+        members.sort(key=lambda member: id(engines[member[0]]))
         group = [engines[i] for i, _ in members]
         if len(members) == 1:
             results = [group[0].run_frame_step(members[0][1])]

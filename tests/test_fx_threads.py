@@ -32,11 +32,16 @@ SCENARIO = textwrap.dedent("""
     tracer.start()
     assert entered.wait(30)
     other = torch.nn.Linear(3, 2)
+    compiled = torch.compile(lambda x: x * 2 + 1, backend="eager")
     try:
         out = other(torch.ones(1, 3))
         print("other thread:", tuple(out.shape))
     except NameError as exc:
         print("other thread: NameError", exc)
+    try:
+        print("compiled on the other thread:", compiled(torch.ones(2)).tolist())
+    except RuntimeError as exc:
+        print("compiled on the other thread: RuntimeError", exc)
     finally:
         release.set()
         tracer.join(30)
@@ -63,6 +68,11 @@ def test_the_race_exists_in_plain_torch(outputs):
 
 def test_other_threads_call_modules_normally_while_a_trace_runs(outputs):
     assert "other thread: (1, 2)" in outputs["bound"]
+
+
+def test_compiled_functions_on_other_threads_run_while_a_trace_runs(outputs):
+    assert "compiled on the other thread: RuntimeError Detected that you are using FX" in outputs["plain"]
+    assert "compiled on the other thread: [3.0, 3.0]" in outputs["bound"]
 
 
 def test_the_tracing_thread_still_records_its_submodule_calls(outputs):

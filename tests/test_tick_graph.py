@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core.accel.tick_graph import TickGraphs
+from core.accel.tick_unets import TickUNets
 from core.multi_stream import process_together
 from tests.conftest import prepared_engine
 
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
 
 
 class ReplayingRecorder:
-    def __init__(self, fail: bool = False):
-        self.fail, self.warmups = fail, 0
+    def __init__(self, fail: bool = False, error=RuntimeError("operation not permitted when stream is capturing")):
+        self.fail, self.error, self.warmups = fail, error, 0
 
     @staticmethod
     def supports(device) -> bool:
@@ -28,7 +29,7 @@ class ReplayingRecorder:
             fn()
             self.warmups += 1
         if self.fail:
-            raise RuntimeError("operation not permitted when stream is capturing")
+            raise self.error
         outputs = [out.clone() for out in fn()]
 
         class Replay:
@@ -101,16 +102,102 @@ def test_a_failed_capture_restores_the_streams_and_ticks_run_eagerly(tiny_compon
     assert "not permitted" in graphs.disabled and recorder.warmups == 2  # one try, then eager
 
 
+def test_the_same_streams_in_another_order_share_one_graph(tiny_components, tiny_config, make_frame):
+    a, b, c = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,)), 3)
+    graphs = TickGraphs(ReplayingRecorder())
+    frames = [make_frame(i) for i in range(3)]
+    first = process_together([a, b, c], frames, graphs=graphs)
+    second = process_together([c, a, b], [frames[2], frames[0], frames[1]], graphs=graphs)
+    assert graphs.captures == 1
+    assert [o.shape for o in second] == [first[2].shape, first[0].shape, first[1].shape]
+
+
+def test_running_out_of_memory_in_a_capture_falls_back_to_eager_ticks(tiny_components, tiny_config, make_frame):
+    together, alone = engines_of(tiny_components, tiny_config, 2), engines_of(tiny_components, tiny_config, 2)
+    graphs = TickGraphs(ReplayingRecorder(fail=True, error=torch.OutOfMemoryError("CUDA out of memory")))
+    for tick in range(2):
+        frames = [make_frame(seed=tick * 3 + i) for i in range(2)]
+        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
+    assert "out of GPU memory" in graphs.disabled
+
+
+class CountingCompile:
+    """A stand-in for torch.compile: the UNet itself, counting the calls made through the "compiled" one."""
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.calls, self.built = fail, 0, []
+
+    def __call__(self, unet):
+        if self.fail:
+            raise RuntimeError("no Triton")
+        self.built.append(unet)
+
+        def compiled(*args, **kwargs):
+            self.calls += 1
+            return unet(*args, **kwargs)
+
+        return compiled
+
+
+def test_a_compiled_unet_for_the_tick_batch_is_built_beside_the_ticks_and_swapped_in(tiny_components, tiny_config,
+                                                                                    make_frame):
+    together, alone = engines_of(tiny_components, tiny_config, 3), engines_of(tiny_components, tiny_config, 3)
+    compile_fn = CountingCompile()
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(),
+                        unets_for=lambda unet: made.append(TickUNets(unet, compile_fn=compile_fn)) or made[-1])
+
+    def tick(index):
+        frames = [make_frame(seed=10 * index + i) for i in range(3)]
+        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
+
+    tick(0)  # captured with the eager UNet while the build starts
+    assert graphs.captures == 1 and len(made) == 1 and made[0].wait(60)
+    rows = sum(e.unet_batch_size for e in together)
+    assert rows in made[0].ready and compile_fn.built == [tiny_components.pipe.unet]
+    calls_after_build = compile_fn.calls  # the build's own compile and settling runs
+    tick(1)  # the compiled UNet is ready: the group is captured again with it
+    tick(2)
+    assert graphs.captures == 2 and compile_fn.calls > calls_after_build
+    assert [entry.unet for entry in graphs.entries.values()] == [made[0].ready[rows]]
+
+
+def test_a_failed_unet_build_leaves_that_batch_on_the_eager_unet(tiny_components, tiny_config, make_frame):
+    together, alone = engines_of(tiny_components, tiny_config, 2), engines_of(tiny_components, tiny_config, 2)
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda unet: made.append(
+        TickUNets(unet, compile_fn=CountingCompile(fail=True))) or made[-1])
+    for tick in range(3):
+        frames = [make_frame(seed=tick * 3 + i) for i in range(2)]
+        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
+        made[0].wait(60)
+    assert made[0].failed == {sum(e.unet_batch_size for e in together)} and not made[0].ready
+    assert graphs.captures == 1 and not graphs.disabled
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_the_gpu_a_captured_tick_gives_each_stream_its_engine_alone(tiny_config, make_frame):
+    """Real CUDA graphs, the UNet compiled for the tick's batch swapped in when built, and live changes
+    (prompt, seed, strength, smoothing) between ticks: a graph reading a replaced tensor would drift."""
+    from core.accel.tick_graph import compiled_unets
     from core.models import load_components
 
     config = tiny_config.replace(device="cuda", dtype="float32", acceleration="none")
     components = load_components(config)
     together, alone = engines_of(components, config, 3), engines_of(components, config, 3)
-    graphs = TickGraphs()  # real CUDA graphs
-    for tick in range(5):
+    made = []
+    graphs = TickGraphs(unets_for=lambda unet: made.append(compiled_unets(unet)) or made[-1])
+    changes = {2: lambda e, i: e.update_prompt(f"changed {i}"), 3: lambda e, i: e.set_seed(40 + i),
+               4: lambda e, i: e.set_strength(0.6), 5: lambda e, i: e.set_smoothing(0.3)}
+    for tick in range(8):
+        if tick == 1:
+            assert made and made[0].wait(300)  # the compiled UNet for this batch: used from the next tick
+        for i, engine in enumerate(together + alone):
+            if tick in changes:
+                changes[tick](engine, i % 3)
         frames = [make_frame(seed=10 * tick + i) for i in range(3)]
-        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
-    assert graphs.captures == 1 and not graphs.disabled
+        outputs = process_together(together, frames, graphs=graphs)
+        for out, engine, frame in zip(outputs, alone, frames):
+            np.testing.assert_allclose(out.astype(int), engine.process(frame).astype(int), atol=2)
+    assert graphs.captures == 2 and not graphs.disabled and made[0].ready and not made[0].failed

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Issue 12's batched ticks on a lent GPU, one call: the GPU test of core.accel.tick_graph (each stream of a
-# captured shared tick equals its engine alone), then tools.multi_stream_probe (N streams on one sd-turbo: each
-# alone on its own graph, the shared tick eager, replayed from one CUDA graph, and with the UNet compiled for the
-# tick's batch), then, if STREAMS is set, bench-remote through a real server with those client counts.
+# Issue 12's batched ticks on a lent GPU, one call: the GPU test of core.accel.tick_graph (real CUDA graphs, the
+# UNet compiled for the tick's batch swapped in, live changes between ticks), then either
+#  - PROBE_STREAMS (e.g. 4,8): tools.multi_stream_probe, N streams on one sd-turbo: each alone on its own graph,
+#    the shared tick eager, replayed from one CUDA graph, and with the UNet compiled for the tick's batch; or
+#  - STREAMS (e.g. 8): bench-remote through a real `main.py serve`, batched and one thread per session, every
+#    client streaming WARMUP seconds before each measurement (the batched server compiles meanwhile).
 # Carry .whl (diffusers, pytest) and, for bench-remote, .whl_serve.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -10,13 +12,17 @@ python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target
 unset PYTHONDONTWRITEBYTECODE  # the lent machine sets it: every process would recompile torch from source
 export PYTHONUNBUFFERED=1 LIVEDIFFUSION_CACHE=/tmp/ldcache PYTHONPYCACHEPREFIX=/tmp/pycache
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_tick_graph.py 2>&1 | tail -n 3
-timeout "${PROBE_S:-420}" python3 -m tools.multi_stream_probe --streams "${PROBE_STREAMS:-4,8}" --frames 60 \
-  > "$OUT/probe.txt" 2> "$OUT/probe.err"
-echo "probe rc $?"; cat "$OUT/probe.txt"; grep -h "rror\|failed" "$OUT/probe.err" | head -5
+timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_tick_graph.py > "$OUT/gputests.log" 2>&1
+echo "gpu tests rc $?"; tail -n 15 "$OUT/gputests.log" | cut -c1-300
+if [ -n "${PROBE_STREAMS:-}" ]; then
+  timeout "${PROBE_S:-420}" python3 -m tools.multi_stream_probe --streams "$PROBE_STREAMS" --frames 60 \
+    > "$OUT/probe.txt" 2> "$OUT/probe.err"
+  echo "probe rc $?"; cat "$OUT/probe.txt"; grep -h "rror\|failed" "$OUT/probe.err" | head -5
+fi
 if [ -n "${STREAMS:-}" ]; then
-  timeout "${BENCH_S:-400}" python3 main.py bench-remote --model preset:sd-turbo --acceleration compile \
-    --seconds 8 --streams "$STREAMS" --json "$OUT/bench_remote.json" > "$OUT/bench_remote.txt" 2> "$OUT/bench_remote.err"
+  timeout "${BENCH_S:-420}" python3 main.py bench-remote --model preset:sd-turbo --acceleration compile \
+    --seconds 8 --warmup "${WARMUP:-75}" --streams "$STREAMS" --json "$OUT/bench_remote.json" \
+    > "$OUT/bench_remote.txt" 2> "$OUT/bench_remote.err"
   echo "bench-remote rc $?"; cat "$OUT/bench_remote.txt"
-  grep -E "streams:|Error|error" "$OUT/bench_remote.err" | cut -c1-400 | tail -n 12
+  grep -E "streams:|shared ticks|captured|Error|error" "$OUT/bench_remote.err" | cut -c1-300 | tail -n 14
 fi

@@ -35,6 +35,9 @@ def parse_args(argv):
     parser.add_argument("--stream-input", default="512x512", metavar="WxH", help="frames of the streams test")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=8.0, help="each measurement (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds every client streams before each measurement (a batched server compiles its "
+                             "UNet for a new batch in the background meanwhile; default: %(default)s)")
     parser.add_argument("--streams", default="1,4,6", help="client counts for the streams test")
     parser.add_argument("--connect-timeout", type=float, default=300.0,
                         help="seconds a session may take to start (a cold compile takes minutes)")
@@ -122,7 +125,7 @@ def stream_client(client, frames, fps: float, seconds: float, start_at: float, o
     out.update(summary(latencies, number, seconds))
 
 
-def time_remote(url, token, frames, fps, seconds, clients: int, timeout_s: float) -> list[dict]:
+def time_remote(url, token, frames, fps, seconds, clients: int, timeout_s: float, warmup_s: float = 2.0) -> list[dict]:
     from app.remote.client import RemoteEngine
 
     engines, feeding, stop = [], [], threading.Event()
@@ -132,7 +135,7 @@ def time_remote(url, token, frames, fps, seconds, clients: int, timeout_s: float
             feeding.append(threading.Thread(target=stream_client, args=(engines[-1], frames, fps, 1e9,
                                                                         time.monotonic(), {}, stop)))
             feeding[-1].start()
-        time.sleep(2.0)
+        time.sleep(warmup_s)
         stop.set()
         for thread in feeding:
             thread.join()
@@ -188,14 +191,14 @@ def main(argv=None) -> int:
             mode = "batched" if batch else "one thread per session"
             if batch:
                 remote = time_remote(server.url, server.token, latency_frames, args.fps, args.seconds, 1,
-                                     args.connect_timeout)[0]
+                                     args.connect_timeout, args.warmup)[0]
                 report["remote"] = remote
                 added = None if remote["median_ms"] is None else round(remote["median_ms"] - local["median_ms"], 2)
                 report["added_median_ms"] = added
                 print(f"remote, {args.latency_input}: {remote}; added at the median: {added} ms", file=sys.stderr)
             for count in counts:
                 rows = time_remote(server.url, server.token, stream_frames, args.fps, args.seconds, count,
-                                   args.connect_timeout)
+                                   args.connect_timeout, args.warmup)
                 sustained = sum(r["returned"] >= 0.95 * r["sent"] and (r["p95_ms"] or 1e9) < 100 for r in rows)
                 report.setdefault("streams", []).append({"mode": mode, "clients": count, "sustained": sustained,
                                                          "per_stream": rows})

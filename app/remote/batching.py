@@ -33,9 +33,9 @@ def batchable(engine) -> bool:
 def graphed_ticks() -> Callable[[list, list], list]:
     """``process_together`` with each group's tick replayed from its CUDA graph (core.accel.tick_graph), kept
     for the batcher's life; on the CPU the same ticks run eagerly."""
-    from core.accel.tick_graph import TickGraphs
+    from core.accel.tick_graph import TickGraphs, compiled_unets
 
-    return functools.partial(process_together, graphs=TickGraphs())
+    return functools.partial(process_together, graphs=TickGraphs(unets_for=compiled_unets))
 
 
 class SessionBatcher:

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def accelerate(engine, progress=None, staged: bool = False) -> str:
+    from core.accel import fx_threads
+
+    fx_threads.install()  # before any torch.compile wrapper is made, and before builds trace beside the frames
     say = progress or (lambda message: log.info(message))
     wanted = engine.config.acceleration
     engine.acceleration = "none"

@@ -1,15 +1,20 @@
-"""torch.fx's tracing patches made visible to the tracing thread only.
+"""torch.fx's tracing made visible to the tracing thread only.
 
 While ``torch.fx.Tracer.trace`` runs, it replaces ``torch.nn.Module.__call__`` and ``__getattr__`` for the
-whole process. Inductor traces small graphs that way many times during a compile, and a build runs on a
-thread beside the frames. Any module called on another thread at that moment (the text encoder for a new
-prompt, a capture for a new size) went through the tracer's wrapper and failed with ``NameError: module is not
-installed as a submodule`` (seen on the lent H100). A lock around the trace would deadlock against Dynamo's
+whole process and raises a process-wide "FX is tracing" flag. Inductor traces small graphs that way many times
+during a compile, and a build runs on a thread beside the frames. Any module called on another thread at that
+moment (the text encoder for a new prompt, a capture for a new size) went through the tracer's wrapper and
+failed with ``NameError: module is not installed as a submodule`` (seen on the lent H100), and a
+``torch.compile``'d function called there raised "Detected that you are using FX to symbolically trace a
+dynamo-optimized function" (seen with several GPUs). A lock around the trace would deadlock against Dynamo's
 own compile lock and stall a prompt change for a whole trace, so instead each method patch is bound to the
-thread that made it: every other thread calls what was there before.
+thread that made it (every other thread calls what was there before), and Dynamo's check of the flag also asks
+whether this thread is the one tracing.
 
-``install()`` is idempotent. Where torch's tracer no longer has the shape this relies on, it logs once and
-leaves torch as it is: the race comes back, nothing else changes.
+Not covered: two traces on two threads at once (torch keeps one current patcher for the process). Our builds
+run one at a time. ``install()`` is idempotent and must run before the ``torch.compile`` wrappers are made
+(Dynamo binds the check when it makes one). Where torch's tracer no longer has the shape this relies on, it
+logs once and leaves torch as it is: the race comes back, nothing else changes.
 """
 
 from __future__ import annotations
@@ -62,5 +67,31 @@ def install() -> bool:
             return original_patch_method(self, cls, name, new_fn, deduplicate)
 
         patcher.patch_method = patch_method
+        _bind_tracing_flag(symbolic_trace)
         _STATE["installed"] = True
         return True
+
+
+def _bind_tracing_flag(symbolic_trace) -> None:
+    """Dynamo's "is FX tracing?" answers yes only on the thread inside ``Tracer.trace`` (and only where torch's
+    own flag says so too, which torch clears for its own nested compiles)."""
+    import torch
+
+    tracing = threading.local()
+    original_trace = symbolic_trace.Tracer.trace
+
+    @functools.wraps(original_trace)
+    def trace(self, *args, **kwargs):
+        depth = getattr(tracing, "depth", 0)
+        tracing.depth = depth + 1
+        try:
+            return original_trace(self, *args, **kwargs)
+        finally:
+            tracing.depth = depth
+
+    def is_fx_symbolic_tracing() -> bool:
+        return (getattr(tracing, "depth", 0) > 0 and symbolic_trace._is_fx_tracing_flag
+                and not torch.compiler.is_compiling())
+
+    symbolic_trace.Tracer.trace = trace
+    symbolic_trace.is_fx_symbolic_tracing = is_fx_symbolic_tracing

@@ -24,6 +24,8 @@ KEY_FILE = "key.json"
 # and models would otherwise fill the disk. The least recently used go first.
 DEFAULT_LIMIT_MB = 2048
 ABANDONED_BUILD_S = 6 * 3600.0  # far longer than any build: a folder left by a killed process
+DEAD_BUILD_MIN_AGE_S = 3600.0
+IN_USE_S = 600.0  # an engine used this recently may be loading in another process: never evicted
 
 
 def stored_root() -> Path:
@@ -62,7 +64,10 @@ def write_folder(key: dict, writers: dict[str, Callable[[Path], None]], say=None
     finally:
         shutil.rmtree(building, ignore_errors=True)
     log.info("compiled artifacts written to %s", folder)
-    tidy(keep=folder)
+    try:
+        tidy(keep=folder)
+    except Exception as exc:  # noqa: BLE001 - the engine is stored; tidying can wait for the next build
+        log.info("could not tidy the stored compiled engines: %s: %s", type(exc).__name__, exc)
     return folder
 
 
@@ -104,55 +109,75 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _build_abandoned(folder: Path, now: float) -> bool:
+    """A ``*.building-<pid>`` folder whose writer is gone. Its process must have ended (where that can be asked:
+    a PID from another container or host sharing the cache is not ours to judge) and the folder be an hour old
+    (a build writes nothing for minutes while it compiles); past six hours it goes whatever its process."""
     pid = folder.name.rpartition(".building-")[2]
     if not pid.isdigit() or int(pid) == os.getpid():
         return False
-    if now - folder.stat().st_mtime > ABANDONED_BUILD_S:
+    age = now - folder.stat().st_mtime
+    if age > ABANDONED_BUILD_S:
         return True
     # Signal 0 only asks whether the process exists; on Windows it would be CTRL_C_EVENT, so there only the age
     # counts.
-    if sys.platform == "win32":
+    if age < DEAD_BUILD_MIN_AGE_S or sys.platform == "win32":
         return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except OSError:
-        return False  # exists, owned by someone else
+    except (OSError, OverflowError):
+        return False  # exists, owned by someone else; or no PID of this system
     return False
+
+
+def _remove(folder: Path) -> bool:
+    """Out of sight first (renamed aside, so no reader takes a half-removed folder for a stored engine), then
+    removed; a leftover ``.evicting-`` folder (a file held open on Windows) goes at the next tidy."""
+    aside = folder.with_name(f"{folder.name}.evicting-{os.getpid()}")
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return False  # in use or gone: nothing was removed
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def tidy(keep: Path | None = None, limit: int | None = None) -> list[Path]:
     """Remove folders left half-written by a process that died, then the least recently used stored engines
-    until the rest fit in ``limit`` bytes (``LIVEDIFFUSION_STORED_MAX_MB``, 2048 by default); ``keep`` stays
-    whatever its size. Returns what was removed. Errors (another process removing the same folder) are
-    skipped."""
+    until the rest fit in ``limit`` bytes (``LIVEDIFFUSION_STORED_MAX_MB``, 2048 by default). ``keep``, and any
+    engine used in the last ``IN_USE_S`` (another process may be loading it), stay whatever their size. Returns
+    what was removed. A folder that cannot be read or removed (another process got there first) is skipped."""
     root, now = stored_root(), time.time()
     limit = limit_bytes() if limit is None else limit
     removed, stored = [], []
     try:
         entries = list(root.iterdir()) if root.is_dir() else []
-        for entry in entries:
-            if not entry.is_dir():
-                continue
-            if ".building-" in entry.name:
-                if _build_abandoned(entry, now):
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry)
-            elif (entry / KEY_FILE).exists():
-                stored.append(((entry / KEY_FILE).stat().st_mtime, _folder_bytes(entry), entry))
     except OSError as exc:
         log.info("could not tidy the stored compiled engines in %s: %s", root, exc)
         return removed
+    for entry in entries:
+        try:
+            if not entry.is_dir():
+                continue
+            if ".evicting-" in entry.name:
+                shutil.rmtree(entry, ignore_errors=True)
+            elif ".building-" in entry.name:
+                if _build_abandoned(entry, now) and _remove(entry):
+                    removed.append(entry)
+            elif (entry / KEY_FILE).exists():
+                stored.append(((entry / KEY_FILE).stat().st_mtime, _folder_bytes(entry), entry))
+        except OSError:
+            continue
     total = sum(size for _, size, _ in stored)
-    for _, size, entry in sorted(stored, key=lambda item: item[0]):  # oldest use first
+    for used, size, entry in sorted(stored, key=lambda item: item[0]):  # oldest use first
         if total <= limit:
             break
-        if keep is not None and entry.resolve() == keep.resolve():
+        if (keep is not None and entry.resolve() == keep.resolve()) or now - used < IN_USE_S:
             continue
-        shutil.rmtree(entry, ignore_errors=True)
-        total -= size
-        removed.append(entry)
+        if _remove(entry):
+            total -= size
+            removed.append(entry)
     if removed:
         log.info("removed %d stored compiled engine folder(s) from %s (least recently used past %d MB, or "
                  "left by a process that stopped mid-build)", len(removed), root, limit // 2**20)

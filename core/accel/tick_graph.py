@@ -15,7 +15,9 @@ changes the group), the least recently used dropped past ``limit``.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +25,8 @@ from typing import Callable
 import torch
 
 from core.accel.compile import CAPTURE_LOCK, FrameGraph, capture_stream
+from core.accel.tick_unets import TickUNets
+from core.multi_stream import concat_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +39,17 @@ class TickEntry:
     conditionings: list
     inputs: list  # static device uint8 frames the graph reads
     outputs: list  # static device uint8 outputs the graph writes
+    unet: object = None  # the compiled UNet it was captured with (None: the eager one)
 
-    def current(self, engines) -> bool:
-        return all(a is b and not a.closed and a.accelerated is parts and a.conditioning is cond
-                   for a, b, parts, cond in zip(self.engines, engines, self.parts, self.conditionings))
+    def current(self, engines, unet=None) -> bool:
+        return unet is self.unet and all(
+            a is b and not a.closed and a.accelerated is parts and a.conditioning is cond
+            for a, b, parts, cond in zip(self.engines, engines, self.parts, self.conditionings))
+
+
+def compiled_unets(unet) -> TickUNets:
+    """Shared ticks' UNets compiled per batch in the background (``LIVEDIFFUSION_TICK_COMPILE=0``: eager)."""
+    return TickUNets(unet, lock=CAPTURE_LOCK)
 
 
 class CudaGraphRecorder:
@@ -75,9 +86,12 @@ class TickGraphs:
     """``run(engines, batches, tick)``: ``tick(engines, batches)`` (the shared tick, core.multi_stream) replayed
     from the group's graph, captured at its first tick; each member's device uint8 output."""
 
-    def __init__(self, recorder=None, limit: int = 16):
+    def __init__(self, recorder=None, limit: int = 16, unets_for: Callable | None = None):
         self.recorder = recorder or CudaGraphRecorder()
         self.limit = limit
+        # unets_for(unet module) -> TickUNets: a compiled UNet per tick batch, swapped in when built
+        self.unets_for = unets_for if os.environ.get("LIVEDIFFUSION_TICK_COMPILE", "1") == "1" else None
+        self.unets: dict[int, TickUNets] = {}
         self.entries: OrderedDict[tuple, TickEntry] = OrderedDict()
         self.captures = 0
         self.disabled = ""  # why shared ticks run eagerly instead (a capture failed)
@@ -91,12 +105,14 @@ class TickGraphs:
         return tuple((id(engine), FrameGraph.key_for(engine, batch)) for engine, batch in zip(engines, batches))
 
     def run(self, engines, batches, tick) -> list[torch.Tensor]:
-        self._drop_stale()
+        self._drop_stale(engines)
         key = self.key(engines, batches)
         entry = self.entries.get(key)
-        if entry is None or not entry.current(engines):
+        unet = self._compiled_unet(engines)
+        if entry is None or not entry.current(engines, unet):
             self.entries.pop(key, None)
-            entry = self._capture(engines, batches, tick)
+            entry = self._capture(engines, batches, tick if unet is None else functools.partial(tick, unet=unet))
+            entry.unet = unet
             self.entries[key] = entry
             while len(self.entries) > self.limit:
                 self.entries.popitem(last=False)
@@ -120,6 +136,29 @@ class TickGraphs:
         return TickEntry(graph, list(engines), [e.accelerated for e in engines], [e.conditioning for e in engines],
                          inputs, list(outputs))
 
-    def _drop_stale(self) -> None:
-        for key in [k for k, entry in self.entries.items() if any(e.closed for e in entry.engines)]:
-            del self.entries[key]  # a closed engine's session ended: let its buffers go
+    def _compiled_unet(self, engines):
+        if self.unets_for is None:
+            return None
+        module = engines[0].unet
+        unets = self.unets.get(id(module))
+        if unets is None:
+            unets = self.unets[id(module)] = self.unets_for(module)
+        rows = sum(engine.unet_batch_size for engine in engines)
+
+        def example():
+            first = engines[0]
+            hidden, added = concat_conditioning(engines)
+            latents = torch.randn((rows, *first.latent_shape), device=first.device, dtype=first.dtype)
+            timesteps = torch.cat([engine.batch.unet_timesteps for engine in engines])
+            return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": added,
+                                          "return_dict": False}
+
+        return unets.for_rows(rows, example)
+
+    def _drop_stale(self, engines) -> None:
+        # A closed engine's session ended, a swapped one will be captured again: let their buffers go.
+        for key in [k for k, entry in self.entries.items() if not entry.current(entry.engines, entry.unet)]:
+            del self.entries[key]
+        models = {id(e.unet) for entry in self.entries.values() for e in entry.engines} | {id(engines[0].unet)}
+        for model in [m for m in self.unets if m not in models]:  # a model no session uses any more
+            self.unets.pop(model).close()
