@@ -27,6 +27,14 @@ SCENARIO = textwrap.dedent("""
             release.wait(30)
             return self.inner(x) + 1
 
+    class Holds(torch.nn.Module):  # a model class of its own, as diffusers' UNet is
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
     traced = {}
     tracer = threading.Thread(target=lambda: traced.update(gm=torch.fx.symbolic_trace(Waits())))
     tracer.start()
@@ -38,10 +46,17 @@ SCENARIO = textwrap.dedent("""
         print("other thread:", tuple(out.shape))
     except NameError as exc:
         print("other thread: NameError", exc)
+    # As the stored engines call the UNet: a compiled function that takes the module as an argument. torch 2.11's
+    # Dynamo traced the patched Module.__call__ itself here (seen on the GPU); 2.13's goes past it.
+    through = torch.compile(lambda module, x: module(x) * 2, backend="eager", fullgraph=True)
     try:
         print("compiled on the other thread:", compiled(torch.ones(2)).tolist())
     except RuntimeError as exc:
         print("compiled on the other thread: RuntimeError", exc)
+    try:
+        print("traced on the other thread:", tuple(through(Holds(other), torch.ones(1, 3)).shape))
+    except Exception as exc:
+        print("traced on the other thread:", type(exc).__name__, str(exc)[:200].replace(chr(10), " "))
     finally:
         release.set()
         tracer.join(30)
@@ -68,6 +83,10 @@ def test_the_race_exists_in_plain_torch(outputs):
 
 def test_other_threads_call_modules_normally_while_a_trace_runs(outputs):
     assert "other thread: (1, 2)" in outputs["bound"]
+
+
+def test_dynamo_traces_module_calls_on_other_threads_while_a_trace_runs(outputs):
+    assert "traced on the other thread: (1, 2)" in outputs["bound"]
 
 
 def test_compiled_functions_on_other_threads_run_while_a_trace_runs(outputs):

@@ -7,9 +7,15 @@ Closing an engine goes through the same thread, between two ticks, never under a
 fails each of its frames (their sessions end; a client reconnects): its engines' stream states have moved on,
 so the frames are not run again one by one.
 
-Off by default: on a lent H100 four sessions' tick took 46.6 ms batched (the shared eager UNet alone 29.4 ms)
-against 26.5 ms for their four captured compiled graphs one after another (tools/multi_stream_probe.py,
-BENCHMARKS.md). It pays once the shared call runs compiled in a graph per session count.
+Off by default: on a lent H100 four sessions' eager tick took 46.6-65.2 ms against 26.5-26.8 ms for their four
+captured compiled graphs one after another (tools/multi_stream_probe.py, BENCHMARKS.md): launches, not the GPU.
+Replaying a group's whole tick from one CUDA graph, with the UNet compiled for its batch, took 17.5 ms for four
+and 33.6 ms for eight (1.5-1.6x the streams alone) when the same sessions tick together every time. Through the
+real server the groups are whichever frames arrived during the last tick, so they keep changing (each new group is
+a capture, each new batch a minute's compile), and the captures and compiles ran beside the sessions' own builds:
+sessions fell back to eager. So the graphed ticks are opt-in (``LIVEDIFFUSION_TICK_GRAPHS=1``) until the tick is
+built from parts that survive a change of group (each session's own front and back graphs around a UNet graph per
+batch).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 from typing import Any, Callable
 
@@ -38,9 +45,14 @@ def graphed_ticks() -> Callable[[list, list], list]:
     return functools.partial(process_together, graphs=TickGraphs(unets_for=compiled_unets))
 
 
+def default_ticks() -> Callable[[list, list], list]:
+    """Eager shared ticks; ``LIVEDIFFUSION_TICK_GRAPHS=1``: graphed ones, experimental (see the module's text)."""
+    return graphed_ticks() if os.environ.get("LIVEDIFFUSION_TICK_GRAPHS", "0") == "1" else process_together
+
+
 class SessionBatcher:
     def __init__(self, run_together: Callable[[list, list], list] | None = None):
-        self.run_together = run_together or graphed_ticks()
+        self.run_together = run_together or default_ticks()
         self._cond = threading.Condition()
         self._frames: list[tuple[Any, Any, asyncio.Future, asyncio.AbstractEventLoop]] = []
         self._calls: list[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = []

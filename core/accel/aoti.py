@@ -160,11 +160,12 @@ def _examples(engine) -> dict[str, tuple]:
     """Inputs of the shapes and dtypes the frame step passes (the prompt must be encoded)."""
     cfg, cond = engine.config, engine.conditioning
     fb = cfg.frame_buffer_size
-    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
+    cpu = torch.Generator("cpu").manual_seed(0)  # not the device's generator: see precompiled._arguments
+    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), generator=cpu).to(engine.device, engine.dtype)
     unet_args = (latents, engine.batch.unet_timesteps.clone(), cond.encoder_hidden_states.clone())
     if cond.added_cond_kwargs:
         unet_args += ({name: value.clone() for name, value in cond.added_cond_kwargs.items()},)
-    images = torch.rand((fb, 3, cfg.height, cfg.width), device=engine.device, dtype=engine.dtype) * 2 - 1
+    images = (torch.rand((fb, 3, cfg.height, cfg.width), generator=cpu) * 2 - 1).to(engine.device, engine.dtype)
     return {"unet": unet_args, "encode": (images,), "decode": (latents[:fb].clone(),)}
 
 

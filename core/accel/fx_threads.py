@@ -31,11 +31,15 @@ _LOCK = threading.Lock()
 
 def bound_to_current_thread(new_fn, orig_fn):
     """``new_fn`` for the calling thread, ``orig_fn`` for all others."""
+    import torch
+
     owner = threading.get_ident()
 
+    # Dynamo tracing a module call on another thread meets this function as Module.__call__: is_compiling() comes
+    # first because Dynamo folds it to True (and cannot trace get_ident), so it traces the original.
     @functools.wraps(new_fn)
     def dispatch(*args, **kwargs):
-        if threading.get_ident() == owner:
+        if not torch.compiler.is_compiling() and threading.get_ident() == owner:
             return new_fn(*args, **kwargs)
         return orig_fn(*args, **kwargs)
 

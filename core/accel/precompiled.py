@@ -129,9 +129,12 @@ def _arguments(engine) -> dict[str, tuple]:
     callers below make them so, since a precompiled function runs only on the strides it was built for)."""
     cfg, cond = engine.config, engine.conditioning
     fb = cfg.frame_buffer_size
-    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), device=engine.device, dtype=engine.dtype)
+    # From a CPU generator: the device's default one must not move while another thread captures a CUDA graph
+    # (an engine loading beside a running one).
+    cpu = torch.Generator("cpu").manual_seed(0)
+    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), generator=cpu).to(engine.device, engine.dtype)
     added = {name: value.clone() for name, value in cond.added_cond_kwargs.items()} if cond.added_cond_kwargs else None
-    images = torch.rand((fb, 3, cfg.height, cfg.width), device=engine.device, dtype=engine.dtype) * 2 - 1
+    images = (torch.rand((fb, 3, cfg.height, cfg.width), generator=cpu) * 2 - 1).to(engine.device, engine.dtype)
     return {"unet": (latents, engine.batch.unet_timesteps.clone(), cond.encoder_hidden_states.clone(), added),
             "encode": (images, engine.vae_dtype, engine.dtype), "decode": (latents[:fb].clone(), engine.vae_dtype)}
 

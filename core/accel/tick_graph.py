@@ -148,7 +148,8 @@ class TickGraphs:
         def example():
             first = engines[0]
             hidden, added = concat_conditioning(engines)
-            latents = torch.randn((rows, *first.latent_shape), device=first.device, dtype=first.dtype)
+            cpu = torch.Generator("cpu").manual_seed(0)  # the device's generator may be in another thread's capture
+            latents = torch.randn((rows, *first.latent_shape), generator=cpu).to(first.device, first.dtype)
             timesteps = torch.cat([engine.batch.unet_timesteps for engine in engines])
             return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": added,
                                           "return_dict": False}
