@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 12's batched ticks on a lent GPU, one call: the GPU test of core.accel.tick_graph (real CUDA graphs, the
-# UNet compiled for the tick's batch swapped in, live changes between ticks), then either
+# UNet compiled for the tick's batch swapped in, live changes between ticks), or the tests named in TESTS, then
 #  - PROBE_STREAMS (e.g. 4,8): tools.multi_stream_probe, N streams on one sd-turbo: each alone on its own graph,
 #    the shared tick eager, replayed from one CUDA graph, and with the UNet compiled for the tick's batch; or
-#  - STREAMS (e.g. 8): bench-remote through a real `main.py serve`, batched and one thread per session, every
+#  - STREAMS (e.g. 8): bench-remote through a real `main.py serve`, batched and one thread per session (graphed
+#    ticks with LIVEDIFFUSION_TICK_GRAPHS=1), every
 #    client streaming WARMUP seconds before each measurement (the batched server compiles meanwhile).
 # Carry .whl (diffusers, pytest) and, for bench-remote, .whl_serve.
 set -uo pipefail
@@ -12,7 +13,9 @@ python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target
 unset PYTHONDONTWRITEBYTECODE  # the lent machine sets it: every process would recompile torch from source
 export PYTHONUNBUFFERED=1 LIVEDIFFUSION_CACHE=/tmp/ldcache PYTHONPYCACHEPREFIX=/tmp/pycache
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_tick_graph.py > "$OUT/gputests.log" 2>&1
+# TESTS: other pytest arguments (e.g. "tests/test_fx_threads.py tests/test_staged_start.py tests/test_tick_graph.py").
+timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider ${TESTS:--m gpu tests/test_tick_graph.py} \
+  > "$OUT/gputests.log" 2>&1
 echo "gpu tests rc $?"; tail -n 15 "$OUT/gputests.log" | cut -c1-300
 if [ -n "${PROBE_STREAMS:-}" ]; then
   timeout "${PROBE_S:-420}" python3 -m tools.multi_stream_probe --streams "$PROBE_STREAMS" --frames 60 \
