@@ -63,31 +63,31 @@ def test_each_stream_matches_its_engine_alone_and_the_group_is_captured_once(tin
     assert graphs.captures == 1 and len(graphs.entries) == 1
 
 
+def tick_groups(graphs, make_frame, *groups) -> None:
+    """One shared tick of each group in turn, each stream with a frame of its own."""
+    for group in groups:
+        process_together(group, [make_frame(i) for i in range(len(group))], graphs=graphs)
+
+
 def test_a_new_group_is_captured_and_a_group_seen_before_is_reused(tiny_components, tiny_config, make_frame):
-    config = tiny_config.replace(t_index_list=(30,))
-    a, b, c = engines_of(tiny_components, config, 3)
+    a, b, c = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,)), 3)
     graphs = TickGraphs(ReplayingRecorder())
-    process_together([a, b, c], [make_frame(i) for i in range(3)], graphs=graphs)
-    process_together([a, b], [make_frame(i) for i in range(2)], graphs=graphs)
-    process_together([a, b, c], [make_frame(i + 5) for i in range(3)], graphs=graphs)
+    tick_groups(graphs, make_frame, [a, b, c], [a, b], [a, b, c])
     assert graphs.captures == 2
     small = TickGraphs(ReplayingRecorder(), limit=1)
-    process_together([a, b, c], [make_frame(i) for i in range(3)], graphs=small)
-    process_together([a, b], [make_frame(i) for i in range(2)], graphs=small)
+    tick_groups(small, make_frame, [a, b, c], [a, b])
     assert len(small.entries) == 1
 
 
 def test_a_swapped_part_recaptures_and_a_closed_engine_lets_its_graphs_go(tiny_components, tiny_config, make_frame):
-    config = tiny_config.replace(t_index_list=(30,))
-    a, b, c = engines_of(tiny_components, config, 3)
+    a, b, c = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,)), 3)
     graphs = TickGraphs(ReplayingRecorder())
-    process_together([a, b, c], [make_frame(i) for i in range(3)], graphs=graphs)
-    process_together([a, b], [make_frame(i) for i in range(2)], graphs=graphs)
+    tick_groups(graphs, make_frame, [a, b, c], [a, b])
     b.install(keep_alive=object())  # what a background build's swap does: new parts
-    process_together([a, b, c], [make_frame(i) for i in range(3)], graphs=graphs)
+    tick_groups(graphs, make_frame, [a, b, c])
     assert graphs.captures == 3
     c.close()
-    process_together([a, b], [make_frame(i) for i in range(2)], graphs=graphs)
+    tick_groups(graphs, make_frame, [a, b])
     assert all(not any(e is c for e in entry.engines) for entry in graphs.entries.values())
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from core.accel import store
+from core.accel.examples import example_values
 from core.accel.keys import weight_fingerprint
 from core.accel.store import artifact_dir
 from core.vae import vae_decode, vae_encode
@@ -160,12 +161,11 @@ def _examples(engine) -> dict[str, tuple]:
     """Inputs of the shapes and dtypes the frame step passes (the prompt must be encoded)."""
     cfg, cond = engine.config, engine.conditioning
     fb = cfg.frame_buffer_size
-    cpu = torch.Generator("cpu").manual_seed(0)  # not the device's generator: see precompiled._arguments
-    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), generator=cpu).to(engine.device, engine.dtype)
+    latents = example_values((engine.unet_batch_size, *engine.latent_shape), engine.device, engine.dtype)
     unet_args = (latents, engine.batch.unet_timesteps.clone(), cond.encoder_hidden_states.clone())
     if cond.added_cond_kwargs:
         unet_args += ({name: value.clone() for name, value in cond.added_cond_kwargs.items()},)
-    images = (torch.rand((fb, 3, cfg.height, cfg.width), generator=cpu) * 2 - 1).to(engine.device, engine.dtype)
+    images = example_values((fb, 3, cfg.height, cfg.width), engine.device, engine.dtype)
     return {"unet": unet_args, "encode": (images,), "decode": (latents[:fb].clone(),)}
 
 

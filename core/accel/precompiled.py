@@ -25,6 +25,7 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from core.accel import store
+from core.accel.examples import example_values
 from core.accel.aoti import compiled_code_key
 from core.accel.keys import config_digest
 from core.vae import vae_decode, vae_encode
@@ -129,12 +130,9 @@ def _arguments(engine) -> dict[str, tuple]:
     callers below make them so, since a precompiled function runs only on the strides it was built for)."""
     cfg, cond = engine.config, engine.conditioning
     fb = cfg.frame_buffer_size
-    # From a CPU generator: the device's default one must not move while another thread captures a CUDA graph
-    # (an engine loading beside a running one).
-    cpu = torch.Generator("cpu").manual_seed(0)
-    latents = torch.randn((engine.unet_batch_size, *engine.latent_shape), generator=cpu).to(engine.device, engine.dtype)
+    latents = example_values((engine.unet_batch_size, *engine.latent_shape), engine.device, engine.dtype)
     added = {name: value.clone() for name, value in cond.added_cond_kwargs.items()} if cond.added_cond_kwargs else None
-    images = (torch.rand((fb, 3, cfg.height, cfg.width), generator=cpu) * 2 - 1).to(engine.device, engine.dtype)
+    images = example_values((fb, 3, cfg.height, cfg.width), engine.device, engine.dtype)
     return {"unet": (latents, engine.batch.unet_timesteps.clone(), cond.encoder_hidden_states.clone(), added),
             "encode": (images, engine.vae_dtype, engine.dtype), "decode": (latents[:fb].clone(), engine.vae_dtype)}
 
@@ -207,8 +205,6 @@ def _load(engine, folder: Path) -> dict | None:
                 compiled[piece] = torch.compiler.load_compiled_function(fh)
         read_s = time.perf_counter() - started
         _check(engine, compiled)
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)  # the check run's time includes its kernels
         log.info("stored engine: %.2f s to read, %.2f s for its check run", read_s,
                  time.perf_counter() - started - read_s)
         parts = as_parts(engine, compiled)

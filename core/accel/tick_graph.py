@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from core.accel.compile import CAPTURE_LOCK, FrameGraph, capture_stream
+from core.accel.examples import example_values
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import concat_conditioning
 
@@ -148,8 +149,7 @@ class TickGraphs:
         def example():
             first = engines[0]
             hidden, added = concat_conditioning(engines)
-            cpu = torch.Generator("cpu").manual_seed(0)  # the device's generator may be in another thread's capture
-            latents = torch.randn((rows, *first.latent_shape), generator=cpu).to(first.device, first.dtype)
+            latents = example_values((rows, *first.latent_shape), first.device, first.dtype)
             timesteps = torch.cat([engine.batch.unet_timesteps for engine in engines])
             return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": added,
                                           "return_dict": False}
