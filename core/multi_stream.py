@@ -10,7 +10,8 @@ Streams can share a call when they share the UNet, the latent size, dtype and de
 filter skips the frame keeps its last output and is left out; one reusing deep features, or whose frame runner
 runs its own UNet (AsyncDiff), runs alone. The shared call uses the eager UNet (a compiled one is built for one
 batch size, and a session coming or going would mean a new build mid-stream); on a GPU, ``graphs``
-(core.accel.tick_graph) replays each group's whole tick from one CUDA graph, captured at its first tick.
+(core.accel.tick_graph, opt-in for the server: app.remote.batching) replays each group's whole tick from one
+CUDA graph, captured at its first tick.
 """
 
 from __future__ import annotations

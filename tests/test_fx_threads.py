@@ -111,3 +111,24 @@ def test_install_is_idempotent_and_patches_are_restored_after_a_trace():
     traced = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
     assert [node.op for node in traced.graph.nodes].count("call_module") == 2
     assert torch.nn.Module.__call__ is call and torch.nn.Module.__getattr__ is getattr_
+
+
+def test_a_non_strict_export_on_this_thread_still_records_which_module_each_op_came_from():
+    # Non-strict export raises torch's process-wide "compiling" flag while its own fx trace runs on this thread:
+    # the patch must stay this thread's then (the opt-in AOTInductor engines export this way).
+    import torch
+
+    from core.accel import fx_threads
+
+    class Outer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.inner(x) + 1
+
+    assert fx_threads.install()
+    program = torch.export.export(Outer(), (torch.ones(1, 3),), strict=False)
+    stacks = [str(node.meta.get("nn_module_stack", {})) for node in program.graph.nodes if node.op == "call_function"]
+    assert any("inner" in stack for stack in stacks)

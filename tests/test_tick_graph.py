@@ -64,9 +64,9 @@ def test_each_stream_matches_its_engine_alone_and_the_group_is_captured_once(tin
 
 
 def tick_groups(graphs, make_frame, *groups) -> None:
-    """One shared tick of each group in turn, each stream with a frame of its own."""
-    for group in groups:
-        process_together(group, [make_frame(i) for i in range(len(group))], graphs=graphs)
+    """One shared tick of each group in turn, each stream with a frame of its own, new at every tick."""
+    for tick, group in enumerate(groups):
+        process_together(group, [make_frame(10 * tick + i) for i in range(len(group))], graphs=graphs)
 
 
 def test_a_new_group_is_captured_and_a_group_seen_before_is_reused(tiny_components, tiny_config, make_frame):

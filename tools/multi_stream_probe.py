@@ -1,6 +1,7 @@
 """Where a batched tick of the engine server spends its time, without the network: N engines on one model, each
 frame run alone (their own compiled graphs) against core.multi_stream.process_together: the shared eager UNet,
-the same tick replayed from one CUDA graph (core.accel.tick_graph, what the server runs), and that graph with the
+the same tick replayed from one CUDA graph (core.accel.tick_graph, the server's with LIVEDIFFUSION_TICK_GRAPHS=1),
+and that graph with the
 UNet compiled for the tick's batch; then the parts of an eager shared tick (fronts, the UNet call, backs), timed
 with CUDA syncs. Host frames in and out in every row.
 

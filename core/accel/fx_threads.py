@@ -35,11 +35,15 @@ def bound_to_current_thread(new_fn, orig_fn):
 
     owner = threading.get_ident()
 
-    # Dynamo tracing a module call on another thread meets this function as Module.__call__: is_compiling() comes
-    # first because Dynamo folds it to True (and cannot trace get_ident), so it traces the original.
+    # Dynamo tracing a module call on another thread meets this function as Module.__call__: the check that Dynamo
+    # folds to True comes first (it cannot trace get_ident), so it traces the original. is_dynamo_compiling, not
+    # is_compiling: the latter is a process-wide flag also raised by non-strict export, whose own fx trace on
+    # this thread must keep its wrapper.
+    dynamo_compiling = getattr(torch.compiler, "is_dynamo_compiling", torch.compiler.is_compiling)
+
     @functools.wraps(new_fn)
     def dispatch(*args, **kwargs):
-        if not torch.compiler.is_compiling() and threading.get_ident() == owner:
+        if not dynamo_compiling() and threading.get_ident() == owner:
             return new_fn(*args, **kwargs)
         return orig_fn(*args, **kwargs)
 

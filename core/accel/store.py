@@ -109,15 +109,18 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _build_abandoned(folder: Path, now: float) -> bool:
-    """A ``*.building-<pid>`` folder whose writer is gone. Its process must have ended (where that can be asked:
-    a PID from another container or host sharing the cache is not ours to judge) and the folder be an hour old
-    (a build writes nothing for minutes while it compiles); past six hours it goes whatever its process."""
+    """A ``*.building-<pid>`` folder whose writer is gone: past six hours whatever its PID (a folder is written
+    within minutes, and a container may give every run the same PID); else its process must have ended, as far as
+    this system can tell, and the folder be an hour old (a writer in another container sharing the cache shows
+    as ended: the hour keeps its folder while it writes)."""
     pid = folder.name.rpartition(".building-")[2]
-    if not pid.isdigit() or int(pid) == os.getpid():
+    if not pid.isdigit():
         return False
     age = now - folder.stat().st_mtime
     if age > ABANDONED_BUILD_S:
         return True
+    if int(pid) == os.getpid():
+        return False
     # Signal 0 only asks whether the process exists; on Windows it would be CTRL_C_EVENT, so there only the age
     # counts.
     if age < DEAD_BUILD_MIN_AGE_S or sys.platform == "win32":
