@@ -296,24 +296,31 @@ class FrameGraph:
         return entry
 
     def _record(self, frames_u8, warm, record):
-        device = self.engine.device
         static_in = None if frames_u8 is None else frames_u8.clone()
-        # One capture at a time in the process: a model loading beside the running one, or a background
-        # build's warm-ups, must not sync or capture the device while this thread records.
-        with CAPTURE_LOCK:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side), torch.no_grad():
-                for run in range(self.warmup_runs):  # compiles, autotunes, and settles allocations
-                    started = time.perf_counter()
-                    warm.frame_step(static_in)
-                    side.synchronize()
-                    log.info("warm-up run %d took %.1f s", run, time.perf_counter() - started)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: the other threads' CUDA calls (frames of a running engine) stay legal meanwhile.
-            with torch.cuda.graph(graph, pool=self.pool, stream=capture_stream(device),
-                                  capture_error_mode="thread_local"), torch.no_grad():
-                static_out = record.frame_step(static_in)
+        graph, static_out = record_graph(lambda: warm.frame_step(static_in), lambda: record.frame_step(static_in),
+                                         self.engine.device, self.pool, self.warmup_runs)
         self.pool = graph.pool()
         return graph, static_in, static_out
+
+
+def record_graph(warm, record, device, pool=None, warmup_runs: int = 3):
+    """``warm()`` ``warmup_runs`` times on a side stream (compiles, autotunes, settles allocations), then
+    ``record()`` captured into a CUDA graph sharing ``pool``; the graph and what ``record()`` returned."""
+    # One capture at a time in the process: a model loading beside the running one, or a background build's
+    # warm-ups, must not sync or capture the device while this thread records.
+    with CAPTURE_LOCK:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.no_grad():
+            for run in range(warmup_runs):
+                started = time.perf_counter()
+                warm()
+                side.synchronize()
+                log.info("warm-up run %d took %.1f s", run, time.perf_counter() - started)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the other threads' CUDA calls (frames of a running engine) stay legal meanwhile.
+        with torch.cuda.graph(graph, pool=pool, stream=capture_stream(device),
+                              capture_error_mode="thread_local"), torch.no_grad():
+            out = record()
+    return graph, out

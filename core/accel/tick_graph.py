@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from core.accel.compile import CAPTURE_LOCK, FrameGraph, capture_stream
+from core.accel.compile import CAPTURE_LOCK, FrameGraph, record_graph
 from core.accel.examples import example_values
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import concat_conditioning
@@ -54,9 +54,9 @@ def compiled_unets(unet) -> TickUNets:
 
 
 class CudaGraphRecorder:
-    """Records ``fn()`` into a CUDA graph: warm-up runs on a side stream, then the capture, one at a time in the
-    process (``CAPTURE_LOCK``), sharing one memory pool across this recorder's graphs (outputs are copied out
-    before the next replay)."""
+    """Records ``fn()`` into a CUDA graph (core.accel.compile.record_graph: warm-ups, then the capture, one at a
+    time in the process), sharing one memory pool across this recorder's graphs (outputs are copied out before
+    the next replay)."""
 
     def __init__(self, warmup_runs: int = 2):
         self.warmup_runs = warmup_runs
@@ -67,18 +67,7 @@ class CudaGraphRecorder:
         return torch.device(device).type == "cuda"
 
     def __call__(self, fn: Callable[[], list], device) -> tuple[object, list]:
-        with CAPTURE_LOCK:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side), torch.no_grad():
-                for _ in range(self.warmup_runs):
-                    fn()
-                side.synchronize()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=capture_stream(device),
-                                  capture_error_mode="thread_local"), torch.no_grad():
-                outputs = fn()
+        graph, outputs = record_graph(fn, fn, device, self.pool, self.warmup_runs)
         self.pool = graph.pool()
         return graph, outputs
 
