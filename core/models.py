@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .accel.capture_guard import empty_cache
 from .config import StreamConfig
 from .logs import route_library_logs
 from .model_errors import (ModelLoadError, explain_hub_failure, is_out_of_memory, out_of_memory,
@@ -252,8 +253,7 @@ def _move(pipe, tiny_vae, device: str, dtype, source: str, say) -> None:
             tiny_vae.to(device, dtype)
     except Exception as exc:
         if is_out_of_memory(exc):
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            empty_cache()
             raise out_of_memory(source, device, exc) from exc
         raise ModelLoadError(f"Could not move the model to '{device}': {exc}. Check the --device setting "
                              "(cuda needs an NVIDIA GPU and a CUDA build of PyTorch).") from exc

@@ -8,10 +8,9 @@ output equals what its engine alone would give, to float tolerance (batched kern
 
 Streams can share a call when they share the UNet, the latent size, dtype and device. A stream whose similarity
 filter skips the frame keeps its last output and is left out; one reusing deep features, or whose frame runner
-runs its own UNet (AsyncDiff), runs alone. The shared call uses the eager UNet (a compiled one is built for one
-batch size, and a session coming or going would mean a new build mid-stream); on a GPU, ``graphs``
-(core.accel.tick_graph, opt-in for the server: app.remote.batching) replays each group's whole tick from one
-CUDA graph, captured at its first tick.
+runs its own UNet (AsyncDiff), runs alone. The shared call uses the eager UNet; on a GPU, ``graphs``
+(core.accel.tick_graph) replays each member's front and back and the UNet over the tick's rows from CUDA graphs
+(with the UNet compiled for that row count once built), captured once per session and per row count.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from core import imageops
+from core.accel.capture_guard import CAPTURE_GUARD, CaptureBusy, empty_cache
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,12 @@ def _run_group(group, batches, graphs, unet) -> list[torch.Tensor]:
     if graphs is None or graphs.disabled or not graphs.supports(group[0].device):
         return tick(group, batches)
     try:
-        return graphs.run(group, batches, tick)
+        return graphs.run(group, batches)
+    except CaptureBusy:  # another thread builds or loads: no capture beside it; this tick runs eagerly
+        with CAPTURE_GUARD.work():
+            return tick(group, batches)
     except torch.OutOfMemoryError as exc:  # a graph's own memory pool; eager may still fit (else it raises)
-        torch.cuda.empty_cache()
+        empty_cache()
         graphs.disabled = f"out of GPU memory while capturing ({exc})"
         log.warning("capturing a shared tick ran out of GPU memory; shared ticks run eagerly from now on")
         return tick(group, batches)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from .accel.capture_guard import CAPTURE_GUARD
 from .clip_tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,9 @@ def build_preset(name: str, device: str | torch.device = "cpu", dtype: torch.dty
         "MODEL PRESET %r: building the %s architecture with RANDOM weights. Speed figures are real; "
         "the images are noise and say nothing about quality.", name, family.upper())
     rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices, device_type="cuda" if rng_devices else "cpu"):
+    # Forking the GPU's generator resets its offset, which a capture on another thread (a running engine) reads.
+    guard = CAPTURE_GUARD.work() if rng_devices else contextlib.nullcontext()
+    with guard, torch.random.fork_rng(devices=rng_devices, device_type="cuda" if rng_devices else "cpu"):
         torch.manual_seed(PRESET_WEIGHT_SEED)
         with device if device.type != "cpu" else contextlib.nullcontext():
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))

@@ -102,10 +102,13 @@ def test_one_build_at_a_time_and_a_build_cleared_meanwhile_is_dropped(tiny_compo
 def test_nothing_is_built_before_the_running_engine_reaches_full_speed(tiny_components, tiny_config):
     class Startup:
         def __init__(self):
-            self.done = threading.Event()
+            self.done, self.first_frame_run = threading.Event(), False
 
         def wait(self, timeout_s=None):
             return self.done.wait(timeout_s)
+
+        def settled(self):  # the frame that installed the build (and captured its graph) has run
+            return self.done.is_set() and self.first_frame_run
 
     config = tiny_config.replace(t_index_list=(30,))
     engine = running(tiny_components, config)
@@ -115,6 +118,9 @@ def test_nothing_is_built_before_the_running_engine_reaches_full_speed(tiny_comp
     time.sleep(0.3)
     assert prepared.ready_steps() == [] and prepared.building is None
     engine.startup.done.set()
+    time.sleep(0.3)
+    assert prepared.ready_steps() == [] and prepared.building is None
+    engine.startup.first_frame_run = True
     assert wait_for(lambda: prepared.ready_steps() == [2, 3, 4])
     prepared.clear()
 
@@ -124,3 +130,32 @@ def test_preparing_is_for_compiled_engines_on_one_gpu(tiny_components, tiny_conf
     assert not worth_preparing(engine, tiny_config)  # the CPU: a new engine there costs no compile
     assert same_but_steps(tiny_config, tiny_config.replace(t_index_list=(10, 20, 30), smoothing=0.5))
     assert not same_but_steps(tiny_config, tiny_config.replace(model="preset:tiny-sdxl"))
+
+
+def test_preparing_waits_for_the_running_engines_graph_without_spinning(tiny_components, tiny_config):
+    """Built and its first frame run, but that frame ran eagerly (its capture met another thread's build): no
+    prepared build yet, and the wait sleeps between looks."""
+    class Startup:
+        looks = 0
+
+        def wait(self, timeout_s=None):
+            return True
+
+        def settled(self):
+            Startup.looks += 1
+            return True
+
+    class Runner:
+        graphs: dict = {}
+
+    config = tiny_config.replace(t_index_list=(30,))
+    engine = running(tiny_components, config)
+    engine.startup = Startup()
+    engine.install(frame_runner=Runner())
+    prepared = PreparedEngines(factory, should_prepare=lambda e, c: True, poll_s=0.05)
+    prepared.prepare_for(engine, config, "a cat", "")
+    time.sleep(0.5)
+    assert prepared.ready_steps() == [] and Startup.looks < 50  # about ten looks in 0.5 s, not a busy loop
+    Runner.graphs = {"captured": True}
+    assert wait_for(lambda: prepared.ready_steps() == [2, 3, 4])
+    prepared.clear()

@@ -152,3 +152,18 @@ def test_a_batched_server_serves_two_clients(tiny_components, tiny_config):
         for client in clients:
             client.close()
         serving.stop()
+
+
+def test_the_server_replays_its_ticks_from_graphs_with_the_eager_unet_unless_told(monkeypatch):
+    from app.remote.batching import default_ticks
+    from core.accel.tick_graph import TickGraphs
+
+    for name in ("LIVEDIFFUSION_TICK_GRAPHS", "LIVEDIFFUSION_TICK_COMPILE"):
+        monkeypatch.delenv(name, raising=False)
+    ticks = default_ticks()
+    assert ticks.func is process_together and isinstance(ticks.keywords["graphs"], TickGraphs)
+    assert ticks.keywords["graphs"].unets_for is None  # the compile beside the sessions starved them
+    monkeypatch.setenv("LIVEDIFFUSION_TICK_COMPILE", "1")
+    assert default_ticks().keywords["graphs"].unets_for is not None
+    monkeypatch.setenv("LIVEDIFFUSION_TICK_GRAPHS", "0")
+    assert default_ticks() is process_together

@@ -1,8 +1,9 @@
-"""Shared ticks replayed from one graph per group (core.accel.tick_graph), with a CPU stand-in for the CUDA graph
-that replays by running the tick again on the captured static inputs and writing into the captured outputs, as
-a graph replay reads and writes the same buffers. Each stream's frames equal its engine alone; a group's graph
-is captured once and reused; a changed group, a swapped engine part or a closed engine is handled; a failed
-capture leaves the streams as they were and the ticks run eagerly."""
+"""Shared ticks replayed from graphs of parts (core.accel.tick_graph): each session's front and back, and the
+UNet per row count. A CPU stand-in for the CUDA graph replays by running the captured function again on the
+static inputs and writing into the captured outputs, as a graph replay reads and writes the same buffers. Each
+stream's frames equal its engine alone; a session is captured once whatever groups it ticks in, a row count
+once; a swapped engine part or a closed engine is handled; a failed capture leaves the streams as they were and
+the ticks run eagerly; a capture never runs beside another thread's build."""
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ class ReplayingRecorder:
     def supports(device) -> bool:
         return True
 
-    def __call__(self, fn, device):
+    def __call__(self, fn, device, pool=None):
         for _ in range(2):  # warm-ups move the streams on, as on the GPU
             fn()
             self.warmups += 1
@@ -60,7 +61,7 @@ def test_each_stream_matches_its_engine_alone_and_the_group_is_captured_once(tin
     for tick in range(4):
         frames = [make_frame(seed=10 * tick + i) for i in range(3)]
         assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
-    assert graphs.captures == 1 and len(graphs.entries) == 1
+    assert graphs.session_captures == 3 and graphs.unet_captures == 1
 
 
 def tick_groups(graphs, make_frame, *groups) -> None:
@@ -69,14 +70,32 @@ def tick_groups(graphs, make_frame, *groups) -> None:
         process_together(group, [make_frame(10 * tick + i) for i in range(len(group))], graphs=graphs)
 
 
-def test_a_new_group_is_captured_and_a_group_seen_before_is_reused(tiny_components, tiny_config, make_frame):
+def test_a_session_is_captured_once_and_a_row_count_once_whatever_the_groups(tiny_components, tiny_config,
+                                                                             make_frame):
     a, b, c = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,)), 3)
     graphs = TickGraphs(ReplayingRecorder())
-    tick_groups(graphs, make_frame, [a, b, c], [a, b], [a, b, c])
-    assert graphs.captures == 2
-    small = TickGraphs(ReplayingRecorder(), limit=1)
+    tick_groups(graphs, make_frame, [a, b, c], [a, b], [b, c], [a, c], [a, b, c])
+    assert graphs.session_captures == 3 and graphs.unet_captures == 2  # three rows' counts, two of them
+    small = TickGraphs(ReplayingRecorder(), limit=4)  # a quarter of it for the UNet graphs: one
     tick_groups(small, make_frame, [a, b, c], [a, b])
-    assert len(small.entries) == 1
+    assert len(small.unet_graphs) == 1 and len(small.sessions) == 3
+
+
+def test_each_stream_matches_its_engine_alone_while_the_groups_change(tiny_components, tiny_config, make_frame):
+    config = tiny_config  # two steps: a stream state moved by another group's tick would show
+    together, alone = engines_of(tiny_components, config, 3), engines_of(tiny_components, config, 3)
+    graphs = TickGraphs(ReplayingRecorder())
+    for tick, members in enumerate([(0, 1, 2), (0, 1), (1, 2), (0, 2), (2,), (0, 1, 2)]):
+        if tick == 3:  # the prompt is copied into the UNet graph's inputs at every tick; strength is state
+            for engine in (together[0], alone[0]):
+                engine.update_prompt("a changed style")
+                engine.set_strength(0.7)
+        frames = [make_frame(seed=10 * tick + i) for i in members]
+        outputs = process_together([together[i] for i in members], frames, graphs=graphs)
+        assert_same(outputs, [alone[i].process(f) for i, f in zip(members, frames)])
+        for i in members:  # the latents too: the tiny model's pictures hardly show a prompt
+            torch.testing.assert_close(together[i].batch.latents, alone[i].batch.latents, rtol=1e-3, atol=1e-3)
+    assert graphs.session_captures == 3 and graphs.unet_captures == 2 and not graphs.disabled
 
 
 def test_a_swapped_part_recaptures_and_a_closed_engine_lets_its_graphs_go(tiny_components, tiny_config, make_frame):
@@ -85,10 +104,10 @@ def test_a_swapped_part_recaptures_and_a_closed_engine_lets_its_graphs_go(tiny_c
     tick_groups(graphs, make_frame, [a, b, c], [a, b])
     b.install(keep_alive=object())  # what a background build's swap does: new parts
     tick_groups(graphs, make_frame, [a, b, c])
-    assert graphs.captures == 3
+    assert graphs.session_captures == 4 and graphs.unet_captures == 2  # b again; the UNet graphs stand
     c.close()
     tick_groups(graphs, make_frame, [a, b])
-    assert all(not any(e is c for e in entry.engines) for entry in graphs.entries.values())
+    assert {id(session.engine) for session in graphs.sessions.values()} == {id(a), id(b)}
 
 
 def test_a_failed_capture_restores_the_streams_and_ticks_run_eagerly(tiny_components, tiny_config, make_frame):
@@ -108,7 +127,7 @@ def test_the_same_streams_in_another_order_share_one_graph(tiny_components, tiny
     frames = [make_frame(i) for i in range(3)]
     first = process_together([a, b, c], frames, graphs=graphs)
     second = process_together([c, a, b], [frames[2], frames[0], frames[1]], graphs=graphs)
-    assert graphs.captures == 1
+    assert graphs.session_captures == 3 and graphs.unet_captures == 1
     assert [o.shape for o in second] == [first[2].shape, first[0].shape, first[1].shape]
 
 
@@ -151,15 +170,34 @@ def test_a_compiled_unet_for_the_tick_batch_is_built_beside_the_ticks_and_swappe
         frames = [make_frame(seed=10 * index + i) for i in range(3)]
         assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
 
-    tick(0)  # captured with the eager UNet while the build starts
-    assert graphs.captures == 1 and len(made) == 1 and made[0].wait(60)
+    tick(0)  # captured with the eager UNet, then the build starts
+    assert graphs.unet_captures == 1 and len(made) == 1 and made[0].wait(60)
     rows = sum(e.unet_batch_size for e in together)
     assert rows in made[0].ready and compile_fn.built == [tiny_components.pipe.unet]
     calls_after_build = compile_fn.calls  # the build's own compile and settling runs
     tick(1)  # the compiled UNet is ready: the group is captured again with it
     tick(2)
-    assert graphs.captures == 2 and compile_fn.calls > calls_after_build
-    assert [entry.unet for entry in graphs.entries.values()] == [made[0].ready[rows]]
+    assert graphs.unet_captures == 2 and graphs.session_captures == 3 and compile_fn.calls > calls_after_build
+    assert [graph.unet for graph in graphs.unet_graphs.values()] == [made[0].ready[rows]]
+
+
+class DynamicCountingCompile(CountingCompile):
+    def __call__(self, unet, dynamic_batch=False):
+        assert dynamic_batch
+        return super().__call__(unet)
+
+
+def test_a_dynamic_batch_build_serves_every_row_count(tiny_components, tiny_config, make_frame):
+    engines = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,)), 3)
+    compile_fn = DynamicCountingCompile()
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda unet: made.append(
+        TickUNets(unet, compile_fn=compile_fn, dynamic_batch=True)) or made[-1])
+    tick_groups(graphs, make_frame, engines)
+    assert made[0].wait(60) and len(compile_fn.built) == 1
+    tick_groups(graphs, make_frame, engines[:2], engines, engines[1:])
+    assert len(compile_fn.built) == 1 and made[0].failed == set()
+    assert {graph.unet for graph in graphs.unet_graphs.values()} == {made[0].built(2)}  # both row counts
 
 
 def test_a_failed_unet_build_leaves_that_batch_on_the_eager_unet(tiny_components, tiny_config, make_frame):
@@ -172,32 +210,37 @@ def test_a_failed_unet_build_leaves_that_batch_on_the_eager_unet(tiny_components
         assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
         made[0].wait(60)
     assert made[0].failed == {sum(e.unet_batch_size for e in together)} and not made[0].ready
-    assert graphs.captures == 1 and not graphs.disabled
+    assert graphs.unet_captures == 1 and not graphs.disabled
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_the_gpu_a_captured_tick_gives_each_stream_its_engine_alone(tiny_config, make_frame):
-    """Real CUDA graphs, the UNet compiled for the tick's batch swapped in when built, and live changes
-    (prompt, seed, strength, smoothing) between ticks: a graph reading a replaced tensor would drift."""
-    from core.accel.tick_graph import compiled_unets
+@pytest.mark.parametrize("dynamic", [False, True], ids=["a build per row count", "one dynamic-batch build"])
+def test_on_the_gpu_the_tick_graphs_give_each_stream_its_engine_alone(tiny_config, make_frame, dynamic):
+    """Real CUDA graphs, the UNet compiled for the tick's rows swapped in when built, live changes (prompt, seed,
+    strength, smoothing) between ticks, and a smaller group at the end: a graph reading a replaced tensor, or
+    a pool shared across sessions, would drift."""
     from core.models import load_components
 
     config = tiny_config.replace(device="cuda", dtype="float32", acceleration="none")
     components = load_components(config)
     together, alone = engines_of(components, config, 3), engines_of(components, config, 3)
     made = []
-    graphs = TickGraphs(unets_for=lambda unet: made.append(compiled_unets(unet)) or made[-1])
+    graphs = TickGraphs(unets_for=lambda unet: made.append(TickUNets(unet, dynamic_batch=dynamic)) or made[-1])
     changes = {2: lambda e, i: e.update_prompt(f"changed {i}"), 3: lambda e, i: e.set_seed(40 + i),
                4: lambda e, i: e.set_strength(0.6), 5: lambda e, i: e.set_smoothing(0.3)}
-    for tick in range(8):
-        if tick == 1:
-            assert made and made[0].wait(300)  # the compiled UNet for this batch: used from the next tick
+    for tick in range(9):
+        if tick in (1, 7):  # the compiled UNet for these rows (or any, dynamic): used from the next tick
+            assert made and made[0].wait(300)
         for i, engine in enumerate(together + alone):
             if tick in changes:
                 changes[tick](engine, i % 3)
-        frames = [make_frame(seed=10 * tick + i) for i in range(3)]
-        outputs = process_together(together, frames, graphs=graphs)
-        for out, engine, frame in zip(outputs, alone, frames):
-            np.testing.assert_allclose(out.astype(int), engine.process(frame).astype(int), atol=2)
-    assert graphs.captures == 2 and not graphs.disabled and made[0].ready and not made[0].failed
+        members = range(3) if tick < 6 else range(2)
+        frames = [make_frame(seed=10 * tick + i) for i in members]
+        outputs = process_together([together[i] for i in members], frames, graphs=graphs)
+        for out, i, frame in zip(outputs, members, frames):
+            np.testing.assert_allclose(out.astype(int), alone[i].process(frame).astype(int), atol=2)
+            torch.testing.assert_close(together[i].batch.latents, alone[i].batch.latents, rtol=1e-2, atol=1e-2)
+    # three rows: eager, then compiled; two rows: compiled at once (dynamic), or eager and then compiled
+    assert graphs.unet_captures == (3 if dynamic else 4) and graphs.session_captures == 3 and not graphs.disabled
+    assert len(made[0].ready) == (1 if dynamic else 2) and not made[0].failed

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Issue 12's batched ticks on a lent GPU, one call: the GPU test of core.accel.tick_graph (real CUDA graphs, the
-# UNet compiled for the tick's batch swapped in, live changes between ticks), or the tests named in TESTS, then
+# Issue 12's batched ticks on a lent GPU, one call: the GPU tests of core.accel.tick_graph (real CUDA graphs of
+# each session's front and back and of the UNet per row count, the compiled UNet swapped in, live changes and a
+# smaller group between ticks), or the tests named in TESTS, then
 #  - PROBE_STREAMS (e.g. 4,8): tools.multi_stream_probe, N streams on one sd-turbo: each alone on its own graph,
-#    the shared tick eager, replayed from one CUDA graph, and with the UNet compiled for the tick's batch; or
-#  - STREAMS (e.g. 8): bench-remote through a real `main.py serve`, batched and one thread per session (graphed
-#    ticks with LIVEDIFFUSION_TICK_GRAPHS=1), every
+#    the shared tick eager, and from graphs of parts with the eager UNet, the UNet compiled per row count, compiled
+#    once with a dynamic row count, and with the group changing every tick; or
+#  - STREAMS (e.g. 4,8): bench-remote through a real `main.py serve`, batched and one thread per session, every
 #    client streaming WARMUP seconds before each measurement (the batched server compiles meanwhile).
 # Carry .whl (diffusers, pytest) and, for bench-remote, .whl_serve.
 set -uo pipefail
@@ -23,7 +24,7 @@ if [ -n "${PROBE_STREAMS:-}" ]; then
   echo "probe rc $?"; cat "$OUT/probe.txt"; grep -h "rror\|failed" "$OUT/probe.err" | head -5
 fi
 if [ -n "${STREAMS:-}" ]; then
-  timeout "${BENCH_S:-420}" python3 main.py bench-remote --model preset:sd-turbo --acceleration compile \
+  timeout "${BENCH_S:-420}" python3 main.py bench-remote --model preset:sd-turbo --acceleration compile --server-log \
     --seconds 8 --warmup "${WARMUP:-75}" --streams "$STREAMS" --json "$OUT/bench_remote.json" \
     > "$OUT/bench_remote.txt" 2> "$OUT/bench_remote.err"
   echo "bench-remote rc $?"; cat "$OUT/bench_remote.txt"

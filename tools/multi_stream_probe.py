@@ -1,9 +1,9 @@
 """Where a batched tick of the engine server spends its time, without the network: N engines on one model, each
 frame run alone (their own compiled graphs) against core.multi_stream.process_together: the shared eager UNet,
-the same tick replayed from one CUDA graph (core.accel.tick_graph, the server's with LIVEDIFFUSION_TICK_GRAPHS=1),
-and that graph with the
-UNet compiled for the tick's batch; then the parts of an eager shared tick (fronts, the UNet call, backs), timed
-with CUDA syncs. Host frames in and out in every row.
+and the tick from graphs of parts (core.accel.tick_graph: each session's front and back, the UNet per row count)
+with the eager UNet, with the UNet compiled for the row count, and with the group changing at every tick (all
+streams, then all but one in turn, as frames arrive in the server); then the parts of an eager shared tick
+(fronts, the UNet call, backs), timed with CUDA syncs. Host frames in and out in every row.
 
     python -m tools.multi_stream_probe --streams 4,8 --frames 60
 """
@@ -18,6 +18,7 @@ import torch
 
 from core.config import StreamConfig
 from core.accel.tick_graph import TickGraphs
+from core.accel.tick_unets import TickUNets
 from core.multi_stream import concat_conditioning, process_together
 from core.stream import StreamEngine
 
@@ -47,22 +48,47 @@ def probe(args, streams: int) -> list[str]:
     frames = [np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8) for i in range(streams)]
     for engine, frame in zip(engines, frames):
         engine.process(frame)
-    graphs = TickGraphs()
+    eager_unet = TickGraphs(unets_for=None)
     rows = {"each alone (own graphs)": lambda: [e.process(f) for e, f in zip(engines, frames)],
             "shared tick, eager": lambda: process_together(engines, frames),
-            "shared tick, one CUDA graph (eager UNet)": lambda: process_together(engines, frames, graphs=graphs)}
+            "shared tick, graphs of parts, eager UNet": lambda: process_together(engines, frames, graphs=eager_unet)}
+    groups = [list(range(streams))] + [[j for j in range(streams) if j != i] for i in range(streams)]
+    turn = iter(range(10 ** 9))
+
+    def changing(graphs):
+        members = groups[next(turn) % len(groups)]
+        return process_together([engines[j] for j in members], [frames[j] for j in members], graphs=graphs)
+
+    builds = {}  # name -> TickGraphs whose UNet builds are awaited before timing
     if args.acceleration == "compile":
-        compiled = torch.compile(first.unet, fullgraph=True, dynamic=False)
-        compiled_graphs = TickGraphs()
-        rows["shared tick, one CUDA graph (UNet compiled for the batch)"] = lambda: process_together(
-            engines, frames, graphs=compiled_graphs, unet=compiled)
+        builds["per rows"] = TickGraphs(unets_for=TickUNets)
+        builds["dynamic"] = TickGraphs(unets_for=lambda unet: TickUNets(unet, dynamic_batch=True))
+        rows["shared tick, graphs of parts, UNet compiled for the rows"] = lambda: process_together(
+            engines, frames, graphs=builds["per rows"])
+        rows["shared tick, graphs of parts, UNet compiled once for any rows (dynamic)"] = lambda: process_together(
+            engines, frames, graphs=builds["dynamic"])
+    changing_graphs = builds.get("dynamic", eager_unet)
+    rows["the same, group changing every tick (all, then all but one)"] = lambda: changing(changing_graphs)
     lines = []
     for name, fn in rows.items():
+        ticks = len(groups) if "changing" in name else 1
         started = time.perf_counter()
-        fn()  # the first tick captures (and compiles)
+        for _ in range(ticks):
+            fn()  # the first ticks capture (and start the UNet builds)
+        if "graphs" in name or "changing" in name:
+            for graphs in builds.values():
+                for unets in graphs.unets.values():
+                    unets.wait(args.compile_wait_s)  # a compiled UNet is used from the tick after its build
+            for _ in range(ticks):
+                fn()
         first_s = time.perf_counter() - started
         ms = timed(fn, args.frames)
-        lines.append(f"| {streams} | {name} | {ms:.2f} | {1000.0 / ms * streams:.1f} | {first_s:.1f} |")
+        each = streams * streams / (streams + 1) if "changing" in name else streams
+        lines.append(f"| {streams} | {name} | {ms:.2f} | {1000.0 / ms * each:.1f} | {first_s:.1f} |")
+        print(lines[-1], flush=True)  # a call cut short keeps what it measured
+    for name, graphs in [("eager UNet", eager_unet), *builds.items()]:
+        lines.append(f"| {streams} | captures ({name}): {graphs.session_captures} sessions' fronts and backs, "
+                     f"{graphs.unet_captures} UNets | | | |")
     batches = [torch.from_numpy(f)[None].to(first.device) for f in frames]
     with torch.no_grad():
         inputs = [e.frame_front(b) for e, b in zip(engines, batches)]
@@ -93,11 +119,11 @@ def main() -> None:
     parser.add_argument("--acceleration", default="compile")
     parser.add_argument("--streams", default="4", help="stream counts, comma-separated")
     parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--compile-wait-s", type=float, default=300.0, help="the longest wait for a UNet build")
     args = parser.parse_args()
     lines = []
     for streams in [int(n) for n in args.streams.split(",")]:
         lines += probe(args, streams)
-        print("\n".join(lines[-5:]), flush=True)
     print(f"\n{args.model}, {args.acceleration}, one frame per stream per tick, host frames in and out")
     print("| streams | how | ms per tick | frames/s (all streams) | first tick s |")
     print("| --- | --- | --- | --- | --- |")

@@ -39,6 +39,7 @@ def parse_args(argv):
                         help="seconds every client streams before each measurement (a batched server compiles its "
                              "UNet for a new batch in the background meanwhile; default: %(default)s)")
     parser.add_argument("--streams", default="1,4,6", help="client counts for the streams test")
+    parser.add_argument("--server-log", action="store_true", help="the servers' own log (serve --verbose) on stderr")
     parser.add_argument("--connect-timeout", type=float, default=300.0,
                         help="seconds a session may take to start (a cold compile takes minutes)")
     parser.add_argument("--json", metavar="PATH")
@@ -73,7 +74,7 @@ class Server:
         command = [sys.executable, "main.py", "serve", "--port", str(self.port), "--token-file", self.token_file.name,
                    "--model", args.model, "--acceleration", args.acceleration, "--device", args.device,
                    "--width", str(args.size), "--height", str(args.size), "--no-quick-start",
-                   "--max-sessions", str(max_sessions), "--max-frame-size", "1920x1080"] + (["--batch"] if batch else [])
+                   "--max-sessions", str(max_sessions), "--max-frame-size", "1920x1080"] + (["--batch"] if batch else []) + (["--verbose"] if args.server_log else [])
         self.process = subprocess.Popen(command, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 300
@@ -104,24 +105,27 @@ def stream_client(client, frames, fps: float, seconds: float, start_at: float, o
     latencies: list[float] = []
     period, number = 1.0 / fps, 0
     end = start_at + seconds
-    while time.monotonic() < start_at:
-        time.sleep(0.001)
-    while True:
-        now = time.monotonic()
-        if now >= end or (stop is not None and stop.is_set()):
-            break
-        due = start_at + number * period
-        if now >= due:
-            sent_at[number] = now
-            returned = client.submit(frames[number % len(frames)], tag=number)
-            number += 1
-        else:
-            returned = client.flush(min(due - now, 0.005))
-        arrived = time.monotonic()
-        latencies += [(arrived - sent_at[r.tag]) * 1000.0 for r in returned if r.tag in sent_at]
-    for r in client.flush(0.5):
-        if r.tag in sent_at:
-            latencies.append((time.monotonic() - sent_at[r.tag]) * 1000.0)
+    try:
+        while time.monotonic() < start_at:
+            time.sleep(0.001)
+        while True:
+            now = time.monotonic()
+            if now >= end or (stop is not None and stop.is_set()):
+                break
+            due = start_at + number * period
+            if now >= due:
+                sent_at[number] = now
+                returned = client.submit(frames[number % len(frames)], tag=number)
+                number += 1
+            else:
+                returned = client.flush(min(due - now, 0.005))
+            arrived = time.monotonic()
+            latencies += [(arrived - sent_at[r.tag]) * 1000.0 for r in returned if r.tag in sent_at]
+        for r in client.flush(0.5):
+            if r.tag in sent_at:
+                latencies.append((time.monotonic() - sent_at[r.tag]) * 1000.0)
+    except Exception as exc:  # noqa: BLE001 - a stream that died is not sustained; the others go on
+        out["error"] = f"{type(exc).__name__}: {exc}"
     out.update(summary(latencies, number, seconds))
 
 
@@ -199,7 +203,8 @@ def main(argv=None) -> int:
             for count in counts:
                 rows = time_remote(server.url, server.token, stream_frames, args.fps, args.seconds, count,
                                    args.connect_timeout, args.warmup)
-                sustained = sum(r["returned"] >= 0.95 * r["sent"] and (r["p95_ms"] or 1e9) < 100 for r in rows)
+                sustained = sum("error" not in r and r["returned"] >= 0.95 * r["sent"] and (r["p95_ms"] or 1e9) < 100
+                                for r in rows)
                 report.setdefault("streams", []).append({"mode": mode, "clients": count, "sustained": sustained,
                                                          "per_stream": rows})
                 print(f"{mode}, {count} streams: {sustained} sustained; {rows}", file=sys.stderr)

@@ -89,8 +89,9 @@ def free_gpu_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
+            from core.accel.capture_guard import empty_cache
+
+            empty_cache()
         except Exception:
             pass
 

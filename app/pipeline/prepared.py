@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from app.pipeline.engine_loader import build_engine
@@ -36,6 +37,15 @@ def worth_preparing(engine, config) -> bool:
     except Exception:  # noqa: BLE001 - no answer: do not risk the running engine's memory
         return False
     return free >= MIN_FREE_GPU_BYTES
+
+
+def at_full_speed(engine, startup) -> bool:
+    """``engine``'s background build runs (its first frame done) with its frame graph captured, where it has one."""
+    settled = getattr(startup, "settled", None)  # several GPUs' chained builds: their wait is the whole story
+    if settled is not None and not settled():
+        return False
+    graphs = getattr(getattr(getattr(engine, "accelerated", None), "frame_runner", None), "graphs", None)
+    return graphs is None or bool(graphs)
 
 
 def same_but_steps(a, b) -> bool:
@@ -120,9 +130,13 @@ class PreparedEngines:
         if previous is not None:
             previous.join()  # one build at a time
         startup = getattr(engine, "startup", None)
-        while startup is not None and not startup.wait(self.poll_s):  # its own build first
+        # Its own build first, and the frame that installs it, which captures its graph: a build started
+        # sooner would hold that capture off (core.accel.capture_guard) and the frames would run without it.
+        while startup is not None and not (startup.wait(self.poll_s) and at_full_speed(engine, startup)):
             if not self._current(generation):
                 return
+            if startup.wait(0):  # built, not yet running a captured graph: wait for frames
+                time.sleep(self.poll_s)
         components = getattr(engine, "components", None)
         extra = {} if components is None else {"components": components}
         if getattr(engine, "closed", False) or (hasattr(engine, "components") and components is None):

@@ -7,15 +7,18 @@ Closing an engine goes through the same thread, between two ticks, never under a
 fails each of its frames (their sessions end; a client reconnects): its engines' stream states have moved on,
 so the frames are not run again one by one.
 
-Off by default: on a lent H100 four sessions' eager tick took 46.6-65.2 ms against 26.5-26.8 ms for their four
-captured compiled graphs one after another (tools/multi_stream_probe.py, BENCHMARKS.md): launches, not the GPU.
-Replaying a group's whole tick from one CUDA graph, with the UNet compiled for its batch, took 17.5 ms for four
-and 33.6 ms for eight (1.5-1.6x the streams alone) when the same sessions tick together every time. Through the
-real server the groups are whichever frames arrived during the last tick, so they keep changing (each new group is
-a capture, each new batch a minute's compile), and the captures and compiles ran beside the sessions' own builds:
-sessions fell back to eager. So the graphed ticks are opt-in (``LIVEDIFFUSION_TICK_GRAPHS=1``) until the tick is
-built from parts that survive a change of group (each session's own front and back graphs around a UNet graph per
-batch).
+Each tick is replayed from CUDA graphs that survive a change of group (core.accel.tick_graph): each session's
+front and back, captured once, around the UNet captured once per row count. Through the real server on a lent
+H100 (bench-remote, sd-turbo 512x512, 1280x720 clients, BENCHMARKS.md): 4 of 4 streams sustained at 30 fps (p95
+85 ms) against 0 of 4 (9.4 fps) for the eager tick. At 8 streams neither sustained 30 fps: batched 18.8 fps each
+(8 streams' tick with the eager UNet took 43 ms in tools/multi_stream_probe.py), one thread per session 19.0.
+``LIVEDIFFUSION_TICK_GRAPHS=0`` runs the ticks eagerly.
+
+The UNet compiled for the ticks' rows is faster still in isolation (tools/multi_stream_probe.py: 8 streams 34.6
+ms a tick against 43.2 with the eager UNet in the graphs), but it is built in this process while the sessions
+run: on a cold machine that build took 163 s, and the sessions that joined meanwhile got a frame every few
+seconds (captures wait for a build; eager ticks competed with it for the interpreter). So it is opt-in,
+``LIVEDIFFUSION_TICK_COMPILE=1``, until it can be built before the sessions come or loaded from the store.
 """
 
 from __future__ import annotations
@@ -37,17 +40,21 @@ def batchable(engine) -> bool:
     return all(hasattr(engine, name) for name in ("begin_step", "frame_front", "frame_back", "end_step"))
 
 
-def graphed_ticks() -> Callable[[list, list], list]:
-    """``process_together`` with each group's tick replayed from its CUDA graph (core.accel.tick_graph), kept
-    for the batcher's life; on the CPU the same ticks run eagerly."""
+def graphed_ticks(compile_unet: bool = False) -> Callable[[list, list], list]:
+    """``process_together`` with the ticks replayed from CUDA graphs (core.accel.tick_graph), kept for the
+    batcher's life, with the UNet compiled for the ticks' rows once built (``compile_unet``); on the CPU the
+    same ticks run eagerly."""
     from core.accel.tick_graph import TickGraphs, compiled_unets
 
-    return functools.partial(process_together, graphs=TickGraphs(unets_for=compiled_unets))
+    return functools.partial(process_together, graphs=TickGraphs(unets_for=compiled_unets if compile_unet else None))
 
 
 def default_ticks() -> Callable[[list, list], list]:
-    """Eager shared ticks; ``LIVEDIFFUSION_TICK_GRAPHS=1``: graphed ones, experimental (see the module's text)."""
-    return graphed_ticks() if os.environ.get("LIVEDIFFUSION_TICK_GRAPHS", "0") == "1" else process_together
+    """Graphed shared ticks with the eager UNet (``LIVEDIFFUSION_TICK_COMPILE=1``: compiled in the background,
+    ``LIVEDIFFUSION_TICK_GRAPHS=0``: eager ticks); see the module's text."""
+    if os.environ.get("LIVEDIFFUSION_TICK_GRAPHS", "1") != "1":
+        return process_together
+    return graphed_ticks(os.environ.get("LIVEDIFFUSION_TICK_COMPILE", "0") == "1")
 
 
 class SessionBatcher:

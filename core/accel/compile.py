@@ -13,15 +13,14 @@ import copy
 import functools
 import logging
 import os
-import threading
 import time
 import traceback
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from core.accel import aoti, fx_threads, precompiled
+from core.accel.capture_guard import CAPTURE_GUARD, CaptureBusy
 from core.accel.stored import stored_format
 from core.accel.parts import AcceleratedParts
 from core.cache import cache_root
@@ -30,7 +29,6 @@ from core.vae import vae_decode, vae_encode
 
 log = logging.getLogger(__name__)
 
-CAPTURE_LOCK = threading.Lock()  # held while a thread captures a CUDA graph (or runs next to no capture)
 _CAPTURE_STREAMS: dict = {}
 
 
@@ -142,8 +140,11 @@ def full_speed_parts(engine, say=None) -> dict:
         if engine.conditioning is None:
             engine.prepare("")  # the build's examples need the prompt tensors' shapes
         try:
-            parts = precompiled.build_and_use(engine, say) if fmt == "precompiled" else aoti.build_and_load(engine, say)
-            return {**parts, "unet_split": compiled_split(engine)}
+            # Inductor's autotuning draws random inputs on the device and synchronizes it: no capture beside it
+            # (a capture on the GPU thread meanwhile runs its frame eagerly instead, core.accel.capture_guard).
+            with CAPTURE_GUARD.work():
+                built = precompiled.build_and_use(engine, say) if fmt == "precompiled" else aoti.build_and_load(engine, say)
+            return {**built, "unet_split": compiled_split(engine)}
         except Exception as error:  # noqa: BLE001 - torch.compile is as fast, only not stored
             where = traceback.extract_tb(error.__traceback__)[-1]
             log.warning("ahead-of-time compilation failed (%s: %s, at %s:%d); compiling in this process instead",
@@ -213,7 +214,7 @@ def build_compiled(engine, say, cancelled=lambda: False) -> dict:
                 if cancelled():
                     raise BuildCancelled()
                 warm.reuse_refresh = kind
-                with CAPTURE_LOCK if run else nullcontext():  # a first run may compile for a minute: unlocked
+                with CAPTURE_GUARD.work():  # Inductor's benchmarks synchronize the device: no capture beside
                     warm.frame_step(frames)
                     side.synchronize()
     return dict(parts, frame_runner=FrameGraph(engine, say, warmup_runs=1), acceleration="compile")
@@ -265,6 +266,9 @@ class FrameGraph:
         if entry is None:
             try:
                 entry = self._capture(frames_u8)
+            except CaptureBusy:  # another thread compiles or loads (maybe for a minute): this frame runs eagerly,
+                with CAPTURE_GUARD.work():  # itself maybe a first compiled call, which no capture may run beside
+                    return self.engine.frame_step(frames_u8)
             except torch.OutOfMemoryError:
                 raise  # eager would not fit either; the app reports it with its advice
             except Exception as error:  # noqa: BLE001 - compile errors surface here, at first use
@@ -290,25 +294,28 @@ class FrameGraph:
         engine = self.engine
         # The stream buffer must not advance during warm-up and capture: save and restore it.
         self._saved = saved = engine.snapshot_stream()
-        self.say(f"capturing the frame graph for input {None if frames_u8 is None else tuple(frames_u8.shape)}")
-        entry = self._record(frames_u8, warm=engine, record=engine)
-        engine.restore_stream(saved)
+        try:
+            entry = self._record(frames_u8, warm=engine, record=engine)
+        finally:
+            engine.restore_stream(saved)
+        self.say(f"captured the frame graph for input {None if frames_u8 is None else tuple(frames_u8.shape)}")
         return entry
 
     def _record(self, frames_u8, warm, record):
         static_in = None if frames_u8 is None else frames_u8.clone()
         graph, static_out = record_graph(lambda: warm.frame_step(static_in), lambda: record.frame_step(static_in),
-                                         self.engine.device, self.pool, self.warmup_runs)
+                                         self.engine.device, self.pool, self.warmup_runs, blocking=False)
         self.pool = graph.pool()
         return graph, static_in, static_out
 
 
-def record_graph(warm, record, device, pool=None, warmup_runs: int = 3):
+def record_graph(warm, record, device, pool=None, warmup_runs: int = 3, blocking: bool = True):
     """``warm()`` ``warmup_runs`` times on a side stream (compiles, autotunes, settles allocations), then
-    ``record()`` captured into a CUDA graph sharing ``pool``; the graph and what ``record()`` returned."""
-    # One capture at a time in the process: a model loading beside the running one, or a background build's
-    # warm-ups, must not sync or capture the device while this thread records.
-    with CAPTURE_LOCK:
+    ``record()`` captured into a CUDA graph sharing ``pool``; the graph and what ``record()`` returned.
+    ``blocking=False``: ``CaptureBusy`` at once while another thread's GPU work runs (core.accel.capture_guard)."""
+    # One capture at a time in the process, and none beside a build's or a load's runs, which synchronize the
+    # device: the capture or they would fail.
+    with CAPTURE_GUARD.capture(blocking):
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side), torch.no_grad():

@@ -25,6 +25,7 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from core.accel import store
+from core.accel.capture_guard import CAPTURE_GUARD
 from core.accel.examples import example_values
 from core.accel.aoti import compiled_code_key
 from core.accel.keys import config_digest
@@ -220,7 +221,7 @@ def _check(engine, compiled: dict) -> None:
     """One call of each piece as loaded, on example inputs: a guard that no longer holds (a stale artifact)
     fails the load here, so that it is rebuilt, rather than compiling in-process at the first frame."""
     arguments, modules = _arguments(engine), _modules(engine)
-    with torch.no_grad():
+    with CAPTURE_GUARD.work(), torch.no_grad():  # a first call may load kernels and synchronize the device
         for piece in PIECES:
             compiled[piece](modules[piece], *arguments[piece])
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from core.accel import onnx_export
+from core.accel.capture_guard import empty_cache
 from core.accel.trt_runtime import (EngineRunner, TensorRTBuildError, TensorRTUnavailable, build_plan,
                                     import_tensorrt)
 from core.accel.keys import config_digest, digest, weight_fingerprint
@@ -149,8 +150,7 @@ def _append_traceback(log_path: Path) -> None:
 
 def _release_cached_memory() -> None:
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    empty_cache()
 
 
 def _workspace_bytes(device: torch.device) -> int:

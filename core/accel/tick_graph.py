@@ -1,21 +1,29 @@
-"""A shared tick of several streams (core.multi_stream) replayed from one CUDA graph.
+"""Shared ticks of several streams (core.multi_stream) replayed from CUDA graphs that survive a change of group.
 
 Run eagerly, a tick of four sd-turbo streams spent 12.4 ms launching the four fronts and backs and 29.4 ms in
 the eager UNet at batch 4, against 26.5 ms for the four streams' own captured graphs one after another (lent
-H100, BENCHMARKS.md): the launches, not the GPU, were the cost. Here each group of streams (the same engines in
-the same order, with the same input sizes) gets one graph of its whole tick: every member's front, one UNet call
-over all their rows, every member's back. Replaying it is one launch.
+H100, BENCHMARKS.md): the launches, not the GPU, were the cost. One graph of a whole group's tick took 17.5 ms,
+but through the real server a tick's group is whichever sessions' frames arrived during the last one, so groups
+kept changing and each new one was a capture.
 
-A graph reads the tensors it was captured on. The engines overwrite their state and conditioning in place, so
-prompt and strength changes reach it; an engine whose accelerated parts or conditioning object were replaced
-(a background build swapped in, a new model), or that closed, makes its groups' graphs stale: they are captured
-again at the next tick. Graphs of the groups seen lately are kept (a similarity filter that skips one stream
-changes the group), the least recently used dropped past ``limit``.
+So the graphs are of parts that do not depend on the group:
+- each session's front (preprocess, encode, noise: its UNet rows out) and back (the step, decode, uint8 from
+  its noise), captured once per session and input size;
+- the UNet over ``rows`` rows, captured once per row count (with the UNet compiled for that count once a
+  background build has it: core.accel.tick_unets).
+A tick replays every member's front, gathers their rows, timesteps and prompt embeddings into the UNet graph's
+inputs (one copy each), replays it, and hands each member its slice of the noise for its back: two launches per
+member and a few copies, whatever the group.
+
+A graph reads the tensors it was captured on. The engines overwrite their state in place, so strength and
+smoothing reach the graphs; the prompt is copied in at every tick. An engine whose accelerated parts were
+replaced (a background build swapped in) or that closed makes its graphs stale: they are captured again at its
+next tick, or dropped. No capture runs beside another thread's build (core.accel.capture_guard): while one
+runs, a tick that needs a capture runs eagerly and asks again at the next.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections import OrderedDict
@@ -24,131 +32,213 @@ from typing import Callable
 
 import torch
 
-from core.accel.compile import CAPTURE_LOCK, FrameGraph, record_graph
+from core.accel.compile import FrameGraph, record_graph
 from core.accel.examples import example_values
 from core.accel.tick_unets import TickUNets
-from core.multi_stream import concat_conditioning
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TickEntry:
-    graph: object  # torch.cuda.CUDAGraph, or a stand-in with replay() (tests on the CPU)
-    engines: list
-    parts: list  # each engine's AcceleratedParts at capture: a swap makes the entry stale
-    conditionings: list
-    inputs: list  # static device uint8 frames the graph reads
-    outputs: list  # static device uint8 outputs the graph writes
-    unet: object = None  # the compiled UNet it was captured with (None: the eager one)
+class SessionGraphs:
+    """One engine's front and back as graphs, for one input key; they share a memory pool of their own (the
+    back runs after the front, always), so another session's graphs never write over their live buffers."""
+    engine: object
+    parts: object  # the engine's AcceleratedParts at capture: a swap makes these stale
+    front: object
+    back: object
+    frame_in: torch.Tensor | None  # the static frame the front reads
+    rows_out: torch.Tensor  # the front's UNet input rows
+    begun: tuple  # what the front keeps for the back (StreamBatch.pending)
+    eps_in: torch.Tensor  # the static noise the back reads
+    frame_out: torch.Tensor
 
-    def current(self, engines, unet=None) -> bool:
-        return unet is self.unet and all(
-            a is b and not a.closed and a.accelerated is parts and a.conditioning is cond
-            for a, b, parts, cond in zip(self.engines, engines, self.parts, self.conditionings))
+    def current(self) -> bool:
+        return not self.engine.closed and self.engine.accelerated is self.parts
 
 
-def compiled_unets(unet) -> TickUNets:
-    """Shared ticks' UNets compiled per batch in the background (``LIVEDIFFUSION_TICK_COMPILE=0``: eager)."""
-    return TickUNets(unet, lock=CAPTURE_LOCK)
+@dataclass
+class UNetGraph:
+    """The UNet over one row count; its inputs are filled at every tick, its output copied out at once (the
+    UNet graphs share one pool: the next one to replay may write over this one's output)."""
+    graph: object
+    model: object  # the shared eager UNet module these rows belong to
+    unet: object  # what was captured: ``model`` or the UNet compiled for this row count
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    hidden: torch.Tensor
+    added: dict | None
+    noise: torch.Tensor
 
 
 class CudaGraphRecorder:
-    """Records ``fn()`` into a CUDA graph (core.accel.compile.record_graph: warm-ups, then the capture, one at a
-    time in the process), sharing one memory pool across this recorder's graphs (outputs are copied out before
-    the next replay)."""
+    """Records ``fn()`` into a CUDA graph in ``pool`` (core.accel.compile.record_graph: warm-ups, then the
+    capture); ``CaptureBusy`` at once while another thread's build runs."""
 
     def __init__(self, warmup_runs: int = 2):
         self.warmup_runs = warmup_runs
-        self.pool = None
 
     @staticmethod
     def supports(device) -> bool:
         return torch.device(device).type == "cuda"
 
-    def __call__(self, fn: Callable[[], list], device) -> tuple[object, list]:
-        graph, outputs = record_graph(fn, fn, device, self.pool, self.warmup_runs)
-        self.pool = graph.pool()
-        return graph, outputs
+    def __call__(self, fn: Callable[[], list], device, pool=None) -> tuple[object, list]:
+        return record_graph(fn, fn, device, pool, self.warmup_runs, blocking=False)
+
+
+def compiled_unets(unet) -> TickUNets:
+    """Shared ticks' UNets compiled in the background: one build with a symbolic row count for every group, or
+    one build per row count with ``LIVEDIFFUSION_TICK_DYNAMIC=0``. The server's groups keep changing, and each
+    build holds captures off for its minute: one build beat 5% faster ticks (8 streams on the lent H100: 36.5 ms
+    a tick against 34.6 ms, BENCHMARKS.md)."""
+    return TickUNets(unet, dynamic_batch=os.environ.get("LIVEDIFFUSION_TICK_DYNAMIC", "1") == "1")
 
 
 class TickGraphs:
-    """``run(engines, batches, tick)``: ``tick(engines, batches)`` (the shared tick, core.multi_stream) replayed
-    from the group's graph, captured at its first tick; each member's device uint8 output."""
+    """``run(engines, batches)``: a shared tick (core.multi_stream.run_shared) from graphs; each member's device
+    uint8 output (a static buffer: copy it before the member's next tick)."""
 
-    def __init__(self, recorder=None, limit: int = 16, unets_for: Callable | None = None):
+    def __init__(self, recorder=None, limit: int = 64, unets_for: Callable | None = None):
         self.recorder = recorder or CudaGraphRecorder()
-        self.limit = limit
-        # unets_for(unet module) -> TickUNets: a compiled UNet per tick batch, swapped in when built
-        self.unets_for = unets_for if os.environ.get("LIVEDIFFUSION_TICK_COMPILE", "1") == "1" else None
+        self.limit = limit  # sessions' graphs kept (a session per input size); the UNet graphs: a quarter
+        # unets_for(unet module) -> TickUNets: the UNet compiled for the ticks' rows, swapped in when built
+        self.unets_for = unets_for
         self.unets: dict[int, TickUNets] = {}
-        self.entries: OrderedDict[tuple, TickEntry] = OrderedDict()
-        self.captures = 0
+        self.sessions: OrderedDict[tuple, SessionGraphs] = OrderedDict()
+        self.unet_graphs: OrderedDict[tuple, UNetGraph] = OrderedDict()
+        self.session_captures = 0
+        self.unet_captures = 0
+        self._unet_pool = None
         self.disabled = ""  # why shared ticks run eagerly instead (a capture failed)
 
     def supports(self, device) -> bool:
         return self.recorder.supports(device)
 
-    @staticmethod
-    def key(engines, batches) -> tuple:
-        # Engines by identity: an entry holds its engines, so their ids are not reused while it lives.
-        return tuple((id(engine), FrameGraph.key_for(engine, batch)) for engine, batch in zip(engines, batches))
-
-    def run(self, engines, batches, tick) -> list[torch.Tensor]:
+    def run(self, engines, batches) -> list[torch.Tensor]:
         self._drop_stale(engines)
-        key = self.key(engines, batches)
-        entry = self.entries.get(key)
-        unet = self._compiled_unet(engines)
-        if entry is None or not entry.current(engines, unet):
-            self.entries.pop(key, None)
-            entry = self._capture(engines, batches, tick if unet is None else functools.partial(tick, unet=unet))
-            entry.unet = unet
-            self.entries[key] = entry
-            while len(self.entries) > self.limit:
-                self.entries.popitem(last=False)
-        self.entries.move_to_end(key)
-        for static, batch in zip(entry.inputs, batches):
-            static.copy_(batch, non_blocking=True)
-        entry.graph.replay()
-        return entry.outputs
+        sessions = [self._session(engine, batch) for engine, batch in zip(engines, batches)]
+        graph = self._unet_graph(engines, sessions)
+        for session, batch in zip(sessions, batches):
+            if session.frame_in is not None:
+                session.frame_in.copy_(batch, non_blocking=True)
+            session.front.replay()
+        torch.cat([s.rows_out for s in sessions], out=graph.latents)
+        torch.cat([e.batch.unet_timesteps for e in engines], out=graph.timesteps)
+        torch.cat([e.conditioning.encoder_hidden_states for e in engines], out=graph.hidden)
+        for key, out in (graph.added or {}).items():
+            torch.cat([e.conditioning.added_cond_kwargs[key] for e in engines], out=out)
+        graph.graph.replay()
+        outputs = []
+        for session, noise in zip(sessions, graph.noise.split([len(s.rows_out) for s in sessions])):
+            session.eps_in.copy_(noise)
+            session.back.replay()
+            outputs.append(session.frame_out)
+        return outputs
 
-    def _capture(self, engines, batches, tick) -> TickEntry:
-        # Warm-up runs advance each stream: put every one back as it was, whether the capture works or not.
-        saved = [engine.snapshot_stream() for engine in engines]
-        inputs = [batch.clone() for batch in batches]
+    # ----- a session's front and back --------------------------------------------------------------
+
+    def _session(self, engine, batch) -> SessionGraphs:
+        key = (id(engine), FrameGraph.key_for(engine, batch))
+        session = self.sessions.get(key)
+        if session is None or not session.current():
+            self.sessions.pop(key, None)
+            session = self.sessions[key] = self._capture_session(engine, batch)
+            while len(self.sessions) > self.limit:
+                self.sessions.popitem(last=False)
+        self.sessions.move_to_end(key)
+        return session
+
+    def _capture_session(self, engine, batch) -> SessionGraphs:
+        # Warm-ups move the stream on: it is put back as it was, whether the captures work or not.
+        saved = engine.snapshot_stream()
+        frame_in = None if batch is None else batch.clone()
         try:
-            graph, outputs = self.recorder(lambda: tick(engines, inputs), engines[0].device)
-        finally:
-            for engine, snapshot in zip(engines, saved):
-                engine.restore_stream(snapshot)
-        self.captures += 1
-        log.info("captured a shared tick of %d streams (%d graphs kept)", len(engines), len(self.entries) + 1)
-        return TickEntry(graph, list(engines), [e.accelerated for e in engines], [e.conditioning for e in engines],
-                         inputs, list(outputs))
+            front, (rows_out, *begun) = self.recorder(
+                lambda: [engine.frame_front(frame_in), *engine.batch.pending], engine.device)
+            eps_in = torch.zeros_like(rows_out)
 
-    def _compiled_unet(self, engines):
+            def back():
+                engine.batch.pending = tuple(begun)
+                return [engine.frame_back(eps_in)]
+
+            back_graph, (frame_out,) = self.recorder(back, engine.device, _pool_of(front))
+        finally:
+            engine.batch.pending = None
+            engine.restore_stream(saved)
+        self.session_captures += 1
+        log.info("captured a session's front and back for shared ticks (%d sessions' graphs kept)",
+                 len(self.sessions) + 1)
+        return SessionGraphs(engine, engine.accelerated, front, back_graph, frame_in, rows_out, tuple(begun),
+                             eps_in, frame_out)
+
+    # ----- the UNet per row count ------------------------------------------------------------------
+
+    def _unet_graph(self, engines, sessions) -> UNetGraph:
+        first = engines[0]
+        rows = sum(len(s.rows_out) for s in sessions)
+        conds = [e.conditioning for e in engines]
+        added_shapes = None if conds[0].added_cond_kwargs is None else tuple(
+            (k, tuple(v.shape[1:])) for k, v in sorted(conds[0].added_cond_kwargs.items()))
+        key = (id(first.unet), rows, first.latent_shape, first.dtype, str(first.device),
+               tuple(conds[0].encoder_hidden_states.shape[1:]), added_shapes)
+        unets = self._unets_of(first.unet)
+        compiled = None if unets is None else unets.built(rows)
+        wanted = first.unet if compiled is None else compiled  # never truthiness: a compiled module raises
+        graph = self.unet_graphs.get(key)
+        if graph is None or graph.unet is not wanted:
+            self.unet_graphs.pop(key, None)
+            graph = self.unet_graphs[key] = self._capture_unet(engines, rows, wanted)
+            while len(self.unet_graphs) > max(1, self.limit // 4):
+                self.unet_graphs.popitem(last=False)
+        self.unet_graphs.move_to_end(key)
+        if unets is not None and compiled is None:  # after the captures: its build must not hold them off
+            unets.for_rows(rows, lambda: self._example(engines, rows))
+        return graph
+
+    def _capture_unet(self, engines, rows: int, unet) -> UNetGraph:
+        first = engines[0]
+        (latents, timesteps), kwargs = self._example(engines, rows)
+        hidden, added = kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]
+        graph, (noise,) = self.recorder(
+            lambda: [unet(latents, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
+                          return_dict=False)[0]], first.device, self._unet_pool)
+        self._unet_pool = _pool_of(graph)
+        self.unet_captures += 1
+        log.info("captured the UNet for shared ticks of %d rows (%s)", rows,
+                 "eager" if unet is first.unet else "compiled for them")
+        return UNetGraph(graph, first.unet, unet, latents, timesteps, hidden, added, noise)
+
+    @staticmethod
+    def _example(engines, rows: int) -> tuple[tuple, dict]:
+        """UNet arguments of the tick's shapes, in tensors of their own (the graph's static inputs)."""
+        first = engines[0]
+        conds = [e.conditioning for e in engines]
+        hidden = torch.cat([c.encoder_hidden_states for c in conds])
+        added = None if conds[0].added_cond_kwargs is None else {
+            k: torch.cat([c.added_cond_kwargs[k] for c in conds]) for k in conds[0].added_cond_kwargs}
+        latents = example_values((rows, *first.latent_shape), first.device, first.dtype)
+        timesteps = torch.cat([e.batch.unet_timesteps for e in engines])
+        return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": added,
+                                      "return_dict": False}
+
+    def _unets_of(self, module) -> TickUNets | None:
         if self.unets_for is None:
             return None
-        module = engines[0].unet
-        unets = self.unets.get(id(module))
-        if unets is None:
-            unets = self.unets[id(module)] = self.unets_for(module)
-        rows = sum(engine.unet_batch_size for engine in engines)
-
-        def example():
-            first = engines[0]
-            hidden, added = concat_conditioning(engines)
-            latents = example_values((rows, *first.latent_shape), first.device, first.dtype)
-            timesteps = torch.cat([engine.batch.unet_timesteps for engine in engines])
-            return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": added,
-                                          "return_dict": False}
-
-        return unets.for_rows(rows, example)
+        if id(module) not in self.unets:
+            self.unets[id(module)] = self.unets_for(module)
+        return self.unets[id(module)]
 
     def _drop_stale(self, engines) -> None:
         # A closed engine's session ended, a swapped one will be captured again: let their buffers go.
-        for key in [k for k, entry in self.entries.items() if not entry.current(entry.engines, entry.unet)]:
-            del self.entries[key]
-        models = {id(e.unet) for entry in self.entries.values() for e in entry.engines} | {id(engines[0].unet)}
+        for key in [k for k, session in self.sessions.items() if not session.current()]:
+            del self.sessions[key]
+        models = {id(s.engine.unet) for s in self.sessions.values()} | {id(engines[0].unet)}
+        for key in [k for k, graph in self.unet_graphs.items() if id(graph.model) not in models]:
+            del self.unet_graphs[key]
         for model in [m for m in self.unets if m not in models]:  # a model no session uses any more
             self.unets.pop(model).close()
+
+
+def _pool_of(graph):
+    pool = getattr(graph, "pool", None)
+    return None if pool is None else pool()

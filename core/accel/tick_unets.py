@@ -10,6 +10,7 @@ eager.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -18,22 +19,38 @@ from contextlib import nullcontext
 
 import torch
 
+from core.accel.capture_guard import CAPTURE_GUARD, empty_cache
+from core.accel.staged import lowered_switch_interval
+
 log = logging.getLogger(__name__)
 
 
-def compile_unet(unet):
+def compile_unet(unet, dynamic_batch: bool = False):
     from core.accel.compile import configure_inductor
 
     configure_inductor()  # its caches, and torch.fx's tracing kept to this thread
-    return torch.compile(unet, fullgraph=True, dynamic=False)
+    # dynamic=None: static except the dimensions marked dynamic (mark_batch_dynamic); False would refuse them.
+    return torch.compile(unet, fullgraph=True, dynamic=None if dynamic_batch else False)
+
+
+def mark_batch_dynamic(args: tuple, kwargs: dict) -> None:
+    """The rows dimension of every tensor argument symbolic: one compile serves every row count from 2 up (Dynamo
+    specializes sizes 0 and 1, and a shared tick has two rows or more). No bounds: torch 2.11's Inductor failed
+    on the sd-turbo UNet with ``min=2`` and no maximum ("not simple sympy type")."""
+    tensors = [*args, kwargs.get("encoder_hidden_states"), *(kwargs.get("added_cond_kwargs") or {}).values()]
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor):
+            torch._dynamo.mark_dynamic(tensor, 0)
 
 
 class TickUNets:
-    def __init__(self, unet, compile_fn: Callable = compile_unet, max_sizes: int = 8, lock=None):
+    """``dynamic_batch``: one build, its rows dimension symbolic, for every row count; else a build per count."""
+
+    def __init__(self, unet, compile_fn: Callable = compile_unet, max_sizes: int = 8, dynamic_batch: bool = False):
         self.unet = unet
-        self.compile_fn = compile_fn
+        self.dynamic_batch = dynamic_batch
+        self.compile_fn = functools.partial(compile_fn, dynamic_batch=True) if dynamic_batch else compile_fn
         self.max_sizes = max_sizes  # each is a compiled graph and its workspace: a bound on what ticks may ask
-        self.lock = lock  # held around the second (settling) run: core.accel.compile.CAPTURE_LOCK on a GPU
         self.ready: dict[int, Callable] = {}
         self.failed: set[int] = set()
         self._wanted: list[tuple[int, tuple, dict]] = []
@@ -45,16 +62,28 @@ class TickUNets:
     def for_rows(self, rows: int, example: Callable[[], tuple[tuple, dict]]):
         """The UNet compiled for ``rows``, or None while it is built (the first ask starts its build;
         ``example()`` gives arguments of the tick's shapes to compile and warm it on)."""
+        slot = self._slot(rows)
         with self._guard:
-            if rows in self.ready or rows in self._seen or len(self._seen) >= self.max_sizes:
-                return self.ready.get(rows)
-            self._seen.add(rows)
+            if slot in self.ready or slot in self._seen or len(self._seen) >= self.max_sizes:
+                return self.ready.get(slot)
+            self._seen.add(slot)
             args, kwargs = example()
-            self._wanted.append((rows, args, kwargs))
-            if self._thread is None or not self._thread.is_alive():
+            if self.dynamic_batch:
+                mark_batch_dynamic(args, kwargs)
+            self._wanted.append((slot, args, kwargs))
+            if self._thread is None:  # the worker clears it, under this lock, as it finds nothing left
                 self._thread = threading.Thread(target=self._work, name="tick-unet-build", daemon=True)
                 self._thread.start()
         return None
+
+    def built(self, rows: int):
+        """The UNet compiled for ``rows`` if it is ready (asks for nothing)."""
+        with self._guard:
+            return self.ready.get(self._slot(rows))
+
+    def _slot(self, rows: int) -> int:
+        """Where the build for ``rows`` is kept: 0 for the one dynamic build, else the row count."""
+        return 0 if self.dynamic_batch and rows >= 2 else rows
 
     def close(self) -> None:
         self.closed = True
@@ -67,9 +96,16 @@ class TickUNets:
         return thread is None or not thread.is_alive()
 
     def _work(self) -> None:
-        while not self.closed:
+        # A compile is Python-heavy for a minute: the ticks' thread must keep getting the interpreter (an eager
+        # tick is a thousand launches, each waiting for it at the default switch interval).
+        with lowered_switch_interval():
+            self._build_wanted()
+
+    def _build_wanted(self) -> None:
+        while True:
             with self._guard:
-                if not self._wanted:
+                if not self._wanted or self.closed:
+                    self._thread = None
                     return
                 rows, args, kwargs = self._wanted.pop(0)
             started = time.perf_counter()
@@ -78,25 +114,31 @@ class TickUNets:
                 device = args[0].device
                 side = torch.cuda.Stream(device) if device.type == "cuda" else None
                 with torch.cuda.stream(side) if side is not None else nullcontext(), torch.no_grad():
-                    for run in range(2):  # the first compiles (unlocked: it may take a minute), the second settles
-                        with self.lock if run and self.lock is not None else nullcontext():
+                    for _run in range(2):  # the first compiles (it may take a minute), the second settles
+                        if self.closed:
+                            raise RuntimeError("closed: no session uses this model any more")
+                        with CAPTURE_GUARD.work():  # Inductor's benchmarks synchronize the device
                             compiled(*args, **kwargs)
                             if side is not None:
                                 side.synchronize()
             except torch.OutOfMemoryError as error:
                 self._fail(rows, error)
-                torch.cuda.empty_cache()
+                empty_cache()
                 continue
             except Exception as error:  # noqa: BLE001 - that row count stays on the eager UNet
                 self._fail(rows, error)
                 continue
             with self._guard:
                 self.ready[rows] = compiled
-            log.info("shared ticks of %d UNet rows: compiled in %.1f s, used from the next capture", rows,
+            log.info("shared ticks of %s UNet rows: compiled in %.1f s, used from the next capture", _rows_text(rows),
                      time.perf_counter() - started)
 
     def _fail(self, rows: int, error: Exception) -> None:
         with self._guard:
             self.failed.add(rows)
-        log.warning("compiling the UNet for shared ticks of %d rows failed (%s: %s); they stay eager", rows,
+        log.warning("compiling the UNet for shared ticks of %s rows failed (%s: %s); they stay eager", _rows_text(rows),
                     type(error).__name__, error)
+
+
+def _rows_text(slot: int) -> str:
+    return "any number of" if slot == 0 else str(slot)

@@ -309,9 +309,10 @@ def _on(device: torch.device):
 
 def _capture(device: torch.device, fn, pool=None, keep_begun=None):
     """``fn`` (no arguments, static buffers only) warmed up on a side stream and captured in a CUDA graph."""
-    from core.accel.compile import CAPTURE_LOCK, capture_stream
+    from core.accel.capture_guard import CAPTURE_GUARD
+    from core.accel.compile import capture_stream
 
-    with CAPTURE_LOCK, torch.cuda.device(device), torch.no_grad():
+    with CAPTURE_GUARD.capture(), torch.cuda.device(device), torch.no_grad():
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):

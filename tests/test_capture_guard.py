@@ -1,0 +1,167 @@
+"""Captures kept apart from other threads' device work (core.accel.capture_guard): a capture asked not to wait
+is refused while work runs and the frame or tick runs eagerly instead; a waiting capture holds new work back;
+one thread may nest both; a background UNet build holds the guard while it runs."""
+
+import threading
+
+import pytest
+import torch
+
+from core.accel.capture_guard import CAPTURE_GUARD, CaptureBusy, CaptureGuard
+from core.accel.compile import FrameGraph
+from core.accel.tick_graph import CudaGraphRecorder, TickGraphs
+from core.accel.tick_unets import TickUNets
+from core.multi_stream import process_together
+from tests.conftest import prepared_engine
+from tests.test_tick_graph import CountingCompile, ReplayingRecorder, assert_same, engines_of
+
+pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
+
+
+class WorkOnAnotherThread:
+    """``guard.work()`` held by a thread of its own until ``release()``."""
+
+    def __init__(self, guard):
+        self.entered, self.leave = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, args=(guard,), daemon=True)
+        self.thread.start()
+        assert self.entered.wait(10)
+
+    def _hold(self, guard):
+        with guard.work():
+            self.entered.set()
+            self.leave.wait(30)
+
+    def release(self):
+        self.leave.set()
+        self.thread.join(10)
+
+
+def test_a_capture_that_may_not_wait_is_refused_while_work_runs_and_taken_after():
+    guard = CaptureGuard()
+    work = WorkOnAnotherThread(guard)
+    with pytest.raises(CaptureBusy):
+        with guard.capture(blocking=False):
+            pass
+    work.release()
+    with guard.capture(blocking=False):
+        pass
+
+
+def test_a_waiting_capture_runs_after_the_work_and_before_work_asked_later():
+    guard, order = CaptureGuard(), []
+    work = WorkOnAnotherThread(guard)
+
+    def capture():
+        with guard.capture():
+            order.append("capture")
+
+    def later_work():
+        with guard.work():
+            order.append("later work")
+
+    capturing = threading.Thread(target=capture)
+    capturing.start()
+    while not guard._waiting:  # the capture waits for the work under way
+        threading.Event().wait(0.01)
+    late = threading.Thread(target=later_work)
+    late.start()
+    late.join(0.2)
+    assert order == []  # new work waits behind the waiting capture
+    order.append("work done")
+    work.release()
+    capturing.join(10)
+    late.join(10)
+    assert order == ["work done", "capture", "later work"]
+
+
+def test_one_thread_may_nest_work_and_captures():
+    guard = CaptureGuard()
+    with guard.capture(), guard.work(), guard.capture(blocking=False):
+        pass
+    with guard.work(), guard.capture(blocking=False), guard.work():
+        pass
+
+
+def test_the_graph_recorder_is_refused_before_it_runs_anything_while_work_runs():
+    ran = []
+    work = WorkOnAnotherThread(CAPTURE_GUARD)
+    try:
+        with pytest.raises(CaptureBusy):
+            CudaGraphRecorder()(lambda: ran.append(1) or [], "cpu")
+    finally:
+        work.release()
+    assert ran == []
+
+
+def test_a_frame_graph_runs_the_frame_eagerly_while_another_thread_builds(tiny_components, tiny_config, make_frame):
+    engine, reference = (prepared_engine(tiny_components, tiny_config) for _ in range(2))
+    said = []
+    graph = FrameGraph(engine, said.append)
+    engine.acceleration = "graph"  # what a failed capture would turn to "none"
+    frame = torch.from_numpy(make_frame(1))[None]
+    work = WorkOnAnotherThread(CAPTURE_GUARD)
+    try:
+        out = graph(frame)
+    finally:
+        work.release()
+    torch.testing.assert_close(out, reference.frame_step(frame), atol=1, rtol=0)
+    assert graph.graphs == {} and engine.acceleration == "graph" and said == []  # no fallback: next frame tries
+
+
+class GuardedRecorder(ReplayingRecorder):
+    """The stand-in graph, asked for as the real recorder asks (core.accel.compile.record_graph)."""
+
+    def __call__(self, fn, device, pool=None):
+        with CAPTURE_GUARD.capture(blocking=False):
+            return super().__call__(fn, device, pool)
+
+
+def test_a_shared_tick_runs_eagerly_while_another_thread_builds_and_captures_after(tiny_components, tiny_config,
+                                                                                  make_frame):
+    together, alone = engines_of(tiny_components, tiny_config, 2), engines_of(tiny_components, tiny_config, 2)
+    graphs = TickGraphs(GuardedRecorder())
+    work = WorkOnAnotherThread(CAPTURE_GUARD)
+    try:
+        for tick in range(3):
+            if tick == 2:
+                work.release()
+            frames = [make_frame(seed=10 * tick + i) for i in range(2)]
+            outputs = process_together(together, frames, graphs=graphs)
+            assert_same(outputs, [e.process(f) for e, f in zip(alone, frames)])
+            assert graphs.session_captures == (2 if tick == 2 else 0)
+    finally:
+        work.release()
+    assert not graphs.disabled
+
+
+def test_a_background_unet_build_holds_captures_off_while_it_runs(tiny_components):
+    refused = []
+
+    def try_capture():
+        try:
+            with CAPTURE_GUARD.capture(blocking=False):
+                refused.append(False)
+        except CaptureBusy:
+            refused.append(True)
+
+    class ProbingCompile(CountingCompile):
+        def __call__(self, unet):
+            compiled = super().__call__(unet)
+
+            def probed(*args, **kwargs):
+                probe = threading.Thread(target=try_capture)  # another thread, as the tick's would be
+                probe.start()
+                probe.join(10)
+                return compiled(*args, **kwargs)
+
+            return probed
+
+    unet = tiny_components.pipe.unet
+    unets = TickUNets(unet, compile_fn=ProbingCompile())
+    latents = torch.zeros((2, unet.config.in_channels, 8, 8))
+    hidden = torch.zeros((2, 77, unet.config.cross_attention_dim))
+    assert unets.for_rows(2, lambda: ((latents, torch.tensor([10, 10])), {"encoder_hidden_states": hidden,
+                                                                          "return_dict": False})) is None
+    assert unets.wait(60) and unets.built(2) is not None
+    assert refused == [True, True]  # the compiling run and the settling run
