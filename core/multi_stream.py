@@ -15,7 +15,6 @@ runs its own UNet (AsyncDiff), runs alone. The shared call uses the eager UNet; 
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import numpy as np
@@ -43,43 +42,41 @@ def concat_conditioning(engines) -> tuple[torch.Tensor, dict | None]:
 
 
 @torch.no_grad()
-def run_shared(engines, frames_u8: list[torch.Tensor], unet=None) -> list[torch.Tensor]:
-    """The frames (device uint8, one batch per engine) of engines with one ``share_key``, through one UNet call
-    (``unet``, by default the engines' eager one); each engine's output (device uint8)."""
+def run_shared(engines, frames_u8: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The frames (device uint8, one batch per engine) of engines with one ``share_key``, through one call of
+    their eager UNet; each engine's output (device uint8)."""
     inputs = [engine.frame_front(frames) for engine, frames in zip(engines, frames_u8)]
     hidden, added = concat_conditioning(engines)
     timesteps = torch.cat([engine.batch.unet_timesteps for engine in engines])
-    unet = engines[0].unet if unet is None else unet
-    noise = unet(torch.cat(inputs), timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
+    noise = engines[0].unet(torch.cat(inputs), timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added,
                  return_dict=False)[0]
     return [engine.frame_back(part) for engine, part in zip(engines, noise.split([len(x) for x in inputs]))]
 
 
-def _run_group(group, batches, graphs, unet) -> list[torch.Tensor]:
-    tick = functools.partial(run_shared, unet=unet)
+def _run_group(group, batches, graphs) -> list[torch.Tensor]:
     if graphs is None or graphs.disabled or not graphs.supports(group[0].device):
-        return tick(group, batches)
+        return run_shared(group, batches)
     try:
         return graphs.run(group, batches)
     except CaptureBusy:  # another thread builds or loads: no capture beside it; this tick runs eagerly
         with CAPTURE_GUARD.work():
-            return tick(group, batches)
+            return run_shared(group, batches)
     except torch.OutOfMemoryError as exc:  # a graph's own memory pool; eager may still fit (else it raises)
         empty_cache()
         graphs.disabled = f"out of GPU memory while capturing ({exc})"
         log.warning("capturing a shared tick ran out of GPU memory; shared ticks run eagerly from now on")
-        return tick(group, batches)
+        return run_shared(group, batches)
     except Exception as exc:  # noqa: BLE001 - the eager tick gives the same frames, only slower
         graphs.disabled = f"{type(exc).__name__}: {exc}"
         log.warning("capturing a shared tick failed (%s); shared ticks run eagerly from now on", graphs.disabled)
-        return tick(group, batches)
+        return run_shared(group, batches)
 
 
 @torch.no_grad()
-def process_together(engines, frames: list[np.ndarray], graphs=None, unet=None) -> list[np.ndarray]:
+def process_together(engines, frames: list[np.ndarray], graphs=None) -> list[np.ndarray]:
     """One host uint8 frame (HxWx3) per engine in, each engine's output frame out, as ``engine.process`` would
-    give it; the engines that can share a UNet call share one (``unet``, by default their eager one), replayed
-    from ``graphs`` (a ``core.accel.tick_graph.TickGraphs``) on a GPU."""
+    give it; the engines that can share a UNet call share one, replayed from ``graphs`` (a
+    ``core.accel.tick_graph.TickGraphs``) on a GPU."""
     for engine in engines:  # before any engine's state moves
         if engine.closed or engine.conditioning is None or engine.config.frame_buffer_size != 1:
             raise RuntimeError("every engine must be open, prepared, and take one frame per call")
@@ -99,7 +96,7 @@ def process_together(engines, frames: list[np.ndarray], graphs=None, unet=None) 
         if len(members) == 1:
             results = [group[0].run_frame_step(members[0][1])]
         else:
-            results = _run_group(group, [batch for _, batch in members], graphs, unet)
+            results = _run_group(group, [batch for _, batch in members], graphs)
         for (i, _), engine, result in zip(members, group, results):
             outputs[i] = engine.end_step(result.clone())  # an accelerator's output buffer is reused next frame
     return [output[0].cpu().numpy() for output in outputs]

@@ -35,6 +35,7 @@ import torch
 from core.accel.compile import FrameGraph, record_graph
 from core.accel.examples import example_values
 from core.accel.tick_unets import TickUNets
+from core.multi_stream import concat_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,7 @@ class TickGraphs:
     def _example(engines, rows: int) -> tuple[tuple, dict]:
         """UNet arguments of the tick's shapes, in tensors of their own (the graph's static inputs)."""
         first = engines[0]
-        conds = [e.conditioning for e in engines]
-        hidden = torch.cat([c.encoder_hidden_states for c in conds])
-        added = None if conds[0].added_cond_kwargs is None else {
-            k: torch.cat([c.added_cond_kwargs[k] for c in conds]) for k in conds[0].added_cond_kwargs}
+        hidden, added = concat_conditioning(engines)
         latents = example_values((rows, *first.latent_shape), first.device, first.dtype)
         timesteps = torch.cat([e.batch.unet_timesteps for e in engines])
         return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": added,
