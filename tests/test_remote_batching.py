@@ -4,6 +4,7 @@ own session; engines close between ticks."""
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -139,10 +140,12 @@ def test_a_batched_server_serves_two_clients(tiny_components, tiny_config):
     serving = Serving(lambda: prepared_engine(tiny_components, config), LIMITS, batch=True)
     clients = [RemoteEngine(serving.url, TOKEN, timeout_s=10.0) for _ in range(2)]
     try:
-        got = [[], []]
-        for i in range(20):
+        got, sent, deadline = [[], []], 0, time.monotonic() + 90  # a loaded machine gets more time, not a failure
+        while time.monotonic() < deadline and (sent < 20 or min(map(len, got)) < 10
+                                               or serving.server.batcher.ticks < 20):
             for client, out in zip(clients, got):
-                out += client.submit(gradient(i), tag=i)
+                out += client.submit(gradient(sent), tag=sent)
+            sent += 1
             asyncio.run(asyncio.sleep(0.04))
         for client, out in zip(clients, got):
             out += client.flush(3.0)
@@ -154,16 +157,29 @@ def test_a_batched_server_serves_two_clients(tiny_components, tiny_config):
         serving.stop()
 
 
-def test_the_server_replays_its_ticks_from_graphs_with_the_eager_unet_unless_told(monkeypatch):
-    from app.remote.batching import default_ticks
-    from core.accel.tick_graph import TickGraphs
+def test_the_server_replays_its_ticks_from_graphs_with_the_stored_tick_unet_unless_told(monkeypatch, caplog):
+    from app.remote import batching
+    from core.accel import precompiled
+    from core.accel.tick_graph import TickGraphs, compiled_unets, stored_unets
 
     for name in ("LIVEDIFFUSION_TICK_GRAPHS", "LIVEDIFFUSION_TICK_COMPILE"):
         monkeypatch.delenv(name, raising=False)
-    ticks = default_ticks()
+    ticks = batching.default_ticks()
     assert ticks.func is process_together and isinstance(ticks.keywords["graphs"], TickGraphs)
-    assert ticks.keywords["graphs"].unets_for is None  # the compile beside the sessions starved them
-    monkeypatch.setenv("LIVEDIFFUSION_TICK_COMPILE", "1")
-    assert default_ticks().keywords["graphs"].unets_for is not None
+    expected = stored_unets if precompiled.available() else None
+    assert ticks.keywords["graphs"].unets_for is expected  # built in a process of its own: no starved sessions
+    for asked, unets_for in (("1", compiled_unets), ("here", compiled_unets), ("0", None), ("eager", None)):
+        monkeypatch.setenv("LIVEDIFFUSION_TICK_COMPILE", asked)
+        assert batching.default_ticks().keywords["graphs"].unets_for is unets_for
+    monkeypatch.setenv("LIVEDIFFUSION_TICK_COMPILE", "sometimes")
+    with caplog.at_level("WARNING", logger="app.remote.batching"):
+        assert batching.default_ticks().keywords["graphs"].unets_for is expected
+    assert "none of stored, here, eager" in caplog.text
+    # A torch that cannot store compiled functions: the eager UNet, and the log says so (not the starving build).
+    monkeypatch.setattr(precompiled, "available", lambda: False)
+    monkeypatch.setenv("LIVEDIFFUSION_TICK_COMPILE", "stored")
+    with caplog.at_level("WARNING", logger="app.remote.batching"):
+        assert batching.default_ticks().keywords["graphs"].unets_for is None
+    assert "cannot store compiled functions" in caplog.text
     monkeypatch.setenv("LIVEDIFFUSION_TICK_GRAPHS", "0")
-    assert default_ticks() is process_together
+    assert batching.default_ticks() is process_together

@@ -164,7 +164,7 @@ def test_a_compiled_unet_for_the_tick_batch_is_built_beside_the_ticks_and_swappe
     compile_fn = CountingCompile()
     made = []
     graphs = TickGraphs(ReplayingRecorder(),
-                        unets_for=lambda unet: made.append(TickUNets(unet, compile_fn=compile_fn)) or made[-1])
+                        unets_for=lambda engine: made.append(TickUNets(engine.unet, compile_fn=compile_fn)) or made[-1])
 
     def tick(index):
         frames = [make_frame(seed=10 * index + i) for i in range(3)]
@@ -191,8 +191,8 @@ def test_a_dynamic_batch_build_serves_every_row_count(tiny_components, tiny_conf
     engines = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,)), 3)
     compile_fn = DynamicCountingCompile()
     made = []
-    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda unet: made.append(
-        TickUNets(unet, compile_fn=compile_fn, dynamic_batch=True)) or made[-1])
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(
+        TickUNets(engine.unet, compile_fn=compile_fn, dynamic_batch=True)) or made[-1])
     tick_groups(graphs, make_frame, engines)
     assert made[0].wait(60) and len(compile_fn.built) == 1
     tick_groups(graphs, make_frame, engines[:2], engines, engines[1:])
@@ -203,8 +203,8 @@ def test_a_dynamic_batch_build_serves_every_row_count(tiny_components, tiny_conf
 def test_a_failed_unet_build_leaves_that_batch_on_the_eager_unet(tiny_components, tiny_config, make_frame):
     together, alone = engines_of(tiny_components, tiny_config, 2), engines_of(tiny_components, tiny_config, 2)
     made = []
-    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda unet: made.append(
-        TickUNets(unet, compile_fn=CountingCompile(fail=True))) or made[-1])
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(
+        TickUNets(engine.unet, compile_fn=CountingCompile(fail=True))) or made[-1])
     for tick in range(3):
         frames = [make_frame(seed=tick * 3 + i) for i in range(2)]
         assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
@@ -226,7 +226,7 @@ def test_on_the_gpu_the_tick_graphs_give_each_stream_its_engine_alone(tiny_confi
     components = load_components(config)
     together, alone = engines_of(components, config, 3), engines_of(components, config, 3)
     made = []
-    graphs = TickGraphs(unets_for=lambda unet: made.append(TickUNets(unet, dynamic_batch=dynamic)) or made[-1])
+    graphs = TickGraphs(unets_for=lambda engine: made.append(TickUNets(engine.unet, dynamic_batch=dynamic)) or made[-1])
     changes = {2: lambda e, i: e.update_prompt(f"changed {i}"), 3: lambda e, i: e.set_seed(40 + i),
                4: lambda e, i: e.set_strength(0.6), 5: lambda e, i: e.set_smoothing(0.3)}
     for tick in range(9):

@@ -40,21 +40,45 @@ def batchable(engine) -> bool:
     return all(hasattr(engine, name) for name in ("begin_step", "frame_front", "frame_back", "end_step"))
 
 
-def graphed_ticks(compile_unet: bool = False) -> Callable[[list, list], list]:
-    """``process_together`` with the ticks replayed from CUDA graphs (core.accel.tick_graph), kept for the
-    batcher's life, with the UNet compiled for the ticks' rows once built (``compile_unet``); on the CPU the
-    same ticks run eagerly."""
-    from core.accel.tick_graph import TickGraphs, compiled_unets
+TICK_UNETS = ("stored", "here", "eager")  # LIVEDIFFUSION_TICK_COMPILE's choices; "1" and "0" as before
 
-    return functools.partial(process_together, graphs=TickGraphs(unets_for=compiled_unets if compile_unet else None))
+
+def tick_unet_choice() -> str:
+    """Where the ticks' UNet is compiled: ``stored`` (default) in a process of its own and kept on disk, ``here``
+    in this process beside the sessions, ``eager`` nowhere. A torch that cannot precompile takes ``eager``, and
+    says so: ``here`` starved the sessions while it built."""
+    asked = os.environ.get("LIVEDIFFUSION_TICK_COMPILE", "stored").strip().lower()
+    choice = {"1": "here", "0": "eager"}.get(asked, asked)
+    if choice not in TICK_UNETS:
+        log.warning("LIVEDIFFUSION_TICK_COMPILE=%s is none of %s; the stored build is used", choice,
+                    ", ".join(TICK_UNETS))
+        choice = "stored"
+    if choice == "stored":
+        from core.accel import precompiled
+
+        if not precompiled.available():
+            log.warning("this torch cannot store compiled functions: shared ticks run the eager UNet in their graphs "
+                        "(LIVEDIFFUSION_TICK_COMPILE=here compiles it in the server, slowing the sessions meanwhile)")
+            return "eager"
+    return choice
+
+
+def graphed_ticks(tick_unets: str = "eager") -> Callable[[list, list], list]:
+    """``process_together`` with the ticks replayed from CUDA graphs (core.accel.tick_graph), kept for the
+    batcher's life, with the UNet compiled for the ticks' rows once built (``tick_unets``, tick_unet_choice's
+    choices); on the CPU the same ticks run eagerly."""
+    from core.accel.tick_graph import TickGraphs, compiled_unets, stored_unets
+
+    unets_for = {"stored": stored_unets, "here": compiled_unets, "eager": None}[tick_unets]
+    return functools.partial(process_together, graphs=TickGraphs(unets_for=unets_for))
 
 
 def default_ticks() -> Callable[[list, list], list]:
-    """Graphed shared ticks with the eager UNet (``LIVEDIFFUSION_TICK_COMPILE=1``: compiled in the background,
-    ``LIVEDIFFUSION_TICK_GRAPHS=0``: eager ticks); see the module's text."""
+    """Graphed shared ticks with the UNet from tick_unet_choice (``LIVEDIFFUSION_TICK_GRAPHS=0``: eager ticks);
+    see the module's text."""
     if os.environ.get("LIVEDIFFUSION_TICK_GRAPHS", "1") != "1":
         return process_together
-    return graphed_ticks(os.environ.get("LIVEDIFFUSION_TICK_COMPILE", "0") == "1")
+    return graphed_ticks(tick_unet_choice())
 
 
 class SessionBatcher:

@@ -34,6 +34,7 @@ import torch
 
 from core.accel.compile import FrameGraph, record_graph
 from core.accel.examples import example_values
+from core.accel.tick_store import StoredTickUNet
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import concat_conditioning
 
@@ -87,12 +88,18 @@ class CudaGraphRecorder:
         return record_graph(fn, fn, device, pool, self.warmup_runs, blocking=False)
 
 
-def compiled_unets(unet) -> TickUNets:
-    """Shared ticks' UNets compiled in the background: one build with a symbolic row count for every group, or
-    one build per row count with ``LIVEDIFFUSION_TICK_DYNAMIC=0``. The server's groups keep changing, and each
-    build holds captures off for its minute: one build beat 5% faster ticks (8 streams on the lent H100: 36.5 ms
-    a tick against 34.6 ms, BENCHMARKS.md)."""
-    return TickUNets(unet, dynamic_batch=os.environ.get("LIVEDIFFUSION_TICK_DYNAMIC", "1") == "1")
+def compiled_unets(engine) -> TickUNets:
+    """Shared ticks' UNets compiled in this process, in the background: one build with a symbolic row count for
+    every group, or one build per row count with ``LIVEDIFFUSION_TICK_DYNAMIC=0``. The server's groups keep
+    changing, and each build holds captures off for its minute: one build beat 5% faster ticks (8 streams on
+    the lent H100: 36.5 ms a tick against 34.6 ms, BENCHMARKS.md)."""
+    return TickUNets(engine.unet, dynamic_batch=os.environ.get("LIVEDIFFUSION_TICK_DYNAMIC", "1") == "1")
+
+
+def stored_unets(engine) -> TickUNets:
+    """The shared ticks' UNet built in a process of its own and stored (core.accel.tick_store): no build in this
+    process takes the interpreter from the ticks."""
+    return TickUNets(engine.unet, compile_fn=StoredTickUNet(engine), dynamic_batch=True, mark_rows=False)
 
 
 class TickGraphs:
@@ -102,7 +109,8 @@ class TickGraphs:
     def __init__(self, recorder=None, limit: int = 64, unets_for: Callable | None = None):
         self.recorder = recorder or CudaGraphRecorder()
         self.limit = limit  # sessions' graphs kept (a session per input size); the UNet graphs: a quarter
-        # unets_for(unet module) -> TickUNets: the UNet compiled for the ticks' rows, swapped in when built
+        # unets_for(engine) -> TickUNets: the UNet compiled for the ticks' rows on that engine's model, swapped in
+        # when built
         self.unets_for = unets_for
         self.unets: dict[int, TickUNets] = {}
         self.sessions: OrderedDict[tuple, SessionGraphs] = OrderedDict()
@@ -182,7 +190,7 @@ class TickGraphs:
             (k, tuple(v.shape[1:])) for k, v in sorted(conds[0].added_cond_kwargs.items()))
         key = (id(first.unet), rows, first.latent_shape, first.dtype, str(first.device),
                tuple(conds[0].encoder_hidden_states.shape[1:]), added_shapes)
-        unets = self._unets_of(first.unet)
+        unets = self._unets_of(first)
         compiled = None if unets is None else unets.built(rows)
         wanted = first.unet if compiled is None else compiled  # never truthiness: a compiled module raises
         graph = self.unet_graphs.get(key)
@@ -219,12 +227,12 @@ class TickGraphs:
         return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": added,
                                       "return_dict": False}
 
-    def _unets_of(self, module) -> TickUNets | None:
+    def _unets_of(self, engine) -> TickUNets | None:
         if self.unets_for is None:
             return None
-        if id(module) not in self.unets:
-            self.unets[id(module)] = self.unets_for(module)
-        return self.unets[id(module)]
+        if id(engine.unet) not in self.unets:
+            self.unets[id(engine.unet)] = self.unets_for(engine)
+        return self.unets[id(engine.unet)]
 
     def _drop_stale(self, engines) -> None:
         # A closed engine's session ended, a swapped one will be captured again: let their buffers go.

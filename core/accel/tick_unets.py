@@ -44,11 +44,15 @@ def mark_batch_dynamic(args: tuple, kwargs: dict) -> None:
 
 
 class TickUNets:
-    """``dynamic_batch``: one build, its rows dimension symbolic, for every row count; else a build per count."""
+    """``dynamic_batch``: one build, its rows dimension symbolic, for every row count; else a build per count.
+    ``mark_rows``: mark the examples' rows dimension symbolic for the build (not for a build traced elsewhere and
+    loaded: its guards refuse a marked tensor)."""
 
-    def __init__(self, unet, compile_fn: Callable = compile_unet, max_sizes: int = 8, dynamic_batch: bool = False):
+    def __init__(self, unet, compile_fn: Callable = compile_unet, max_sizes: int = 8, dynamic_batch: bool = False,
+                 mark_rows: bool = True):
         self.unet = unet
         self.dynamic_batch = dynamic_batch
+        self.mark_rows = dynamic_batch and mark_rows
         self.compile_fn = functools.partial(compile_fn, dynamic_batch=True) if dynamic_batch else compile_fn
         self.max_sizes = max_sizes  # each is a compiled graph and its workspace: a bound on what ticks may ask
         self.ready: dict[int, Callable] = {}
@@ -68,7 +72,7 @@ class TickUNets:
                 return self.ready.get(slot)
             self._seen.add(slot)
             args, kwargs = example()
-            if self.dynamic_batch:
+            if self.mark_rows:
                 mark_batch_dynamic(args, kwargs)
             self._wanted.append((slot, args, kwargs))
             if self._thread is None:  # the worker clears it, under this lock, as it finds nothing left

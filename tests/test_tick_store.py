@@ -1,0 +1,136 @@
+"""The shared ticks' UNet built in a process of its own and stored (core.accel.tick_store): the real build process
+on the tiny model, every row count against the eager UNet, the next start loading without a build, a failed or
+empty build leaving the ticks on the eager UNet with the reason in the log, a broken artifact removed, and a
+build process whose UNet is not the server's storing nothing."""
+
+import json
+import logging
+import sys
+
+import pytest
+import torch
+
+from core.accel import precompiled, store, tick_store
+from core.accel.compile import configure_inductor
+from core.accel.tick_graph import TickGraphs, stored_unets
+from core.accel.tick_unets import TickUNets
+from core.multi_stream import process_together
+from tests.conftest import prepared_engine
+from tests.test_tick_graph import ReplayingRecorder, assert_same, engines_of
+
+pytestmark = [pytest.mark.filterwarnings("ignore:running on the CPU", "ignore::DeprecationWarning"),
+              pytest.mark.skipif(not precompiled.available(), reason="this torch cannot precompile")]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache of the module's own, seen by this process and by the build processes it starts."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIVEDIFFUSION_CACHE", str(folder))
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+        configure_inductor()
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def built(cache, tiny_components, tiny_config):
+    """The real build process run once for the tiny model: (the engine, the UNet it handed back)."""
+    engine = prepared_engine(tiny_components, tiny_config)
+    unet = tick_store.StoredTickUNet(engine)(engine.unet)
+    return engine, unet
+
+
+def eager_rows(engine, rows: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn((rows, *engine.latent_shape), generator=generator)
+    timesteps = torch.linspace(900, 100, rows).to(engine.batch.unet_timesteps.dtype)
+    hidden = torch.randn((rows, *engine.conditioning.encoder_hidden_states.shape[1:]), generator=generator)
+    with torch.no_grad():
+        expected = engine.unet(latents, timesteps, encoder_hidden_states=hidden, return_dict=False)[0]
+    return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": None}, expected
+
+
+def test_the_build_process_stores_one_unet_for_every_row_count_that_matches_eager(built):
+    engine, unet = built
+    folder = store.artifact_dir(tick_store.tick_key(engine))
+    assert sorted(p.name for p in folder.iterdir()) == ["key.json", tick_store.FILE]
+    assert json.loads((folder / "key.json").read_text())["key"]["format"] == "precompiled-tick"
+    for rows in (2, 3, 5, 8):
+        args, kwargs, expected = eager_rows(engine, rows, seed=rows)
+        with torch.no_grad():
+            (out,) = unet(*args, **kwargs, return_dict=False)
+        assert out.shape == expected.shape
+        torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_next_start_loads_the_stored_unet_without_a_build_and_the_ticks_use_it(built, tiny_components,
+                                                                                     tiny_config, make_frame,
+                                                                                     monkeypatch):
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("a stored UNet was there: nothing should be built")
+
+    monkeypatch.setattr(tick_store, "_BuildProcess", no_build)
+    together, alone = engines_of(tiny_components, tiny_config, 3), engines_of(tiny_components, tiny_config, 3)
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(stored_unets(engine)) or made[-1])
+    for tick in range(3):
+        frames = [make_frame(seed=tick * 3 + i) for i in range(3)]
+        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
+        assert made[0].wait(120)
+    loaded = made[0].built(3 * together[0].unet_batch_size)
+    assert loaded is not None and hasattr(loaded, "stored") and not made[0].failed
+    assert [graph.unet for graph in graphs.unet_graphs.values()] == [loaded]  # captured again with it
+
+
+def test_a_failed_build_process_leaves_the_ticks_eager_and_the_log_says_why(cache, tiny_components, tiny_config,
+                                                                            make_frame, caplog, monkeypatch):
+    config = tiny_config.replace(height=72)  # a key nothing is stored under
+    together, alone = engines_of(tiny_components, config, 2), engines_of(tiny_components, config, 2)
+    failing = [sys.executable, "-c", "import sys; print('the GPU ran out of memory'); sys.exit(1)"]
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(
+        TickUNets(engine.unet, compile_fn=tick_store.StoredTickUNet(engine, failing), dynamic_batch=True,
+                  mark_rows=False)) or made[-1])
+    with caplog.at_level(logging.WARNING, logger="core.accel.tick_unets"):
+        for tick in range(3):
+            frames = [make_frame(seed=tick * 2 + i, height=72) for i in range(2)]
+            assert_same(process_together(together, frames, graphs=graphs),
+                        [e.process(f) for e, f in zip(alone, frames)])
+            assert made[0].wait(60)
+    assert made[0].failed == {0} and not made[0].ready and graphs.unet_captures == 1
+    assert "the GPU ran out of memory" in caplog.text and "exit 1" in caplog.text
+
+
+def test_a_build_process_that_stores_nothing_fails_with_that_reason(cache, tiny_components, tiny_config):
+    engine = prepared_engine(tiny_components, tiny_config.replace(width=72))
+    with pytest.raises(RuntimeError, match="stored does not load"):
+        tick_store.StoredTickUNet(engine, [sys.executable, "-c", "pass"])(engine.unet)
+
+
+def test_a_broken_stored_unet_is_removed_for_a_build(built, tmp_path, caplog):
+    engine, _ = built
+    folder = store.artifact_dir(tick_store.tick_key(engine))
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for path in folder.iterdir():
+        (kept / path.name).write_bytes(path.read_bytes())
+    try:
+        with open(folder / tick_store.FILE, "r+b") as fh:
+            fh.seek(100)
+            fh.write(b"\0" * 64)
+        with caplog.at_level(logging.INFO):
+            assert tick_store.load(tick_store.tick_key(engine)) is None
+        assert not folder.exists()
+    finally:  # the module's other tests keep their stored UNet
+        folder.mkdir(exist_ok=True)
+        for path in kept.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+
+
+def test_a_build_process_whose_unet_is_not_the_servers_stores_nothing(cache, tiny_components, tiny_config, capsys):
+    engine = prepared_engine(tiny_components, tiny_config.replace(width=80))
+    command = tick_store.build_command(engine, {**tick_store.tick_key(engine), "unet": "another architecture"})
+    assert tick_store.main(command[3:]) == 3
+    assert "differs from the server's" in capsys.readouterr().err
+    assert not store.artifact_dir(tick_store.tick_key(engine)).exists()
