@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.accel.tick_graph import TickGraphs
+from core.accel.tick_graph import TickGraphs, stored_unets
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import process_together
 from tests.conftest import prepared_engine
@@ -215,8 +215,10 @@ def test_a_failed_unet_build_leaves_that_batch_on_the_eager_unet(tiny_components
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dynamic", [False, True], ids=["a build per row count", "one dynamic-batch build"])
-def test_on_the_gpu_the_tick_graphs_give_each_stream_its_engine_alone(tiny_config, make_frame, dynamic):
+@pytest.mark.parametrize("kind", ["rows", "dynamic", "stored"],
+                         ids=["a build per row count", "one dynamic-batch build", "built in its own process, stored"])
+def test_on_the_gpu_the_tick_graphs_give_each_stream_its_engine_alone(tiny_config, make_frame, kind, tmp_path,
+                                                                       monkeypatch):
     """Real CUDA graphs, the UNet compiled for the tick's rows swapped in when built, live changes (prompt, seed,
     strength, smoothing) between ticks, and a smaller group at the end: a graph reading a replaced tensor, or
     a pool shared across sessions, would drift."""
@@ -226,7 +228,14 @@ def test_on_the_gpu_the_tick_graphs_give_each_stream_its_engine_alone(tiny_confi
     components = load_components(config)
     together, alone = engines_of(components, config, 3), engines_of(components, config, 3)
     made = []
-    graphs = TickGraphs(unets_for=lambda engine: made.append(TickUNets(engine.unet, dynamic_batch=dynamic)) or made[-1])
+    dynamic = kind != "rows"
+    if kind == "stored":
+        monkeypatch.setenv("LIVEDIFFUSION_CACHE", str(tmp_path))  # nothing stored yet: the build process runs
+        unets_for = stored_unets
+    else:
+        def unets_for(engine):
+            return TickUNets(engine.unet, dynamic_batch=dynamic)
+    graphs = TickGraphs(unets_for=lambda engine: made.append(unets_for(engine)) or made[-1])
     changes = {2: lambda e, i: e.update_prompt(f"changed {i}"), 3: lambda e, i: e.set_seed(40 + i),
                4: lambda e, i: e.set_strength(0.6), 5: lambda e, i: e.set_smoothing(0.3)}
     for tick in range(9):
@@ -244,3 +253,4 @@ def test_on_the_gpu_the_tick_graphs_give_each_stream_its_engine_alone(tiny_confi
     # three rows: eager, then compiled; two rows: compiled at once (dynamic), or eager and then compiled
     assert graphs.unet_captures == (3 if dynamic else 4) and graphs.session_captures == 3 and not graphs.disabled
     assert len(made[0].ready) == (1 if dynamic else 2) and not made[0].failed
+    assert hasattr(made[0].built(3), "stored") == (kind == "stored")

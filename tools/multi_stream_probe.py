@@ -1,8 +1,9 @@
 """Where a batched tick of the engine server spends its time, without the network: N engines on one model, each
 frame run alone (their own compiled graphs) against core.multi_stream.process_together: the shared eager UNet,
 and the tick from graphs of parts (core.accel.tick_graph: each session's front and back, the UNet per row count)
-with the eager UNet, with the UNet compiled for the row count, and with the group changing at every tick (all
-streams, then all but one in turn, as frames arrive in the server); then the parts of an eager shared tick
+with the eager UNet, with the UNet compiled for the row count, compiled once for any row count, built in a process
+of its own and stored (core.accel.tick_store; the first tick's time includes that build), and with the group
+changing at every tick (all streams, then all but one in turn, as frames arrive in the server); then the parts of an eager shared tick
 (fronts, the UNet call, backs), timed with CUDA syncs. Host frames in and out in every row.
 
     python -m tools.multi_stream_probe --streams 4,8 --frames 60
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from core.config import StreamConfig
-from core.accel.tick_graph import TickGraphs
+from core.accel.tick_graph import TickGraphs, stored_unets
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import concat_conditioning, process_together
 from core.stream import StreamEngine
@@ -60,14 +61,20 @@ def probe(args, streams: int) -> list[str]:
         return process_together([engines[j] for j in members], [frames[j] for j in members], graphs=graphs)
 
     builds = {}  # name -> TickGraphs whose UNet builds are awaited before timing
-    if args.acceleration == "compile":
-        builds["per rows"] = TickGraphs(unets_for=TickUNets)
-        builds["dynamic"] = TickGraphs(unets_for=lambda unet: TickUNets(unet, dynamic_batch=True))
+    wanted = args.builds.split(",") if args.acceleration == "compile" else []
+    if "rows" in wanted:
+        builds["per rows"] = TickGraphs(unets_for=lambda engine: TickUNets(engine.unet))
         rows["shared tick, graphs of parts, UNet compiled for the rows"] = lambda: process_together(
             engines, frames, graphs=builds["per rows"])
+    if "dynamic" in wanted:
+        builds["dynamic"] = TickGraphs(unets_for=lambda engine: TickUNets(engine.unet, dynamic_batch=True))
         rows["shared tick, graphs of parts, UNet compiled once for any rows (dynamic)"] = lambda: process_together(
             engines, frames, graphs=builds["dynamic"])
-    changing_graphs = builds.get("dynamic", eager_unet)
+    if "stored" in wanted:
+        builds["stored"] = TickGraphs(unets_for=stored_unets)
+        rows["shared tick, graphs of parts, UNet built in its own process and stored"] = lambda: process_together(
+            engines, frames, graphs=builds["stored"])
+    changing_graphs = builds.get("stored", builds.get("dynamic", eager_unet))
     rows["the same, group changing every tick (all, then all but one)"] = lambda: changing(changing_graphs)
     lines = []
     for name, fn in rows.items():
@@ -119,6 +126,8 @@ def main() -> None:
     parser.add_argument("--acceleration", default="compile")
     parser.add_argument("--streams", default="4", help="stream counts, comma-separated")
     parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--builds", default="rows,dynamic,stored",
+                        help="compiled tick UNets to time: rows (one per row count), dynamic, stored (comma-separated)")
     parser.add_argument("--compile-wait-s", type=float, default=300.0, help="the longest wait for a UNet build")
     args = parser.parse_args()
     lines = []

@@ -39,6 +39,8 @@ def parse_args(argv):
                         help="seconds every client streams before each measurement (a batched server compiles its "
                              "UNet for a new batch in the background meanwhile; default: %(default)s)")
     parser.add_argument("--streams", default="1,4,6", help="client counts for the streams test")
+    parser.add_argument("--servers", choices=("both", "batched", "sessions"), default="both",
+                        help="batched (serve --batch), one thread per session, or both (default: %(default)s)")
     parser.add_argument("--server-log", action="store_true", help="the servers' own log (serve --verbose) on stderr")
     parser.add_argument("--connect-timeout", type=float, default=300.0,
                         help="seconds a session may take to start (a cold compile takes minutes)")
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
     latency_frames, stream_frames = frames_of(args.latency_input), frames_of(args.stream_input)
     report["local"] = local = time_local(args, latency_frames)
     print(f"local engine, {args.latency_input}: {local}", file=sys.stderr)
-    for batch in (True, False):
+    for batch in {"both": (True, False), "batched": (True,), "sessions": (False,)}[args.servers]:
         server = Server(args, batch, max(counts))
         try:
             mode = "batched" if batch else "one thread per session"
