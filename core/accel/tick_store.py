@@ -120,8 +120,10 @@ class _BuildProcess:
 
     def __init__(self, command: list[str]):
         log.info("building the shared ticks' UNet in a process of its own (minutes on a first start)")
+        # Below the server's priority, with its compile workers: the sessions' encoding and launches come first.
+        lower = {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS} if sys.platform == "win32" else {}
         self.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+                                        stderr=subprocess.STDOUT, text=True, **lower)
         self.output = ""
         self.ended = threading.Event()
         threading.Thread(target=self._collect, name="tick-unet-build-process", daemon=True).start()
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="tick build: %(message)s")
     spec = json.loads(argv[0])
+    if hasattr(os, "nice"):  # POSIX; on Windows the server starts this process below normal priority
+        os.nice(10)
     from core.accel.compile import configure_inductor, prepare_layout
     from core.config import LoraSpec, StreamConfig
     from core.models import load_components
