@@ -312,6 +312,8 @@ def test_export_failure_names_the_stage_and_the_log(tmp_path):
     assert caught.value.stage == "export"
     assert "TensorRT export of the UNet failed" in str(caught.value) and str(log_path) in str(caught.value)
     assert "unsupported operator in forward" in log_path.read_text()
+    # The exporter left it off after a failed trace: every stored compiled function's guards would then refuse.
+    assert torch.is_autocast_cache_enabled()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ class is underneath.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -164,6 +165,17 @@ def parameter_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+@contextlib.contextmanager
+def _autocast_cache_kept():
+    """The TorchScript exporter turns the process's autocast cache off while it traces and leaves it off when the
+    trace raises (torch 2.13): every precompiled function's global-state guard would then refuse its calls."""
+    enabled = torch.is_autocast_cache_enabled()
+    try:
+        yield
+    finally:
+        torch.set_autocast_cache_enabled(enabled)
+
+
 def export_onnx(spec: ExportSpec, path: str | os.PathLike, *, opset: int = OPSET,
                 external_data: bool | None = None) -> Path:
     """Write ``spec`` to ``path``; weights go to ``<path>.data`` beside it when external_data (default: over 2 GB).
@@ -177,7 +189,7 @@ def export_onnx(spec: ExportSpec, path: str | os.PathLike, *, opset: int = OPSET
         external_data = parameter_bytes(spec.module) >= EXTERNAL_DATA_BYTES
     args = tuple(spec.inputs.values())
     names = dict(input_names=list(spec.inputs), output_names=list(spec.outputs), opset_version=opset)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _autocast_cache_kept():
         # The UNet's Python-level shape checks are constant at static shapes; the tracer warns about each.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)

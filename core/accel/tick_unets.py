@@ -134,8 +134,8 @@ class TickUNets:
                 continue
             with self._guard:
                 self.ready[rows] = compiled
-            log.info("shared ticks of %s UNet rows: compiled in %.1f s, used from the next capture", _rows_text(rows),
-                     time.perf_counter() - started)
+            log.info("shared ticks of %s UNet rows: the compiled UNet ready in %.1f s, used from the next capture",
+                     _rows_text(rows), time.perf_counter() - started)
 
     def _fail(self, rows: int, error: Exception) -> None:
         with self._guard:
