@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--max-frame-size", default="2560x1440", metavar="WxH",
                      help="largest frame a client may send (default: %(default)s)")
     net.add_argument("--batch", action="store_true",
-                     help="all sessions' frames in one eager UNet call per tick instead of each session's own "
-                          "compiled engine (slower on a GPU as it stands; see docs/remote-engine.md)")
+                     help="all sessions' frames of a tick in one UNet call, replayed from CUDA graphs, instead of "
+                          "each session's own engine thread (see docs/remote-engine.md)")
     cluster = parser.add_argument_group("Ray Serve (several GPUs or machines; needs ray[serve], in the serve extra)")
     cluster.add_argument("--ray", action="store_true",
                          help="run the engines as replicas of a Ray Serve deployment, one GPU each")

@@ -11,14 +11,15 @@ Each tick is replayed from CUDA graphs that survive a change of group (core.acce
 front and back, captured once, around the UNet captured once per row count. Through the real server on a lent
 H100 (bench-remote, sd-turbo 512x512, 1280x720 clients, BENCHMARKS.md): 4 of 4 streams sustained at 30 fps (p95
 85 ms) against 0 of 4 (9.4 fps) for the eager tick. At 8 streams neither sustained 30 fps: batched 18.8 fps each
-(8 streams' tick with the eager UNet took 43 ms in tools/multi_stream_probe.py), one thread per session 19.0.
+with the eager UNet in the graphs, one thread per session 19.0.
 ``LIVEDIFFUSION_TICK_GRAPHS=0`` runs the ticks eagerly.
 
-The UNet compiled for the ticks' rows is faster still in isolation (tools/multi_stream_probe.py: 8 streams 34.6
-ms a tick against 43.2 with the eager UNet in the graphs), but it is built in this process while the sessions
-run: on a cold machine that build took 163 s, and the sessions that joined meanwhile got a frame every few
-seconds (captures wait for a build; eager ticks competed with it for the interpreter). So it is opt-in,
-``LIVEDIFFUSION_TICK_COMPILE=1``, until it can be built before the sessions come or loaded from the store.
+The UNet in those graphs is compiled for any row count from 2 up by a process of its own and stored
+(core.accel.tick_store); until it is done the ticks run the eager UNet. Built in this process instead
+(``LIVEDIFFUSION_TICK_COMPILE=here``), that build took 163 s on a cold machine and the sessions that joined
+meanwhile got a frame every few seconds (its Python work took the interpreter from the ticks' launches). On the
+lent H100: 8 streams' tick 36.4 ms with the stored UNet against 43.4 with the eager one (the probe), and through
+the server 19.4 fps each at 8 streams once it was loaded; 4 streams stayed sustained while it was built.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ settings (a data channel, app.remote.protocol) go over the peer connection (aior
 
 Each session has its own engine (its own stream state, filter and settings; the model is shared where the
 factory shares it) and its own engine thread; with ``batch=True`` one engine thread runs every session's frame
-of a tick in one UNet call instead (app.remote.batching, slower as it stands: see there). The newest frame that
+of a tick in one UNet call instead (app.remote.batching). The newest frame that
 arrived is the next one processed, so a slow engine drops frames rather than building latency
 (docs/remote-engine.md). Limits: sessions, frame size, message size, a connection that never comes up, a client
 that stops sending.

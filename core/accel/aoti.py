@@ -49,7 +49,7 @@ def project_version() -> str:
         return "source"
 
 
-def _channels_last(module: nn.Module) -> bool:
+def channels_last(module: nn.Module) -> bool:
     weight = next((p for p in module.parameters() if p.dim() == 4), None)
     return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
@@ -75,7 +75,7 @@ def compiled_code_key(engine) -> dict:
         "model": cfg.model,
         # Compiled code reads its weights with the strides it was compiled for (prepare_layout makes them
         # channels-last before any build or load).
-        "layout": [_channels_last(engine.unet), _channels_last(engine.vae)],
+        "layout": [channels_last(engine.unet), channels_last(engine.vae)],
         "size": [cfg.width, cfg.height],
         "unet_batch": engine.unet_batch_size,
         "frame_buffer": cfg.frame_buffer_size,

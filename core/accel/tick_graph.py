@@ -9,8 +9,8 @@ kept changing and each new one was a capture.
 So the graphs are of parts that do not depend on the group:
 - each session's front (preprocess, encode, noise: its UNet rows out) and back (the step, decode, uint8 from
   its noise), captured once per session and input size;
-- the UNet over ``rows`` rows, captured once per row count (with the UNet compiled for that count once a
-  background build has it: core.accel.tick_unets).
+- the UNet over ``rows`` rows, captured once per row count (with the UNet compiled for any count once a build
+  process has stored it: core.accel.tick_store, core.accel.tick_unets).
 A tick replays every member's front, gathers their rows, timesteps and prompt embeddings into the UNet graph's
 inputs (one copy each), replays it, and hands each member its slice of the noise for its back: two launches per
 member and a few copies, whatever the group.

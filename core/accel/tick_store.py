@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from core.accel import precompiled, store
+from core.accel.aoti import channels_last
 from core.accel.capture_guard import CAPTURE_GUARD
 from core.accel.examples import example_values
 from core.accel.keys import digest
@@ -42,11 +43,6 @@ _children_lock = threading.Lock()
 def tick_key(engine) -> dict:
     """The engine's precompiled key (architecture, sizes, versions, device) for the rows-symbolic UNet."""
     return {**precompiled.artifact_key(engine), "format": "precompiled-tick", "rows": "symbolic from 2"}
-
-
-def channels_last(module: torch.nn.Module) -> bool:
-    weight = next((p for p in module.parameters() if p.dim() == 4), None)
-    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 def example(engine, members: int = 2, mark_rows: bool = False) -> tuple:
