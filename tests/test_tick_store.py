@@ -5,13 +5,14 @@ build process whose UNet is not the server's storing nothing."""
 
 import json
 import logging
+import os
+import re
 import sys
 
 import pytest
 import torch
 
 from core.accel import precompiled, store, tick_store
-from core.accel.compile import configure_inductor
 from core.accel.tick_graph import TickGraphs, stored_unets
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import process_together
@@ -29,7 +30,6 @@ def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LIVEDIFFUSION_CACHE", str(folder))
         patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
-        configure_inductor()
         yield folder
 
 
@@ -90,8 +90,7 @@ def test_a_failed_build_process_leaves_the_ticks_eager_and_the_log_says_why(cach
     failing = [sys.executable, "-c", "import sys; print('the GPU ran out of memory'); sys.exit(1)"]
     made = []
     graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(
-        TickUNets(engine.unet, compile_fn=tick_store.StoredTickUNet(engine, failing), dynamic_batch=True,
-                  mark_rows=False)) or made[-1])
+        TickUNets(engine.unet, compile_fn=tick_store.StoredTickUNet(engine, failing), dynamic_batch=True)) or made[-1])
     with caplog.at_level(logging.WARNING, logger="core.accel.tick_unets"):
         for tick in range(3):
             frames = [make_frame(seed=tick * 2 + i, height=72) for i in range(2)]
@@ -128,9 +127,102 @@ def test_a_broken_stored_unet_is_removed_for_a_build(built, tmp_path, caplog):
             (folder / path.name).write_bytes(path.read_bytes())
 
 
-def test_a_build_process_whose_unet_is_not_the_servers_stores_nothing(cache, tiny_components, tiny_config, capsys):
+def quiet_main(monkeypatch):
+    """``tick_store.main`` in this process without its process-wide settings (niceness, logging)."""
+    monkeypatch.setattr(os, "nice", lambda _n: 0, raising=False)
+    monkeypatch.setattr(logging, "basicConfig", lambda **_kw: None)
+
+
+def test_a_build_process_whose_unet_is_not_the_servers_stores_nothing_and_names_what_differs(
+        cache, tiny_components, tiny_config, capsys, monkeypatch):
+    quiet_main(monkeypatch)
     engine = prepared_engine(tiny_components, tiny_config.replace(width=80))
     command = tick_store.build_command(engine, {**tick_store.tick_key(engine), "unet": "another architecture"})
     assert tick_store.main(command[3:]) == 3
-    assert "differs from the server's" in capsys.readouterr().err
+    assert "differs from the server's in unet:" in capsys.readouterr().err
     assert not store.artifact_dir(tick_store.tick_key(engine)).exists()
+
+
+def test_the_server_and_the_build_process_agree_on_the_key_whatever_inductor_flags_the_server_had(
+        cache, tiny_components, tiny_config, monkeypatch):
+    # A server whose sessions never compiled had torch's own Inductor flags; the build process sets ours.
+    import torch._inductor.config as inductor
+
+    quiet_main(monkeypatch)
+    monkeypatch.setattr(inductor, "conv_1x1_as_mm", False)
+    engine = prepared_engine(tiny_components, tiny_config.replace(width=88))
+    stored_unet = tick_store.StoredTickUNet(engine)
+    built_for = []
+    monkeypatch.setattr(tick_store, "build", lambda engine: built_for.append(tick_store.tick_key(engine)))
+    assert tick_store.main(stored_unet.command[3:]) == 0
+    assert built_for == [stored_unet.key]
+
+
+def test_a_stale_stored_unet_is_removed_and_built_once_again(cache, tiny_components, tiny_config, monkeypatch,
+                                                            caplog):
+    engine = prepared_engine(tiny_components, tiny_config.replace(width=96))
+
+    def refused(*_args):
+        raise RuntimeError("GuardManager check failed: made for another torch")
+
+    def good(unet, latents, *_rest):
+        return torch.zeros_like(latents)
+
+    loads = iter([refused, good])
+    monkeypatch.setattr(tick_store, "load", lambda key: next(loads))
+    started = []
+    real_process = tick_store._BuildProcess
+    monkeypatch.setattr(tick_store, "_BuildProcess", lambda command: started.append(command) or real_process(command))
+    with caplog.at_level(logging.WARNING, logger="core.accel.store"):
+        unet = tick_store.StoredTickUNet(engine, [sys.executable, "-c", "pass"])(engine.unet)
+    assert unet.stored is good and len(started) == 1
+    assert "made for another torch" in caplog.text  # the stale one was removed, with the reason
+
+
+def test_a_failed_build_is_not_tried_again_at_the_next_start_but_out_of_memory_is(cache, tiny_components,
+                                                                                   tiny_config, monkeypatch):
+    engine = prepared_engine(tiny_components, tiny_config.replace(width=104))
+    out_of_memory = [sys.executable, "-c", f"import sys; sys.exit({tick_store.OUT_OF_MEMORY_EXIT})"]
+    with pytest.raises(RuntimeError, match="exit 4"):
+        tick_store.StoredTickUNet(engine, out_of_memory)(engine.unet)
+    assert not tick_store.failure_file(tick_store.tick_key(engine)).exists()  # may pass: tried again next time
+    broken = [sys.executable, "-c", "import sys; print('Inductor: unsupported op'); sys.exit(1)"]
+    with pytest.raises(RuntimeError, match="unsupported op"):
+        tick_store.StoredTickUNet(engine, broken)(engine.unet)
+    failed = tick_store.failure_file(tick_store.tick_key(engine))
+    assert "unsupported op" in failed.read_text()
+
+    def no_build(*_args, **_kwargs):
+        raise AssertionError("a build that failed for this key must not run again")
+
+    monkeypatch.setattr(tick_store, "_BuildProcess", no_build)
+    with pytest.raises(RuntimeError, match=f"delete {re.escape(str(failed))} to try again"):
+        tick_store.StoredTickUNet(engine, broken)(engine.unet)
+
+
+def test_the_build_process_ends_when_the_server_is_gone(tmp_path):
+    # The server's end of the build's stdin closes however the server ends (killed outright included).
+    script = "import time, core.accel.tick_store as t; t._exit_with_server(); time.sleep(120)"
+    child = tick_store._BuildProcess([sys.executable, "-c", script])
+    try:
+        assert not child.ended.wait(3)  # running while the server is there
+        child.process.stdin.close()
+        assert child.ended.wait(60) and child.process.returncode == 1
+    finally:
+        child.process.kill()
+
+
+def test_a_stored_unet_that_cannot_even_be_asked_for_leaves_the_ticks_graphed_with_the_eager_unet(
+        cache, tiny_components, tiny_config, make_frame, monkeypatch):
+    def broken_key(engine):
+        raise OSError("the cache folder is not readable")
+
+    monkeypatch.setattr(tick_store, "tick_key", broken_key)
+    together, alone = engines_of(tiny_components, tiny_config, 2), engines_of(tiny_components, tiny_config, 2)
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(stored_unets(engine)) or made[-1])
+    for tick in range(2):
+        frames = [make_frame(seed=tick * 2 + i) for i in range(2)]
+        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
+        assert made[0].wait(60)
+    assert made[0].failed == {0} and not graphs.disabled and graphs.unet_captures == 1

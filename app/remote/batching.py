@@ -54,9 +54,17 @@ def tick_unet_choice() -> str:
         log.warning("LIVEDIFFUSION_TICK_COMPILE=%s is none of %s; the stored build is used", choice,
                     ", ".join(TICK_UNETS))
         choice = "stored"
+    if choice != "eager" and os.environ.get("LIVEDIFFUSION_INDUCTOR", "1") != "1":
+        log.warning("Inductor is off (LIVEDIFFUSION_INDUCTOR=0): shared ticks run the eager UNet in their graphs")
+        return "eager"
     if choice == "stored":
         from core.accel import precompiled
 
+        if os.environ.get("LIVEDIFFUSION_STORED", "precompiled") == "off":
+            log.warning("stored compiled engines are off (LIVEDIFFUSION_STORED=off): shared ticks run the eager UNet "
+                        "in their graphs (LIVEDIFFUSION_TICK_COMPILE=here compiles it in the server, slowing the "
+                        "sessions meanwhile)")
+            return "eager"
         if not precompiled.available():
             log.warning("this torch cannot store compiled functions: shared ticks run the eager UNet in their graphs "
                         "(LIVEDIFFUSION_TICK_COMPILE=here compiles it in the server, slowing the sessions meanwhile)")

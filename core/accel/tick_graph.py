@@ -99,7 +99,7 @@ def compiled_unets(engine) -> TickUNets:
 def stored_unets(engine) -> TickUNets:
     """The shared ticks' UNet built in a process of its own and stored (core.accel.tick_store): no build in this
     process takes the interpreter from the ticks."""
-    return TickUNets(engine.unet, compile_fn=StoredTickUNet(engine), dynamic_batch=True, mark_rows=False)
+    return TickUNets(engine.unet, compile_fn=StoredTickUNet(engine), dynamic_batch=True)
 
 
 class TickGraphs:
@@ -112,7 +112,7 @@ class TickGraphs:
         # unets_for(engine) -> TickUNets: the UNet compiled for the ticks' rows on that engine's model, swapped in
         # when built
         self.unets_for = unets_for
-        self.unets: dict[int, TickUNets] = {}
+        self.unets: dict[tuple, TickUNets] = {}
         self.sessions: OrderedDict[tuple, SessionGraphs] = OrderedDict()
         self.unet_graphs: OrderedDict[tuple, UNetGraph] = OrderedDict()
         self.session_captures = 0
@@ -228,11 +228,14 @@ class TickGraphs:
                                       "return_dict": False}
 
     def _unets_of(self, engine) -> TickUNets | None:
+        """Per model and shapes: a stored build serves one size and prompt shape (other sizes are other keys)."""
         if self.unets_for is None:
             return None
-        if id(engine.unet) not in self.unets:
-            self.unets[id(engine.unet)] = self.unets_for(engine)
-        return self.unets[id(engine.unet)]
+        key = (id(engine.unet), engine.latent_shape, str(engine.dtype),
+               tuple(engine.conditioning.encoder_hidden_states.shape[1:]))
+        if key not in self.unets:
+            self.unets[key] = self.unets_for(engine)
+        return self.unets[key]
 
     def _drop_stale(self, engines) -> None:
         # A closed engine's session ended, a swapped one will be captured again: let their buffers go.
@@ -241,8 +244,8 @@ class TickGraphs:
         models = {id(s.engine.unet) for s in self.sessions.values()} | {id(engines[0].unet)}
         for key in [k for k, graph in self.unet_graphs.items() if id(graph.model) not in models]:
             del self.unet_graphs[key]
-        for model in [m for m in self.unets if m not in models]:  # a model no session uses any more
-            self.unets.pop(model).close()
+        for key in [k for k in self.unets if k[0] not in models]:  # a model no session uses any more
+            self.unets.pop(key).close()
 
 
 def _pool_of(graph):

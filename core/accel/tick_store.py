@@ -35,6 +35,7 @@ from core.accel.tick_unets import mark_batch_dynamic
 log = logging.getLogger(__name__)
 
 FILE = "tick_unet.bin"
+OUT_OF_MEMORY_EXIT = 4  # may pass: no failure kept for it
 BUILD_TIMEOUT_S = 3600.0  # a cold build took 163 s on the lent H100; far beyond that is a hung process
 _children: dict[str, "_BuildProcess"] = {}  # a build per key at a time, whoever asks for it
 _children_lock = threading.Lock()
@@ -63,8 +64,12 @@ def example(engine, members: int = 2, mark_rows: bool = False) -> tuple:
 
 def compile_tick_unet(engine):
     """Trace and compile the UNet for any tick of two rows or more (what the build process stores)."""
+    import torch._inductor.config as inductor
+
     if not precompiled.available():
         raise RuntimeError(f"torch {torch.__version__} cannot precompile")
+    if inductor.force_disable_caches:
+        raise RuntimeError("Inductor's caches are off (TORCHINDUCTOR_FORCE_DISABLE_CACHES); nothing can be stored")
     mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
     options = {**torch._inductor.list_mode_options(mode), "guard_filter_fn": precompiled.savable_guards}
     function = torch.compile(precompiled.unet_forward, fullgraph=True, dynamic=None, options=options)
@@ -94,6 +99,12 @@ def load(key: dict):
         return None
 
 
+def failure_file(key: dict) -> Path:
+    """Where a build that failed for ``key`` says why: no build is tried again for it until the file goes (a new
+    torch, driver or version of this project is a new key)."""
+    return store.stored_root() / f"{digest(key)[:24]}.tick-build-failed"
+
+
 def bound(function, unet):
     """``function`` called as the tick graphs call a UNet (contiguous: it was built for those strides)."""
 
@@ -106,8 +117,7 @@ def bound(function, unet):
 
 
 def build_command(engine, key: dict) -> list[str]:
-    spec = {"config": dataclasses.asdict(engine.config), "channels_last": channels_last(engine.unet),
-            "key": digest(key)}
+    spec = {"config": dataclasses.asdict(engine.config), "channels_last": channels_last(engine.unet), "key": key}
     return [sys.executable, "-m", "core.accel.tick_store", json.dumps(spec)]
 
 
@@ -118,33 +128,56 @@ class _BuildProcess:
         log.info("building the shared ticks' UNet in a process of its own (minutes on a first start)")
         # Below the server's priority, with its compile workers: the sessions' encoding and launches come first.
         lower = {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS} if sys.platform == "win32" else {}
-        self.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, **lower)
+        # The server's working folder (relative model and cache paths), this project importable without an install.
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONIOENCODING": "utf-8",
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        # stdin stays open for the build's life: its end tells the build that the server is gone, however it ended.
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, env=env, **lower)
         self.output = ""
         self.ended = threading.Event()
         threading.Thread(target=self._collect, name="tick-unet-build-process", daemon=True).start()
 
     def _collect(self) -> None:
+        # Not communicate(): it would close stdin, which the build reads as the server's end.
+        late = threading.Timer(BUILD_TIMEOUT_S, self.process.kill)
+        late.daemon = True
+        late.start()
         try:
-            self.output, _ = self.process.communicate(timeout=BUILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+            output = self.process.stdout.read()
             self.process.wait()
-            self.output = f"it ran past {BUILD_TIMEOUT_S:.0f} s and was stopped"
+            if not late.is_alive():
+                output += f"\n(it ran past {BUILD_TIMEOUT_S:.0f} s and was stopped)".encode()
+            self.output = output.decode("utf-8", errors="replace")
         finally:
+            late.cancel()
             self.ended.set()
 
 
 def build_elsewhere(key: dict, command: list[str]) -> None:
     """Run the build process for ``key`` (or wait for the one already running) until it ends; raises
-    RuntimeError with the end of its output when it fails."""
+    RuntimeError with the end of its output when it fails, and keeps why in ``failure_file(key)`` unless the
+    failure may pass (out of memory, the process killed)."""
     with _children_lock:
         child = _children.get(digest(key))
         if child is None or child.ended.is_set():
             child = _children[digest(key)] = _BuildProcess(command)
     child.ended.wait()
-    if child.process.returncode != 0:
-        raise RuntimeError(f"the build process failed (exit {child.process.returncode}): {child.output.strip()[-800:]}")
+    code = child.process.returncode
+    if code != 0:
+        reason = f"the build process failed (exit {code}): {child.output.strip()[-800:]}"
+        if code > 0 and code != OUT_OF_MEMORY_EXIT:
+            _keep_failure(key, reason)
+        raise RuntimeError(reason)
+
+
+def _keep_failure(key: dict, reason: str) -> None:
+    try:
+        failure_file(key).parent.mkdir(parents=True, exist_ok=True)
+        failure_file(key).write_text(reason + "\n", encoding="utf-8")
+    except OSError as error:  # a read-only or full cache: the next start tries again
+        log.info("could not note the failed tick UNet build: %s", error)
 
 
 @atexit.register
@@ -156,25 +189,43 @@ def _stop_children() -> None:
 
 class StoredTickUNet:
     """``compile_fn`` of core.accel.tick_unets.TickUNets: the stored build for ``engine``'s key, made by the build
-    process first when there is none. What it needs of the engine is taken now, on the ticks' thread: the engine
-    may close before the build ends."""
+    process first when there is none. What it needs of the engine is taken now, on the ticks' thread (the engine
+    may close before the build ends); what fails here is raised on the build's thread, where it only keeps the
+    ticks on the eager UNet."""
+
+    traced_elsewhere = True  # TickUNets: no symbolic marks on the examples (the loaded guards refuse them)
 
     def __init__(self, engine, command: list[str] | None = None):
-        self.key = tick_key(engine)
-        self.command = command or build_command(engine, self.key)
-        self.unet = engine.unet
-        self.check_args = example(engine, members=3)  # a row count it was not traced at
+        self.error = None
+        try:
+            from core.accel.compile import configure_inductor
+
+            configure_inductor()  # its flags are part of the key: as the build process sets them
+            self.key = tick_key(engine)
+            self.command = command or build_command(engine, self.key)
+            self.unet = engine.unet
+            self.check_args = example(engine, members=3)  # a row count it was not traced at
+        except Exception as error:  # noqa: BLE001 - raised where the build would run
+            self.error = error
 
     def __call__(self, unet, dynamic_batch: bool = True):
+        if self.error is not None:
+            raise self.error
         if not dynamic_batch:
             raise ValueError("the stored tick UNet serves every row count")
         function = self._checked(load(self.key))
         if function is None:
+            failed = failure_file(self.key)
+            if failed.exists():
+                raise RuntimeError(f"an earlier build failed here ({failed.read_text(encoding='utf-8').strip()[-300:]}"
+                                   f"); delete {failed} to try again")
             started = time.perf_counter()
             build_elsewhere(self.key, self.command)
             function = self._checked(load(self.key))
             if function is None:
-                raise RuntimeError("the build process ended, but what it stored does not load or run here")
+                reason = "the build process ended, but what it stored does not load or run here"
+                _keep_failure(self.key, reason)
+                raise RuntimeError(reason)
             log.info("the shared ticks' UNet was built in %.0f s", time.perf_counter() - started)
         return bound(function, unet)
 
@@ -207,18 +258,44 @@ def main(argv: list[str] | None = None) -> int:
 
     fields = spec["config"]
     config = StreamConfig(**{**fields, "loras": tuple(LoraSpec(**lora) for lora in fields.get("loras", ()))})
-    engine = StreamEngine(load_components(config), config)
-    if spec["channels_last"]:
-        prepare_layout(engine)
-    engine.prepare("")
-    configure_inductor()
-    if digest(tick_key(engine)) != spec["key"]:
-        print("this process's UNet differs from the server's (weights layout, code or versions): nothing stored",
-              file=sys.stderr)
-        return 3
-    print(build(engine))
+    try:
+        engine = StreamEngine(load_components(config), config)
+        if spec["channels_last"]:
+            prepare_layout(engine)
+        engine.prepare("")
+        configure_inductor()
+        key = json.loads(json.dumps(tick_key(engine)))  # as the server's came: through JSON
+        if key != spec["key"]:
+            differ = sorted(name for name in key.keys() | spec["key"].keys() if key.get(name) != spec["key"].get(name))
+            print(f"this process's UNet key differs from the server's in {', '.join(differ)}: nothing stored",
+                  file=sys.stderr)
+            return 3
+        print(build(engine))
+    except torch.OutOfMemoryError as error:
+        print(f"out of GPU memory: {error}", file=sys.stderr)
+        return OUT_OF_MEMORY_EXIT
     return 0
 
 
+def _exit_with_server() -> None:
+    """Ends this process when the server's end of its stdin closes: a server killed outright leaves no build."""
+    try:
+        stdin = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # started by hand without a stdin: nothing to watch
+
+    def watch():
+        # os.read, not sys.stdin: a daemon thread blocked in the buffered reader aborts the interpreter's exit.
+        try:
+            while os.read(stdin, 4096):
+                pass
+        except OSError:
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
+
+
 if __name__ == "__main__":
+    _exit_with_server()
     sys.exit(main())

@@ -44,15 +44,15 @@ def mark_batch_dynamic(args: tuple, kwargs: dict) -> None:
 
 
 class TickUNets:
-    """``dynamic_batch``: one build, its rows dimension symbolic, for every row count; else a build per count.
-    ``mark_rows``: mark the examples' rows dimension symbolic for the build (not for a build traced elsewhere and
-    loaded: its guards refuse a marked tensor)."""
+    """``dynamic_batch``: one build, its rows dimension symbolic, for every row count; else a build per count. A
+    ``compile_fn`` with ``traced_elsewhere`` (core.accel.tick_store: loaded, not traced here) gets examples without
+    symbolic marks, which its guards would refuse, and waits at the normal switch interval."""
 
-    def __init__(self, unet, compile_fn: Callable = compile_unet, max_sizes: int = 8, dynamic_batch: bool = False,
-                 mark_rows: bool = True):
+    def __init__(self, unet, compile_fn: Callable = compile_unet, max_sizes: int = 8, dynamic_batch: bool = False):
         self.unet = unet
         self.dynamic_batch = dynamic_batch
-        self.mark_rows = dynamic_batch and mark_rows
+        self.traced_here = not getattr(compile_fn, "traced_elsewhere", False)
+        self.mark_rows = dynamic_batch and self.traced_here
         self.compile_fn = functools.partial(compile_fn, dynamic_batch=True) if dynamic_batch else compile_fn
         self.max_sizes = max_sizes  # each is a compiled graph and its workspace: a bound on what ticks may ask
         self.ready: dict[int, Callable] = {}
@@ -102,7 +102,7 @@ class TickUNets:
     def _work(self) -> None:
         # A compile is Python-heavy for a minute: the ticks' thread must keep getting the interpreter (an eager
         # tick is a thousand launches, each waiting for it at the default switch interval).
-        with lowered_switch_interval():
+        with lowered_switch_interval() if self.traced_here else nullcontext():
             self._build_wanted()
 
     def _build_wanted(self) -> None:
