@@ -12,7 +12,7 @@ from core.accel.compile import FrameGraph
 from core.accel.tick_graph import CudaGraphRecorder, TickGraphs
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import process_together
-from tests.conftest import prepared_engine
+from tests.conftest import assert_frames_close, prepared_engine
 from tests.test_tick_graph import CountingCompile, ReplayingRecorder, assert_same, engines_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
@@ -165,3 +165,45 @@ def test_a_background_unet_build_holds_captures_off_while_it_runs(tiny_component
                                                                           "return_dict": False})) is None
     assert unets.wait(60) and unets.built(2) is not None
     assert refused == [True, True]  # the compiling run and the settling run
+
+
+def test_asyncdiff_runs_its_frames_eagerly_while_a_build_runs_and_asks_to_capture_again_after(
+        tiny_components, tiny_config, make_frame, monkeypatch):
+    """AsyncDiff's captures do not wait for another thread's build (a minute of compile): its frames run eagerly
+    meanwhile, equal to the eager runner's, and the capture is asked for again once the build has ended."""
+    from core.parallel import asyncdiff, use_asyncdiff
+    from core.parallel.asyncdiff import AsyncDiffRunner
+
+    config = tiny_config.replace(t_index_list=(10, 20, 30), cfg_type="self")
+    eager, graphed = prepared_engine(tiny_components, config), prepared_engine(tiny_components, config)
+    cpu = torch.device("cpu")
+    use_asyncdiff(eager, [cpu, cpu], split_at=(3,))
+    runner = AsyncDiffRunner(graphed, [cpu, cpu], (3,), graphs=True)  # as on CUDA, with this CPU's tensors
+    graphed.install(frame_runner=runner)
+    asked = []
+
+    def capture(device, fn, pool=None, keep_begun=None):
+        asked.append(CAPTURE_GUARD._capturing is not None)  # noqa: SLF001 - inside the runner's own capture
+        raise CaptureBusy("the stand-in captures nothing")
+
+    monkeypatch.setattr(asyncdiff, "_capture", capture)
+    building, done = threading.Event(), threading.Event()
+
+    def build():
+        with CAPTURE_GUARD.work():
+            building.set()
+            done.wait(60)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    try:
+        assert building.wait(10)
+        for i in range(3):
+            assert_frames_close(graphed.process(make_frame(i)), eager.process(make_frame(i)), atol=1)
+        assert asked == [] and runner.stage_graphs is None and runner.graphs == {}  # nothing waited, nothing kept
+    finally:
+        done.set()
+        builder.join()
+    assert_frames_close(graphed.process(make_frame(3)), eager.process(make_frame(3)), atol=1)
+    assert asked == [True]  # asked again once the build ended (and, busy again, ran that frame eagerly too)
+    torch.testing.assert_close(graphed.batch.latents, eager.batch.latents, rtol=1e-5, atol=1e-6)

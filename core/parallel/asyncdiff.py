@@ -26,6 +26,7 @@ from contextlib import nullcontext
 
 import torch
 
+from core.accel.capture_guard import CAPTURE_GUARD, CaptureBusy
 from core.parallel.unet_stages import UNetStage, split_units, stage_copy, unet_units
 
 log = logging.getLogger(__name__)
@@ -179,17 +180,22 @@ class AsyncDiffRunner:
     @torch.no_grad()
     def __call__(self, frames_u8):
         with _on(self.engine.device):
-            return self._frame(frames_u8)
+            try:
+                return self._frame(frames_u8)
+            except CaptureBusy:  # another thread builds or loads: this frame runs eagerly, captures wait for the next
+                with CAPTURE_GUARD.work():
+                    return self._frame(frames_u8, capture=False)
 
-    def _frame(self, frames_u8):
+    def _frame(self, frames_u8, capture: bool = True):
         engine = self.engine
         self.last_input_shape = None if frames_u8 is None else tuple(frames_u8.shape)
         if not self.packings:
             self._allocate(engine.frame_front(frames_u8))
             engine.batch.pending = None
-        if self.graphs_wanted and self.stage_graphs is None:
+        if capture and self.graphs_wanted and self.stage_graphs is None:
             self._capture_stages(frames_u8)
-        front, back = self._frame_graphs(frames_u8)
+        front, back = self._frame_graphs(frames_u8) if capture else self.graphs.get(self._graph_key(frames_u8),
+                                                                                      (self.front, self.back))
         self._refresh_conditioning()
         last = len(self.stages) - 1
         if self.epoch_seen != engine.batch.epoch or len(self.stages) == 1:
@@ -221,40 +227,49 @@ class AsyncDiffRunner:
 
     # ----- captured graphs (CUDA) ------------------------------------------------------------------------
 
+    def _graph_key(self, frames_u8):
+        from core.accel.compile import FrameGraph
+
+        return FrameGraph.key_for(self.engine, frames_u8)
+
     def _frame_graphs(self, frames_u8):
         if not self.graphs_wanted:
             return self.front, self.back
-        from core.accel.compile import FrameGraph
-
-        key = FrameGraph.key_for(self.engine, frames_u8)
+        key = self._graph_key(frames_u8)
         if key not in self.graphs:
             self.graphs[key] = self._capture_frame(frames_u8)
         return self.graphs[key]
 
     def _capture_stages(self, frames_u8) -> None:
-        graphs = [None]
-        for j in range(1, len(self.stages)):
-            graphs.append(_capture(self.devices[j], lambda j=j: self.stage(j)))
+        # All of them or none: without waiting for another thread's build (CaptureBusy before any is captured).
+        with CAPTURE_GUARD.capture(blocking=False):
+            graphs = [None]
+            for j in range(1, len(self.stages)):
+                graphs.append(_capture(self.devices[j], lambda j=j: self.stage(j)))
         self.stage_graphs = graphs
 
     def _capture_frame(self, frames_u8):
         engine = self.engine
-        saved = engine.snapshot_stream()
-        static_in = None if frames_u8 is None else frames_u8.clone()
-        front_graph = _capture(engine.device, lambda: self.front(static_in), keep_begun=engine.batch)
-        begun = engine.batch.pending
-        self._keep = (self._keep, begun)  # read by the back graph: must outlive the capture
-        back_out: list = []
+        with CAPTURE_GUARD.capture(blocking=False):  # CaptureBusy before anything ran, as in _capture_stages
+            saved = engine.snapshot_stream()
+            try:
+                static_in = None if frames_u8 is None else frames_u8.clone()
+                front_graph = _capture(engine.device, lambda: self.front(static_in), keep_begun=engine.batch)
+                begun = engine.batch.pending
+                self._keep = (self._keep, begun)  # read by the back graph: must outlive the capture
+                back_out: list = []
 
-        def back():
-            engine.batch.pending = begun
-            out = self.back()
-            back_out[:] = [out]
-            return out
+                def back():
+                    engine.batch.pending = begun
+                    out = self.back()
+                    back_out[:] = [out]
+                    return out
 
-        back_graph = _capture(engine.device, back, pool=front_graph.pool())
-        engine.restore_stream(saved)
-        self.epoch_seen = None  # the throwaway runs moved the hand-offs on
+                back_graph = _capture(engine.device, back, pool=front_graph.pool())
+            finally:
+                engine.batch.pending = None
+                engine.restore_stream(saved)
+                self.epoch_seen = None  # the throwaway runs moved the hand-offs on
 
         def run_front(frames):
             if static_in is not None:
@@ -309,7 +324,6 @@ def _on(device: torch.device):
 
 def _capture(device: torch.device, fn, pool=None, keep_begun=None):
     """``fn`` (no arguments, static buffers only) warmed up on a side stream and captured in a CUDA graph."""
-    from core.accel.capture_guard import CAPTURE_GUARD
     from core.accel.compile import capture_stream
 
     with CAPTURE_GUARD.capture(), torch.cuda.device(device), torch.no_grad():
