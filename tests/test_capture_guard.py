@@ -207,3 +207,91 @@ def test_asyncdiff_runs_its_frames_eagerly_while_a_build_runs_and_asks_to_captur
     assert_frames_close(graphed.process(make_frame(3)), eager.process(make_frame(3)), atol=1)
     assert asked == [True]  # asked again once the build ended (and, busy again, ran that frame eagerly too)
     torch.testing.assert_close(graphed.batch.latents, eager.batch.latents, rtol=1e-5, atol=1e-6)
+
+
+class ReplayingGraph:
+    """A captured graph's stand-in on the CPU: replaying runs the captured function again on its static buffers."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+    @staticmethod
+    def pool():
+        return None
+
+
+def asyncdiff_pair(tiny_components, tiny_config):
+    from core.parallel import use_asyncdiff
+    from core.parallel.asyncdiff import AsyncDiffRunner
+
+    config = tiny_config.replace(t_index_list=(10, 20, 30), cfg_type="self")
+    eager, graphed = prepared_engine(tiny_components, config), prepared_engine(tiny_components, config)
+    cpu = torch.device("cpu")
+    use_asyncdiff(eager, [cpu, cpu], split_at=(3,))
+    runner = AsyncDiffRunner(graphed, [cpu, cpu], (3,), graphs=True)
+    graphed.install(frame_runner=runner)
+    return eager, graphed, runner
+
+
+def test_asyncdiff_with_its_stages_captured_runs_the_frame_eagerly_around_them_while_a_build_runs(
+        tiny_components, tiny_config, make_frame, monkeypatch):
+    """A build that starts after the stages' capture refuses the frame's: the stage graphs are replayed around an
+    eager front and back (equal to the eager runner), and the frame's capture is asked for at every frame."""
+    from core.parallel import asyncdiff
+
+    eager, graphed, runner = asyncdiff_pair(tiny_components, tiny_config)
+
+    class BuildAfterTheStages:
+        """The real guard, refusing every capture once the stages are captured (another thread's build)."""
+
+        def __init__(self):
+            self.refused = 0
+
+        def capture(self, blocking=True):
+            if runner.stage_graphs is not None:
+                self.refused += 1
+                raise CaptureBusy("a build runs")
+            return CAPTURE_GUARD.capture(blocking)
+
+        @staticmethod
+        def work():
+            return CAPTURE_GUARD.work()
+
+    guard = BuildAfterTheStages()
+    monkeypatch.setattr(asyncdiff, "CAPTURE_GUARD", guard)
+    monkeypatch.setattr(asyncdiff, "_capture", lambda device, fn, pool=None, keep_begun=None: ReplayingGraph(fn))
+    for i in range(4):
+        assert_frames_close(graphed.process(make_frame(i)), eager.process(make_frame(i)), atol=1)
+        torch.testing.assert_close(graphed.batch.latents, eager.batch.latents, rtol=1e-5, atol=1e-6)
+    assert runner.stage_graphs is not None and runner.graphs == {} and guard.refused == 4
+
+
+def test_a_failed_asyncdiff_frame_capture_leaves_the_stream_as_it_was(tiny_components, tiny_config, make_frame,
+                                                                      monkeypatch):
+    from core.parallel import asyncdiff
+
+    _, graphed, runner = asyncdiff_pair(tiny_components, tiny_config)
+    runner.graphs_wanted = False
+    graphed.process(make_frame(0))  # an eager frame first: the runner's buffers exist
+    runner.graphs_wanted = True
+    calls = []
+
+    def capture(device, fn, pool=None, keep_begun=None):
+        calls.append(device)
+        if len(calls) == 3:  # the stages (one) and the front went; the back fails
+            raise RuntimeError("operation not permitted when stream is capturing")
+        for _ in range(2):  # warm-ups, as the real capture runs
+            fn()
+            if keep_begun is not None:
+                keep_begun.pending = None
+        return ReplayingGraph(fn)
+
+    monkeypatch.setattr(asyncdiff, "_capture", capture)
+    latents = graphed.batch.latents.clone()
+    with pytest.raises(RuntimeError, match="stream is capturing"):
+        graphed.process(make_frame(1))
+    assert len(calls) == 3 and graphed.batch.pending is None and runner.epoch_seen is None
+    torch.testing.assert_close(graphed.batch.latents, latents)  # the warm-ups' steps were undone

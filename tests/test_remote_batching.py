@@ -162,7 +162,8 @@ def test_the_server_replays_its_ticks_from_graphs_with_the_stored_tick_unet_unle
     from core.accel import precompiled
     from core.accel.tick_graph import TickGraphs, compiled_unets, stored_unets
 
-    for name in ("LIVEDIFFUSION_TICK_GRAPHS", "LIVEDIFFUSION_TICK_COMPILE"):
+    for name in ("LIVEDIFFUSION_TICK_GRAPHS", "LIVEDIFFUSION_TICK_COMPILE", "LIVEDIFFUSION_INDUCTOR",
+                 "LIVEDIFFUSION_STORED", "LIVEDIFFUSION_AOTI"):
         monkeypatch.delenv(name, raising=False)
     ticks = batching.default_ticks()
     assert ticks.func is process_together and isinstance(ticks.keywords["graphs"], TickGraphs)
@@ -175,11 +176,21 @@ def test_the_server_replays_its_ticks_from_graphs_with_the_stored_tick_unet_unle
     with caplog.at_level("WARNING", logger="app.remote.batching"):
         assert batching.default_ticks().keywords["graphs"].unets_for is expected
     assert "none of stored, here, eager" in caplog.text
-    # A torch that cannot store compiled functions: the eager UNet, and the log says so (not the starving build).
-    monkeypatch.setattr(precompiled, "available", lambda: False)
+    # Inductor off, stored engines off, or a torch that cannot store compiled functions: the eager UNet, and the log
+    # says so (not the starving build in the server).
     monkeypatch.setenv("LIVEDIFFUSION_TICK_COMPILE", "stored")
+    for name, value, said in (("LIVEDIFFUSION_INDUCTOR", "0", "Inductor is off"),
+                              ("LIVEDIFFUSION_STORED", "off", "compiled functions are not stored here")):
+        monkeypatch.setenv(name, value)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="app.remote.batching"):
+            assert batching.default_ticks().keywords["graphs"].unets_for is None
+        assert said in caplog.text
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(precompiled, "available", lambda: False)
+    caplog.clear()
     with caplog.at_level("WARNING", logger="app.remote.batching"):
         assert batching.default_ticks().keywords["graphs"].unets_for is None
-    assert "cannot store compiled functions" in caplog.text
+    assert "compiled functions are not stored here" in caplog.text
     monkeypatch.setenv("LIVEDIFFUSION_TICK_GRAPHS", "0")
     assert batching.default_ticks() is process_together

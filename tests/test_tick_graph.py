@@ -200,6 +200,19 @@ def test_a_dynamic_batch_build_serves_every_row_count(tiny_components, tiny_conf
     assert {graph.unet for graph in graphs.unet_graphs.values()} == {made[0].built(2)}  # both row counts
 
 
+def test_groups_at_another_size_on_the_same_model_get_a_compiled_unet_of_their_own(tiny_components, tiny_config,
+                                                                                   make_frame):
+    # A stored build serves one size: a group at another size must not be handed it (its guards would refuse).
+    small = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,)), 2)
+    tall = engines_of(tiny_components, tiny_config.replace(t_index_list=(30,), height=72), 2)
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(
+        TickUNets(engine.unet, compile_fn=DynamicCountingCompile(), dynamic_batch=True)) or made[-1])
+    tick_groups(graphs, make_frame, small, tall, small, tall)
+    assert len(made) == 2 and all(unets.unet is tiny_components.pipe.unet for unets in made)
+    assert all(unets.wait(60) and unets.built(2) is not None for unets in made)
+
+
 def test_a_failed_unet_build_leaves_that_batch_on_the_eager_unet(tiny_components, tiny_config, make_frame):
     together, alone = engines_of(tiny_components, tiny_config, 2), engines_of(tiny_components, tiny_config, 2)
     made = []

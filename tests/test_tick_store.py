@@ -8,11 +8,12 @@ import logging
 import os
 import re
 import sys
+import time
 
 import pytest
 import torch
 
-from core.accel import precompiled, store, tick_store
+from core.accel import build_process, precompiled, store, tick_store
 from core.accel.tick_graph import TickGraphs, stored_unets
 from core.accel.tick_unets import TickUNets
 from core.multi_stream import process_together
@@ -70,7 +71,7 @@ def test_the_next_start_loads_the_stored_unet_without_a_build_and_the_ticks_use_
     def no_build(*_args, **_kwargs):
         raise AssertionError("a stored UNet was there: nothing should be built")
 
-    monkeypatch.setattr(tick_store, "_BuildProcess", no_build)
+    monkeypatch.setattr(build_process, "BuildProcess", no_build)
     together, alone = engines_of(tiny_components, tiny_config, 3), engines_of(tiny_components, tiny_config, 3)
     made = []
     graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(stored_unets(engine)) or made[-1])
@@ -171,45 +172,51 @@ def test_a_stale_stored_unet_is_removed_and_built_once_again(cache, tiny_compone
     loads = iter([refused, good])
     monkeypatch.setattr(tick_store, "load", lambda key: next(loads))
     started = []
-    real_process = tick_store._BuildProcess
-    monkeypatch.setattr(tick_store, "_BuildProcess", lambda command: started.append(command) or real_process(command))
+    real_process = build_process.BuildProcess
+    monkeypatch.setattr(build_process, "BuildProcess", lambda command: started.append(command) or real_process(command))
     with caplog.at_level(logging.WARNING, logger="core.accel.store"):
         unet = tick_store.StoredTickUNet(engine, [sys.executable, "-c", "pass"])(engine.unet)
     assert unet.stored is good and len(started) == 1
     assert "made for another torch" in caplog.text  # the stale one was removed, with the reason
 
 
-def test_a_failed_build_is_not_tried_again_at_the_next_start_but_out_of_memory_is(cache, tiny_components,
-                                                                                   tiny_config, monkeypatch):
+def test_a_failed_build_is_not_tried_again_for_a_day_but_what_may_pass_is(cache, tiny_components, tiny_config,
+                                                                          monkeypatch):
     engine = prepared_engine(tiny_components, tiny_config.replace(width=104))
-    out_of_memory = [sys.executable, "-c", f"import sys; sys.exit({tick_store.OUT_OF_MEMORY_EXIT})"]
-    with pytest.raises(RuntimeError, match="exit 4"):
-        tick_store.StoredTickUNet(engine, out_of_memory)(engine.unet)
-    assert not tick_store.failure_file(tick_store.tick_key(engine)).exists()  # may pass: tried again next time
-    broken = [sys.executable, "-c", "import sys; print('Inductor: unsupported op'); sys.exit(1)"]
+    key = tick_store.tick_key(engine)
+    for code in (build_process.TRANSIENT_EXIT, 1, -9):  # out of memory or a full disk; killed (Windows: 1); killed
+        with pytest.raises(RuntimeError, match=f"exit {code}"):
+            tick_store.StoredTickUNet(engine, [sys.executable, "-c", f"import os; os._exit({code % 256})"]
+                                      if code >= 0 else [sys.executable, "-c", "import os, signal; "
+                                                         "os.kill(os.getpid(), signal.SIGKILL)"])(engine.unet)
+        assert build_process.earlier_failure(key) is None  # may pass: tried again next time
+    broken = [sys.executable, "-c",
+              f"print('Inductor: unsupported op'); raise SystemExit({build_process.BUILD_FAILED_EXIT})"]
     with pytest.raises(RuntimeError, match="unsupported op"):
         tick_store.StoredTickUNet(engine, broken)(engine.unet)
-    failed = tick_store.failure_file(tick_store.tick_key(engine))
-    assert "unsupported op" in failed.read_text()
-
-    def no_build(*_args, **_kwargs):
-        raise AssertionError("a build that failed for this key must not run again")
-
-    monkeypatch.setattr(tick_store, "_BuildProcess", no_build)
-    with pytest.raises(RuntimeError, match=f"delete {re.escape(str(failed))} to try again"):
+    assert "unsupported op" in build_process.earlier_failure(key)
+    started = []
+    real_process = build_process.BuildProcess
+    monkeypatch.setattr(build_process, "BuildProcess", lambda command: started.append(command) or real_process(command))
+    failed = build_process.failure_file(key)
+    with pytest.raises(RuntimeError, match=f"{re.escape(str(failed))} is deleted"):
         tick_store.StoredTickUNet(engine, broken)(engine.unet)
+    assert started == []  # not tried again within the day
+    day_ago = failed.stat().st_mtime - build_process.FAILURE_KEPT_S - 1
+    os.utime(failed, (day_ago, day_ago))
+    with pytest.raises(RuntimeError, match="unsupported op"):
+        tick_store.StoredTickUNet(engine, broken)(engine.unet)
+    assert len(started) == 1  # a day later it is
 
 
-def test_the_build_process_ends_when_the_server_is_gone(tmp_path):
-    # The server's end of the build's stdin closes however the server ends (killed outright included).
-    script = "import time, core.accel.tick_store as t; t._exit_with_server(); time.sleep(120)"
-    child = tick_store._BuildProcess([sys.executable, "-c", script])
-    try:
-        assert not child.ended.wait(3)  # running while the server is there
-        child.process.stdin.close()
-        assert child.ended.wait(60) and child.process.returncode == 1
-    finally:
-        child.process.kill()
+def test_what_the_build_process_reports_tells_whether_its_failure_may_pass():
+    transient, kept = build_process.TRANSIENT_EXIT, build_process.BUILD_FAILED_EXIT
+    assert build_process.exit_code_for(MemoryError()) == transient
+    assert build_process.exit_code_for(RuntimeError("Triton Error [CUDA]: out of memory")) == transient
+    assert build_process.exit_code_for(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED")) == transient
+    assert build_process.exit_code_for(OSError(28, "No space left on device")) == transient
+    assert build_process.exit_code_for(RuntimeError("unsupported operator aten::foo")) == kept
+    assert build_process.exit_code_for(OSError(2, "No such file")) == kept
 
 
 def test_a_stored_unet_that_cannot_even_be_asked_for_leaves_the_ticks_graphed_with_the_eager_unet(
@@ -226,3 +233,24 @@ def test_a_stored_unet_that_cannot_even_be_asked_for_leaves_the_ticks_graphed_wi
         assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
         assert made[0].wait(60)
     assert made[0].failed == {0} and not graphs.disabled and graphs.unet_captures == 1
+
+
+def test_the_build_process_ends_when_the_server_is_gone_and_is_asked_to_watch(tmp_path, tiny_components,
+                                                                             tiny_config):
+    # The server's end of the build's stdin closes however the server ends (killed outright included).
+    ready = tmp_path / "watching"
+    script = ("import pathlib, time, core.accel.build_process as b; b.exit_with_server(); "
+              f"pathlib.Path({str(ready)!r}).write_text('yes'); time.sleep(300)")
+    child = build_process.BuildProcess([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and time.monotonic() < deadline and not child.ended.is_set():
+            time.sleep(0.1)
+        assert ready.exists() and not child.ended.is_set()  # watching, and running while the server is there
+        child.process.stdin.close()
+        assert child.ended.wait(120) and child.process.returncode == build_process.SERVER_GONE_EXIT
+        assert "the server is gone" in child.output
+    finally:
+        child.stop()
+    engine = prepared_engine(tiny_components, tiny_config)
+    assert tick_store.build_command(engine, tick_store.tick_key(engine))[-1] == "--exit-with-server"

@@ -59,15 +59,12 @@ def tick_unet_choice() -> str:
         return "eager"
     if choice == "stored":
         from core.accel import precompiled
+        from core.accel.stored import stored_format
 
-        if os.environ.get("LIVEDIFFUSION_STORED", "precompiled") == "off":
-            log.warning("stored compiled engines are off (LIVEDIFFUSION_STORED=off): shared ticks run the eager UNet "
-                        "in their graphs (LIVEDIFFUSION_TICK_COMPILE=here compiles it in the server, slowing the "
-                        "sessions meanwhile)")
-            return "eager"
-        if not precompiled.available():
-            log.warning("this torch cannot store compiled functions: shared ticks run the eager UNet in their graphs "
-                        "(LIVEDIFFUSION_TICK_COMPILE=here compiles it in the server, slowing the sessions meanwhile)")
+        if not (stored_format() and precompiled.available()):
+            log.warning("compiled functions are not stored here (LIVEDIFFUSION_STORED is off, or this torch cannot "
+                        "precompile): shared ticks run the eager UNet in their graphs (LIVEDIFFUSION_TICK_COMPILE=here "
+                        "compiles it in the server, slowing the sessions meanwhile)")
             return "eager"
     return choice
 

@@ -2,43 +2,37 @@
 
 Compiled in the server's process, that UNet's build took 163 s on a cold lent H100 and starved the sessions
 meanwhile (a frame every few seconds: the build's Python work took the interpreter from the ticks' launches). So
-it is built by ``python -m core.accel.tick_store`` beside the server, which goes on with the eager UNet in its
-tick graphs, and stored as a torch.compile precompiled function (core.accel.precompiled: Dynamo's bytecode and
-guards, Inductor's kernels; the weights are an argument, not part of it) with its rows dimension symbolic: one
-artifact for every group of two sessions or more. The server loads it when the build ends, and at later starts
-at once. The build process loads the model as the server did (the same config, the same weights layout) and
-checks that its UNet has the server's key before it stores anything under it.
+it is built by ``python -m core.accel.tick_store`` beside the server (core.accel.build_process: below its
+priority, ended with it, failures kept), which goes on with the eager UNet in its tick graphs. It is stored as a
+torch.compile precompiled function (core.accel.precompiled: Dynamo's bytecode and guards, Inductor's kernels;
+the weights are an argument, not part of it) with its rows dimension symbolic: one artifact for every group of
+two sessions or more. The server loads it when the build ends, and at later starts at once. The build process
+loads the model as the server did (the same config, the same weights layout) and checks that its UNet has the
+server's key before it stores anything under it.
 """
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import json
 import logging
 import os
-import subprocess
 import sys
-import threading
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
-from core.accel import precompiled, store
+from core.accel import build_process, precompiled, store
 from core.accel.aoti import channels_last
 from core.accel.capture_guard import CAPTURE_GUARD
 from core.accel.examples import example_values
-from core.accel.keys import digest
 from core.accel.tick_unets import mark_batch_dynamic
 
 log = logging.getLogger(__name__)
 
 FILE = "tick_unet.bin"
-OUT_OF_MEMORY_EXIT = 4  # may pass: no failure kept for it
-BUILD_TIMEOUT_S = 3600.0  # a cold build took 163 s on the lent H100; far beyond that is a hung process
-_children: dict[str, "_BuildProcess"] = {}  # a build per key at a time, whoever asks for it
-_children_lock = threading.Lock()
 
 
 def tick_key(engine) -> dict:
@@ -99,12 +93,6 @@ def load(key: dict):
         return None
 
 
-def failure_file(key: dict) -> Path:
-    """Where a build that failed for ``key`` says why: no build is tried again for it until the file goes (a new
-    torch, driver or version of this project is a new key)."""
-    return store.stored_root() / f"{digest(key)[:24]}.tick-build-failed"
-
-
 def bound(function, unet):
     """``function`` called as the tick graphs call a UNet (contiguous: it was built for those strides)."""
 
@@ -118,73 +106,7 @@ def bound(function, unet):
 
 def build_command(engine, key: dict) -> list[str]:
     spec = {"config": dataclasses.asdict(engine.config), "channels_last": channels_last(engine.unet), "key": key}
-    return [sys.executable, "-m", "core.accel.tick_store", json.dumps(spec)]
-
-
-class _BuildProcess:
-    """One build process and what it printed, for everyone who waits on that key."""
-
-    def __init__(self, command: list[str]):
-        log.info("building the shared ticks' UNet in a process of its own (minutes on a first start)")
-        # Below the server's priority, with its compile workers: the sessions' encoding and launches come first.
-        lower = {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS} if sys.platform == "win32" else {}
-        # The server's working folder (relative model and cache paths), this project importable without an install.
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONIOENCODING": "utf-8",
-               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        # stdin stays open for the build's life: its end tells the build that the server is gone, however it ended.
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, env=env, **lower)
-        self.output = ""
-        self.ended = threading.Event()
-        threading.Thread(target=self._collect, name="tick-unet-build-process", daemon=True).start()
-
-    def _collect(self) -> None:
-        # Not communicate(): it would close stdin, which the build reads as the server's end.
-        late = threading.Timer(BUILD_TIMEOUT_S, self.process.kill)
-        late.daemon = True
-        late.start()
-        try:
-            output = self.process.stdout.read()
-            self.process.wait()
-            if not late.is_alive():
-                output += f"\n(it ran past {BUILD_TIMEOUT_S:.0f} s and was stopped)".encode()
-            self.output = output.decode("utf-8", errors="replace")
-        finally:
-            late.cancel()
-            self.ended.set()
-
-
-def build_elsewhere(key: dict, command: list[str]) -> None:
-    """Run the build process for ``key`` (or wait for the one already running) until it ends; raises
-    RuntimeError with the end of its output when it fails, and keeps why in ``failure_file(key)`` unless the
-    failure may pass (out of memory, the process killed)."""
-    with _children_lock:
-        child = _children.get(digest(key))
-        if child is None or child.ended.is_set():
-            child = _children[digest(key)] = _BuildProcess(command)
-    child.ended.wait()
-    code = child.process.returncode
-    if code != 0:
-        reason = f"the build process failed (exit {code}): {child.output.strip()[-800:]}"
-        if code > 0 and code != OUT_OF_MEMORY_EXIT:
-            _keep_failure(key, reason)
-        raise RuntimeError(reason)
-
-
-def _keep_failure(key: dict, reason: str) -> None:
-    try:
-        failure_file(key).parent.mkdir(parents=True, exist_ok=True)
-        failure_file(key).write_text(reason + "\n", encoding="utf-8")
-    except OSError as error:  # a read-only or full cache: the next start tries again
-        log.info("could not note the failed tick UNet build: %s", error)
-
-
-@atexit.register
-def _stop_children() -> None:
-    for child in list(_children.values()):
-        if child.process.poll() is None:
-            child.process.kill()
+    return build_process.module_command("core.accel.tick_store", json.dumps(spec), "--exit-with-server")
 
 
 class StoredTickUNet:
@@ -215,17 +137,15 @@ class StoredTickUNet:
             raise ValueError("the stored tick UNet serves every row count")
         function = self._checked(load(self.key))
         if function is None:
-            failed = failure_file(self.key)
-            if failed.exists():
-                raise RuntimeError(f"an earlier build failed here ({failed.read_text(encoding='utf-8').strip()[-300:]}"
-                                   f"); delete {failed} to try again")
+            failed = build_process.earlier_failure(self.key)
+            if failed:
+                raise RuntimeError(f"an earlier build failed here ({failed[-300:]}); it is tried again a day later, "
+                                   f"or at once when {build_process.failure_file(self.key)} is deleted")
             started = time.perf_counter()
-            build_elsewhere(self.key, self.command)
+            build_process.run(self.key, self.command)
             function = self._checked(load(self.key))
-            if function is None:
-                reason = "the build process ended, but what it stored does not load or run here"
-                _keep_failure(self.key, reason)
-                raise RuntimeError(reason)
+            if function is None:  # not kept as a failure: the server's own state may refuse it (see _checked)
+                raise RuntimeError("the build process ended, but what it stored does not load or run here")
             log.info("the shared ticks' UNet was built in %.0f s", time.perf_counter() - started)
         return bound(function, unet)
 
@@ -249,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="tick build: %(message)s")
     spec = json.loads(argv[0])
-    if hasattr(os, "nice"):  # POSIX; on Windows the server starts this process below normal priority
+    if hasattr(os, "nice"):  # POSIX (inherited by the compile workers); Windows: started below normal priority
         os.nice(10)
     from core.accel.compile import configure_inductor, prepare_layout
     from core.config import LoraSpec, StreamConfig
@@ -269,33 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             differ = sorted(name for name in key.keys() | spec["key"].keys() if key.get(name) != spec["key"].get(name))
             print(f"this process's UNet key differs from the server's in {', '.join(differ)}: nothing stored",
                   file=sys.stderr)
-            return 3
+            return build_process.KEY_MISMATCH_EXIT
         print(build(engine))
-    except torch.OutOfMemoryError as error:
-        print(f"out of GPU memory: {error}", file=sys.stderr)
-        return OUT_OF_MEMORY_EXIT
+    except Exception as error:  # noqa: BLE001 - the server is told whether it may pass
+        traceback.print_exc()
+        return build_process.exit_code_for(error)
     return 0
 
 
-def _exit_with_server() -> None:
-    """Ends this process when the server's end of its stdin closes: a server killed outright leaves no build."""
-    try:
-        stdin = sys.stdin.fileno()
-    except (AttributeError, OSError, ValueError):
-        return  # started by hand without a stdin: nothing to watch
-
-    def watch():
-        # os.read, not sys.stdin: a daemon thread blocked in the buffered reader aborts the interpreter's exit.
-        try:
-            while os.read(stdin, 4096):
-                pass
-        except OSError:
-            pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="server-watch", daemon=True).start()
-
-
 if __name__ == "__main__":
-    _exit_with_server()
+    if "--exit-with-server" in sys.argv[1:]:
+        build_process.exit_with_server()
     sys.exit(main())

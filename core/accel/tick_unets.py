@@ -23,6 +23,9 @@ from core.accel.capture_guard import CAPTURE_GUARD, empty_cache
 from core.accel.staged import lowered_switch_interval
 
 log = logging.getLogger(__name__)
+# One tick UNet build at a time in a process, whatever model or size it is for: each holds a model's compile (or a
+# build process with a model of its own) on the GPU, and torch.fx's tracing is kept to one thread (fx_threads).
+_ONE_BUILD = threading.Lock()
 
 
 def compile_unet(unet, dynamic_batch: bool = False):
@@ -112,19 +115,10 @@ class TickUNets:
                     self._thread = None
                     return
                 rows, args, kwargs = self._wanted.pop(0)
-            started = time.perf_counter()
             try:
-                compiled = self.compile_fn(self.unet)
-                device = args[0].device
-                side = torch.cuda.Stream(device) if device.type == "cuda" else None
-                with torch.cuda.stream(side) if side is not None else nullcontext(), torch.no_grad():
-                    for _run in range(2):  # the first compiles (it may take a minute), the second settles
-                        if self.closed:
-                            raise RuntimeError("closed: no session uses this model any more")
-                        with CAPTURE_GUARD.work():  # Inductor's benchmarks synchronize the device
-                            compiled(*args, **kwargs)
-                            if side is not None:
-                                side.synchronize()
+                with _ONE_BUILD:
+                    started = time.perf_counter()
+                    compiled = self._build(args, kwargs)
             except torch.OutOfMemoryError as error:
                 self._fail(rows, error)
                 empty_cache()
@@ -136,6 +130,22 @@ class TickUNets:
                 self.ready[rows] = compiled
             log.info("shared ticks of %s UNet rows: the compiled UNet ready in %.1f s, used from the next capture",
                      _rows_text(rows), time.perf_counter() - started)
+
+    def _build(self, args: tuple, kwargs: dict):
+        """The compiled (or loaded) UNet, run twice on the example: the first run compiles (it may take a minute)
+        or loads its kernels, the second settles."""
+        compiled = self.compile_fn(self.unet)
+        device = args[0].device
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with torch.cuda.stream(side) if side is not None else nullcontext(), torch.no_grad():
+            for _run in range(2):
+                if self.closed:
+                    raise RuntimeError("closed: no session uses this model any more")
+                with CAPTURE_GUARD.work():  # Inductor's benchmarks synchronize the device
+                    compiled(*args, **kwargs)
+                    if side is not None:
+                        side.synchronize()
+        return compiled
 
     def _fail(self, rows: int, error: Exception) -> None:
         with self._guard:
