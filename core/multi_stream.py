@@ -59,7 +59,7 @@ def _run_group(group, batches, graphs) -> list[torch.Tensor]:
     try:
         return graphs.run(group, batches)
     except CaptureBusy:  # another thread builds or loads: no capture beside it; this tick runs eagerly
-        with CAPTURE_GUARD.work():
+        with CAPTURE_GUARD.work(short=True):
             return run_shared(group, batches)
     except torch.OutOfMemoryError as exc:  # a graph's own memory pool; eager may still fit (else it raises)
         empty_cache()

@@ -21,14 +21,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
 class WorkOnAnotherThread:
     """``guard.work()`` held by a thread of its own until ``release()``."""
 
-    def __init__(self, guard):
+    def __init__(self, guard, short: bool = False):
         self.entered, self.leave = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self._hold, args=(guard,), daemon=True)
+        self.thread = threading.Thread(target=self._hold, args=(guard, short), daemon=True)
         self.thread.start()
         assert self.entered.wait(10)
 
-    def _hold(self, guard):
-        with guard.work():
+    def _hold(self, guard, short):
+        with guard.work(short=short):
             self.entered.set()
             self.leave.wait(30)
 
@@ -73,6 +73,52 @@ def test_a_waiting_capture_runs_after_the_work_and_before_work_asked_later():
     capturing.join(10)
     late.join(10)
     assert order == ["work done", "capture", "later work"]
+
+
+def test_a_capture_that_may_not_wait_waits_for_an_eager_frame_and_holds_new_frames_behind_it():
+    # Sessions falling back to eager frames (short work) must not refuse one another's captures for ever.
+    guard, order = CaptureGuard(short_wait_s=60), []  # a frame's time on any machine
+    frame = WorkOnAnotherThread(guard, short=True)
+
+    def capture():
+        try:
+            with guard.capture(blocking=False):
+                order.append("capture")
+        except CaptureBusy:
+            order.append("refused")
+
+    def next_frame():
+        with guard.work(short=True):
+            order.append("next frame")
+
+    capturing = threading.Thread(target=capture)
+    capturing.start()
+    while not guard._waiting and not order:  # it waits for the frame under way (or was refused)
+        threading.Event().wait(0.01)
+    assert order == []
+    late = threading.Thread(target=next_frame)
+    late.start()
+    late.join(0.2)
+    assert order == []  # a frame asked for meanwhile waits behind the capture
+    order.append("frame done")
+    frame.release()
+    capturing.join(10)
+    late.join(10)
+    assert order == ["frame done", "capture", "next frame"]
+    build = WorkOnAnotherThread(guard)  # long work (a build): refused at once, as before
+    with pytest.raises(CaptureBusy):
+        with guard.capture(blocking=False):
+            pass
+    build.release()
+    # An eager frame that runs long (a compile at its first call) is waited for a few frames' time, not more.
+    guard.short_wait_s = 0.05
+    frame = WorkOnAnotherThread(guard, short=True)
+    with pytest.raises(CaptureBusy, match="ran long"):
+        with guard.capture(blocking=False):
+            pass
+    frame.release()
+    with guard.work(short=True):  # nothing held back once the capture gave up
+        pass
 
 
 def test_one_thread_may_nest_work_and_captures():
@@ -257,8 +303,8 @@ def test_asyncdiff_with_its_stages_captured_runs_the_frame_eagerly_around_them_w
             return CAPTURE_GUARD.capture(blocking)
 
         @staticmethod
-        def work():
-            return CAPTURE_GUARD.work()
+        def work(short=False):
+            return CAPTURE_GUARD.work(short=short)
 
     guard = BuildAfterTheStages()
     monkeypatch.setattr(asyncdiff, "CAPTURE_GUARD", guard)

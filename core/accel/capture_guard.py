@@ -8,8 +8,11 @@ met a capture on the lent H100 ("operation not permitted when stream is capturin
 graph capture"): the session or the capture failed and fell back to eager.
 
 So that work is ``work()`` (many threads at once), and a capture is ``capture()`` (alone, after the work
-running now). A capture on a thread that serves frames asks with ``blocking=False``: while work runs (a compile
-may take a minute) it gets ``CaptureBusy`` and runs its frame eagerly, then asks again at the next one.
+running now). A capture on a thread that serves frames asks with ``blocking=False``: while long work runs (a
+compile may take a minute) it gets ``CaptureBusy`` and runs its frame eagerly, then asks again at the next one.
+Such an eager frame is ``work(short=True)``: a capture asked without blocking waits for short work to end (up to
+a few frames' time) instead of being refused at once, and new work waits behind it. Otherwise sessions whose eager frames
+overlap, each falling back while another captures, could refuse one another's captures for as long as they ran.
 """
 
 from __future__ import annotations
@@ -18,34 +21,47 @@ import threading
 from contextlib import contextmanager
 
 
+# How long a capture asked without blocking waits for other threads' short work (eager frames) before it is
+# refused: a few frames, never a stall of the server (an eager frame may meet a compile at its first call).
+SHORT_WORK_WAIT_S = 0.25
+
+
 class CaptureBusy(Exception):
     """Another thread's GPU work runs now; a capture asked not to wait for it."""
 
 
 class CaptureGuard:
-    def __init__(self):
+    def __init__(self, short_wait_s: float = SHORT_WORK_WAIT_S):
+        self.short_wait_s = short_wait_s
         self._cond = threading.Condition()
         self._capturing: int | None = None  # the thread capturing now
         self._depth = 0  # its nested captures
         self._waiting = 0  # blocking captures waiting: new work waits behind them
         self._working: dict[int, int] = {}  # thread -> nested work() it is in
+        self._long: dict[int, int] = {}  # thread -> nested work() of those that may take long
 
     def _others_working(self, me: int) -> bool:
         return any(count for thread, count in self._working.items() if thread != me)
+
+    def _others_working_long(self, me: int) -> bool:
+        return any(count for thread, count in self._long.items() if thread != me)
 
     @contextmanager
     def capture(self, blocking: bool = True):
         me = threading.get_ident()
         with self._cond:
             if self._capturing != me:
-                if not blocking and (self._capturing is not None or self._others_working(me)):
+                if not blocking and (self._capturing is not None or self._others_working_long(me)):
                     raise CaptureBusy("another thread's GPU work is running")
                 self._waiting += 1
                 try:
-                    self._cond.wait_for(lambda: self._capturing is None and not self._others_working(me))
+                    free = self._cond.wait_for(lambda: self._capturing is None and not self._others_working(me),
+                                               timeout=None if blocking else self.short_wait_s)
                 finally:
                     self._waiting -= 1
                     self._cond.notify_all()  # work held back behind this wait may go on if it ends in an error
+                if not free:
+                    raise CaptureBusy("another thread's eager frame ran long (a compile at its first call?)")
                 self._capturing = me
             self._depth += 1
         try:
@@ -58,13 +74,17 @@ class CaptureGuard:
                     self._cond.notify_all()
 
     @contextmanager
-    def work(self):
-        """GPU work that may synchronize the device: waits for a capture under way (or asked for) to end."""
+    def work(self, short: bool = False):
+        """GPU work that may synchronize the device: waits for a capture under way (or asked for) to end.
+        ``short``: a frame's worth (an eager frame beside a build), which a capture asked without blocking waits
+        for instead of being refused."""
         me = threading.get_ident()
         with self._cond:
             if self._capturing != me and self._working.get(me, 0) == 0:
                 self._cond.wait_for(lambda: self._capturing is None and self._waiting == 0)
             self._working[me] = self._working.get(me, 0) + 1
+            if not short:
+                self._long[me] = self._long.get(me, 0) + 1
         try:
             yield
         finally:
@@ -72,6 +92,10 @@ class CaptureGuard:
                 self._working[me] -= 1
                 if not self._working[me]:
                     del self._working[me]
+                if not short:
+                    self._long[me] -= 1
+                    if not self._long[me]:
+                        del self._long[me]
                 self._cond.notify_all()
 
 

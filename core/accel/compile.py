@@ -267,7 +267,7 @@ class FrameGraph:
             try:
                 entry = self._capture(frames_u8)
             except CaptureBusy:  # another thread compiles or loads (maybe for a minute): this frame runs eagerly,
-                with CAPTURE_GUARD.work():  # itself maybe a first compiled call, which no capture may run beside
+                with CAPTURE_GUARD.work(short=True):  # maybe a first compiled call: no capture may run beside it
                     return self.engine.frame_step(frames_u8)
             except torch.OutOfMemoryError:
                 raise  # eager would not fit either; the app reports it with its advice

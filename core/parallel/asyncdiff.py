@@ -183,7 +183,7 @@ class AsyncDiffRunner:
             try:
                 return self._frame(frames_u8)
             except CaptureBusy:  # another thread builds or loads: this frame runs eagerly, captures wait for the next
-                with CAPTURE_GUARD.work():
+                with CAPTURE_GUARD.work(short=True):
                     return self._frame(frames_u8, capture=False)
 
     def _frame(self, frames_u8, capture: bool = True):
