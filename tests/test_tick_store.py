@@ -52,6 +52,19 @@ def eager_rows(engine, rows: int, seed: int):
     return (latents, timesteps), {"encoder_hidden_states": hidden, "added_cond_kwargs": None}, expected
 
 
+def shared_ticks(components, config, make_frame, streams: int, ticks: int, unets_for=stored_unets):
+    """``ticks`` shared ticks of ``streams`` engines, each stream's frames equal to its engine's alone, every UNet
+    build awaited after each tick: the tick graphs and the TickUNets they made."""
+    together, alone = engines_of(components, config, streams), engines_of(components, config, streams)
+    made = []
+    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(unets_for(engine)) or made[-1])
+    for tick in range(ticks):
+        frames = [make_frame(seed=tick * streams + i, height=config.height) for i in range(streams)]
+        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
+        assert made[0].wait(120)
+    return graphs, made
+
+
 def test_the_build_process_stores_one_unet_for_every_row_count_that_matches_eager(built):
     engine, unet = built
     folder = store.artifact_dir(tick_store.tick_key(engine))
@@ -72,14 +85,8 @@ def test_the_next_start_loads_the_stored_unet_without_a_build_and_the_ticks_use_
         raise AssertionError("a stored UNet was there: nothing should be built")
 
     monkeypatch.setattr(build_process, "BuildProcess", no_build)
-    together, alone = engines_of(tiny_components, tiny_config, 3), engines_of(tiny_components, tiny_config, 3)
-    made = []
-    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(stored_unets(engine)) or made[-1])
-    for tick in range(3):
-        frames = [make_frame(seed=tick * 3 + i) for i in range(3)]
-        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
-        assert made[0].wait(120)
-    loaded = made[0].built(3 * together[0].unet_batch_size)
+    graphs, made = shared_ticks(tiny_components, tiny_config, make_frame, streams=3, ticks=3)
+    loaded = made[0].built(3)
     assert loaded is not None and hasattr(loaded, "stored") and not made[0].failed
     assert [graph.unet for graph in graphs.unet_graphs.values()] == [loaded]  # captured again with it
 
@@ -87,17 +94,13 @@ def test_the_next_start_loads_the_stored_unet_without_a_build_and_the_ticks_use_
 def test_a_failed_build_process_leaves_the_ticks_eager_and_the_log_says_why(cache, tiny_components, tiny_config,
                                                                             make_frame, caplog, monkeypatch):
     config = tiny_config.replace(height=72)  # a key nothing is stored under
-    together, alone = engines_of(tiny_components, config, 2), engines_of(tiny_components, config, 2)
     failing = [sys.executable, "-c", "import sys; print('the GPU ran out of memory'); sys.exit(1)"]
-    made = []
-    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(
-        TickUNets(engine.unet, compile_fn=tick_store.StoredTickUNet(engine, failing), dynamic_batch=True)) or made[-1])
+
+    def unets_for(engine):
+        return TickUNets(engine.unet, compile_fn=tick_store.StoredTickUNet(engine, failing), dynamic_batch=True)
+
     with caplog.at_level(logging.WARNING, logger="core.accel.tick_unets"):
-        for tick in range(3):
-            frames = [make_frame(seed=tick * 2 + i, height=72) for i in range(2)]
-            assert_same(process_together(together, frames, graphs=graphs),
-                        [e.process(f) for e, f in zip(alone, frames)])
-            assert made[0].wait(60)
+        graphs, made = shared_ticks(tiny_components, config, make_frame, streams=2, ticks=3, unets_for=unets_for)
     assert made[0].failed == {0} and not made[0].ready and graphs.unet_captures == 1
     assert "the GPU ran out of memory" in caplog.text and "exit 1" in caplog.text
 
@@ -225,13 +228,7 @@ def test_a_stored_unet_that_cannot_even_be_asked_for_leaves_the_ticks_graphed_wi
         raise OSError("the cache folder is not readable")
 
     monkeypatch.setattr(tick_store, "tick_key", broken_key)
-    together, alone = engines_of(tiny_components, tiny_config, 2), engines_of(tiny_components, tiny_config, 2)
-    made = []
-    graphs = TickGraphs(ReplayingRecorder(), unets_for=lambda engine: made.append(stored_unets(engine)) or made[-1])
-    for tick in range(2):
-        frames = [make_frame(seed=tick * 2 + i) for i in range(2)]
-        assert_same(process_together(together, frames, graphs=graphs), [e.process(f) for e, f in zip(alone, frames)])
-        assert made[0].wait(60)
+    graphs, made = shared_ticks(tiny_components, tiny_config, make_frame, streams=2, ticks=2)
     assert made[0].failed == {0} and not graphs.disabled and graphs.unet_captures == 1
 
 
