@@ -21,11 +21,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:running on the CPU")
 class WorkOnAnotherThread:
     """``guard.work()`` held by a thread of its own until ``release()``."""
 
-    def __init__(self, guard, short: bool = False):
+    def __init__(self, guard, short: bool = False, wait_until_in: bool = True):
         self.entered, self.leave = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._hold, args=(guard, short), daemon=True)
         self.thread.start()
-        assert self.entered.wait(10)
+        assert not wait_until_in or self.entered.wait(10)
 
     def _hold(self, guard, short):
         with guard.work(short=short):
@@ -110,15 +110,44 @@ def test_a_capture_that_may_not_wait_waits_for_an_eager_frame_and_holds_new_fram
         with guard.capture(blocking=False):
             pass
     build.release()
-    # An eager frame that runs long (a compile at its first call) is waited for a few frames' time, not more.
-    guard.short_wait_s = 0.05
-    frame = WorkOnAnotherThread(guard, short=True)
-    with pytest.raises(CaptureBusy, match="ran long"):
+
+
+def test_an_eager_frame_that_runs_long_is_waited_for_once_and_then_refuses_captures_at_once():
+    # An eager frame that met a compile at its first call: waited for up to short_wait_s from its start, after
+    # which every capture is refused at once again (sessions waiting on it at every frame would crawl).
+    now = [100.0]
+    guard = CaptureGuard(short_wait_s=0.25, clock=lambda: now[0])
+    frame = WorkOnAnotherThread(guard, short=True)  # began at 100.0
+    now[0] = 100.3
+    with pytest.raises(CaptureBusy, match="runs long"):
         with guard.capture(blocking=False):
             pass
+    assert not guard._waiting  # refused without waiting
     frame.release()
-    with guard.work(short=True):  # nothing held back once the capture gave up
+    with guard.capture(blocking=False):  # its frame over: captured
         pass
+
+
+def test_work_held_behind_a_capture_goes_on_when_the_capture_gives_up():
+    guard = CaptureGuard(short_wait_s=1.0)
+    frame = WorkOnAnotherThread(guard, short=True)
+    refused = threading.Event()
+
+    def capture():
+        with pytest.raises(CaptureBusy):
+            with guard.capture(blocking=False):
+                pass
+        refused.set()
+
+    capturing = threading.Thread(target=capture)
+    capturing.start()
+    while not guard._waiting and not refused.is_set():
+        threading.Event().wait(0.01)
+    behind = WorkOnAnotherThread(guard, short=True, wait_until_in=False)  # held back while the capture waits,
+    assert refused.wait(30) and behind.entered.wait(30)  # and in once it gave up (the frame still runs)
+    behind.release()
+    frame.release()
+    capturing.join(10)
 
 
 def test_one_thread_may_nest_work_and_captures():

@@ -10,19 +10,22 @@ graph capture"): the session or the capture failed and fell back to eager.
 So that work is ``work()`` (many threads at once), and a capture is ``capture()`` (alone, after the work
 running now). A capture on a thread that serves frames asks with ``blocking=False``: while long work runs (a
 compile may take a minute) it gets ``CaptureBusy`` and runs its frame eagerly, then asks again at the next one.
-Such an eager frame is ``work(short=True)``: a capture asked without blocking waits for short work to end (up to
-a few frames' time) instead of being refused at once, and new work waits behind it. Otherwise sessions whose eager frames
-overlap, each falling back while another captures, could refuse one another's captures for as long as they ran.
+Such an eager frame is ``work(short=True)``: a capture asked without blocking waits for short work that began
+less than ``short_wait_s`` ago to end, instead of being refused at once, and new work waits behind it. Otherwise
+sessions whose eager frames overlap, each falling back while another captures, could refuse one another's
+captures for as long as they ran. Short work that runs past that (an eager frame that met a compile at a first
+call) refuses captures at once again, so that it stalls no one.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 
 
-# How long a capture asked without blocking waits for other threads' short work (eager frames) before it is
-# refused: a few frames, never a stall of the server (an eager frame may meet a compile at its first call).
+# How long after its start other threads' short work (an eager frame) is waited for by a capture asked without
+# blocking: a few frames, never a stall of the server (an eager frame may meet a compile at its first call).
 SHORT_WORK_WAIT_S = 0.25
 
 
@@ -31,14 +34,16 @@ class CaptureBusy(Exception):
 
 
 class CaptureGuard:
-    def __init__(self, short_wait_s: float = SHORT_WORK_WAIT_S):
+    def __init__(self, short_wait_s: float = SHORT_WORK_WAIT_S, clock=time.monotonic):
         self.short_wait_s = short_wait_s
+        self.clock = clock
         self._cond = threading.Condition()
         self._capturing: int | None = None  # the thread capturing now
         self._depth = 0  # its nested captures
-        self._waiting = 0  # blocking captures waiting: new work waits behind them
+        self._waiting = 0  # captures waiting: new work waits behind them
         self._working: dict[int, int] = {}  # thread -> nested work() it is in
         self._long: dict[int, int] = {}  # thread -> nested work() of those that may take long
+        self._since: dict[int, float] = {}  # thread -> when its outermost work() began
 
     def _others_working(self, me: int) -> bool:
         return any(count for thread, count in self._working.items() if thread != me)
@@ -46,22 +51,41 @@ class CaptureGuard:
     def _others_working_long(self, me: int) -> bool:
         return any(count for thread, count in self._long.items() if thread != me)
 
+    def _refusal(self, me: int) -> str | None:
+        """Why a capture that may not wait is refused now, if it is: another capture (under way or waiting), long
+        work, or short work that began ``short_wait_s`` ago or more."""
+        if self._capturing is not None or self._waiting:
+            return "another thread is capturing"
+        if self._others_working_long(me):
+            return "another thread's GPU work is running"
+        started = [since for thread, since in self._since.items() if thread != me]
+        if started and self.clock() - min(started) >= self.short_wait_s:
+            return "another thread's eager frame runs long (a compile at its first call?)"
+        return None
+
     @contextmanager
     def capture(self, blocking: bool = True):
         me = threading.get_ident()
         with self._cond:
             if self._capturing != me:
-                if not blocking and (self._capturing is not None or self._others_working_long(me)):
-                    raise CaptureBusy("another thread's GPU work is running")
+                if not blocking and self._refusal(me):
+                    raise CaptureBusy(self._refusal(me))
                 self._waiting += 1
                 try:
-                    free = self._cond.wait_for(lambda: self._capturing is None and not self._others_working(me),
-                                               timeout=None if blocking else self.short_wait_s)
+                    while self._capturing is not None or self._others_working(me):
+                        if blocking:
+                            self._cond.wait()
+                            continue
+                        self._waiting -= 1  # not counted while it looks at the others
+                        refusal = self._refusal(me)
+                        self._waiting += 1
+                        if refusal:
+                            raise CaptureBusy(refusal)
+                        started = min(since for thread, since in self._since.items() if thread != me)
+                        self._cond.wait(max(0.0, self.short_wait_s - (self.clock() - started)))
                 finally:
                     self._waiting -= 1
-                    self._cond.notify_all()  # work held back behind this wait may go on if it ends in an error
-                if not free:
-                    raise CaptureBusy("another thread's eager frame ran long (a compile at its first call?)")
+                    self._cond.notify_all()  # work held back behind this wait may go on, whatever the outcome
                 self._capturing = me
             self._depth += 1
         try:
@@ -82,9 +106,12 @@ class CaptureGuard:
         with self._cond:
             if self._capturing != me and self._working.get(me, 0) == 0:
                 self._cond.wait_for(lambda: self._capturing is None and self._waiting == 0)
+            if not self._working.get(me):
+                self._since[me] = self.clock()
             self._working[me] = self._working.get(me, 0) + 1
             if not short:
                 self._long[me] = self._long.get(me, 0) + 1
+                self._cond.notify_all()  # a capture waiting for short work no longer may (nested long work)
         try:
             yield
         finally:
@@ -92,6 +119,7 @@ class CaptureGuard:
                 self._working[me] -= 1
                 if not self._working[me]:
                     del self._working[me]
+                    del self._since[me]
                 if not short:
                     self._long[me] -= 1
                     if not self._long[me]:
