@@ -312,8 +312,8 @@ class FrameGraph:
 def record_graph(warm, record, device, pool=None, warmup_runs: int = 3, blocking: bool = True):
     """``warm()`` ``warmup_runs`` times on a side stream (compiles, autotunes, settles allocations), then
     ``record()`` captured into a CUDA graph sharing ``pool``; the graph and what ``record()`` returned.
-    ``blocking=False``: ``CaptureBusy`` instead of waiting for another thread's build or load (core.accel.capture_guard:
-    it waits a few frames' time at most, for eager frames)."""
+    ``blocking=False``: ``CaptureBusy`` instead of waiting for another thread's build or load
+    (core.accel.capture_guard: it waits a few frames' time at most, for eager frames)."""
     # One capture at a time in the process, and none beside a build's or a load's runs, which synchronize the
     # device: the capture or they would fail.
     with CAPTURE_GUARD.capture(blocking):
