@@ -68,8 +68,9 @@ class CaptureGuard:
         me = threading.get_ident()
         with self._cond:
             if self._capturing != me:
-                if not blocking and self._refusal(me):
-                    raise CaptureBusy(self._refusal(me))
+                refusal = None if blocking else self._refusal(me)
+                if refusal:
+                    raise CaptureBusy(refusal)
                 self._waiting += 1
                 try:
                     while self._capturing is not None or self._others_working(me):

@@ -142,19 +142,24 @@ def _modules(engine) -> dict:
     return {"unet": engine.unet, "encode": engine.vae, "decode": engine.vae}
 
 
-def compile_pieces(engine, say=None) -> dict:
-    """Trace and compile the three pieces now (what torch.compile would do at their first call)."""
-    if not available():
-        raise RuntimeError(f"torch {torch.__version__} cannot precompile")
-    if engine.conditioning is None:
-        engine.prepare("")  # the UNet's example needs the prompt tensors' shapes
+def storable_options() -> dict:
+    """torch.compile's options for a function that will be stored: the compile mode's own options (it takes a
+    mode or options, not both) and the guard filter. Raises where nothing can be stored."""
     import torch._inductor.config as inductor
 
+    if not available():
+        raise RuntimeError(f"torch {torch.__version__} cannot precompile")
     if inductor.force_disable_caches:
         raise RuntimeError("Inductor's caches are off (TORCHINDUCTOR_FORCE_DISABLE_CACHES); nothing can be stored")
     mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
-    # torch.compile takes a mode or options, not both: the mode's own options, and the guard filter.
-    options = {**torch._inductor.list_mode_options(mode), "guard_filter_fn": savable_guards}
+    return {**torch._inductor.list_mode_options(mode), "guard_filter_fn": savable_guards}
+
+
+def compile_pieces(engine, say=None) -> dict:
+    """Trace and compile the three pieces now (what torch.compile would do at their first call)."""
+    options = storable_options()
+    if engine.conditioning is None:
+        engine.prepare("")  # the UNet's example needs the prompt tensors' shapes
     arguments, modules, compiled = _arguments(engine), _modules(engine), {}
     with torch.no_grad():
         for piece in PIECES:
@@ -194,16 +199,27 @@ def load(engine, folder: Path | None = None) -> dict | None:
         return _load(engine, folder)
 
 
+def read_functions(folder: Path, names: list[str]) -> dict | None:
+    """The precompiled functions stored in ``folder`` under ``names`` (their checksums checked), or None when
+    nothing is stored there; raises for a file that is broken or does not load. Call it with Inductor's compile
+    workers held off (``compile_threads=1``): nothing is compiled."""
+    files = store.checked_files(folder, names)
+    if files is None:
+        return None
+    functions = {}
+    for name in names:
+        with open(files[name], "rb") as fh:
+            functions[name] = torch.compiler.load_compiled_function(fh)
+    return functions
+
+
 def _load(engine, folder: Path) -> dict | None:
     try:
-        files = store.checked_files(folder, FILES)
-        if files is None:
-            return None
-        compiled = {}
         started = time.perf_counter()
-        for piece in PIECES:
-            with open(files[f"{piece}.bin"], "rb") as fh:
-                compiled[piece] = torch.compiler.load_compiled_function(fh)
+        read = read_functions(folder, FILES)
+        if read is None:
+            return None
+        compiled = {piece: read[f"{piece}.bin"] for piece in PIECES}
         read_s = time.perf_counter() - started
         _check(engine, compiled)
         log.info("stored engine: %.2f s to read, %.2f s for its check run", read_s,
@@ -247,17 +263,23 @@ class Guarded:
         return self.fallback(*args)
 
 
-def as_parts(engine, compiled: dict) -> dict:
-    """The compiled pieces as ``AcceleratedParts`` fields, bound to this engine's modules."""
-    unet, vae = engine.unet, engine.vae
-    vae_dtype, dtype = engine.vae_dtype, engine.dtype
-    run_unet, run_encode, run_decode = (Guarded(piece, compiled[piece]) for piece in PIECES)
+def as_unet(run_unet, unet):
+    """A stored UNet function (``unet_forward``'s arguments) called as diffusers calls a UNet; contiguous inputs,
+    since a precompiled function runs only on the strides it was built for."""
 
     def unet_call(sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
         return (run_unet(unet, sample.contiguous(), timestep.contiguous(), encoder_hidden_states.contiguous(),
                          added_cond_kwargs or None),)
 
-    return dict(unet=unet_call,
+    return unet_call
+
+
+def as_parts(engine, compiled: dict) -> dict:
+    """The compiled pieces as ``AcceleratedParts`` fields, bound to this engine's modules."""
+    unet, vae = engine.unet, engine.vae
+    vae_dtype, dtype = engine.vae_dtype, engine.dtype
+    run_unet, run_encode, run_decode = (Guarded(piece, compiled[piece]) for piece in PIECES)
+    return dict(unet=as_unet(run_unet, unet),
                 encode_images=lambda images: run_encode(vae, images.contiguous(), vae_dtype, dtype),
                 decode_latents=lambda latents: run_decode(vae, latents.contiguous(), vae_dtype),
                 keep_alive=compiled)

@@ -58,14 +58,7 @@ def example(engine, members: int = 2, mark_rows: bool = False) -> tuple:
 
 def compile_tick_unet(engine):
     """Trace and compile the UNet for any tick of two rows or more (what the build process stores)."""
-    import torch._inductor.config as inductor
-
-    if not precompiled.available():
-        raise RuntimeError(f"torch {torch.__version__} cannot precompile")
-    if inductor.force_disable_caches:
-        raise RuntimeError("Inductor's caches are off (TORCHINDUCTOR_FORCE_DISABLE_CACHES); nothing can be stored")
-    mode = os.environ.get("LIVEDIFFUSION_COMPILE_MODE", "default")
-    options = {**torch._inductor.list_mode_options(mode), "guard_filter_fn": precompiled.savable_guards}
+    options = precompiled.storable_options()
     function = torch.compile(precompiled.unet_forward, fullgraph=True, dynamic=None, options=options)
     with torch.no_grad():
         return function.aot_compile(((engine.unet, *example(engine, mark_rows=True)), {}))
@@ -83,23 +76,17 @@ def load(key: dict):
 
     precompiled.available()  # sets the flag torch 2.11 needs
     try:
-        files = store.checked_files(folder, [FILE])
-        if files is None:
-            return None
-        with inductor.patch(compile_threads=1), open(files[FILE], "rb") as fh:  # nothing compiles: no worker pool
-            return torch.compiler.load_compiled_function(fh)
+        with inductor.patch(compile_threads=1):  # nothing compiles: no worker pool
+            read = precompiled.read_functions(folder, [FILE])
+        return None if read is None else read[FILE]
     except Exception as error:  # noqa: BLE001 - a broken artifact is built again, never fatal
         store.discard(folder, error)
         return None
 
 
 def bound(function, unet):
-    """``function`` called as the tick graphs call a UNet (contiguous: it was built for those strides)."""
-
-    def call(sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
-        return (function(unet, sample.contiguous(), timestep.contiguous(), encoder_hidden_states.contiguous(),
-                         added_cond_kwargs or None),)
-
+    """``function`` called as the tick graphs call a UNet."""
+    call = precompiled.as_unet(function, unet)
     call.stored = function
     return call
 
